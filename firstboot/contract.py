@@ -1,0 +1,241 @@
+"""The contract between `builder deploy` and firstboot: guestinfo keys and the models of their payloads.
+
+One model, here, imported by builder (ARCHITECTURE.md: builder may import firstboot's contract models).
+`OnboardingConfig` never holds a secret; `OnboardingSecrets` travels in its own key and is redacted in the
+VM once read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+KEY_METADATA = "guestinfo.metadata"
+KEY_USERDATA = "guestinfo.userdata"
+KEY_CONFIG = "guestinfo.arcbake.config"
+KEY_SECRETS = "guestinfo.arcbake.secrets"
+KEY_STATUS = "guestinfo.arcbake.status"
+ENCODING_SUFFIX = ".encoding"
+# What a secrets key holds once firstboot has read it.
+REDACTED_VALUE = "---"
+
+CONFIG_SCHEMA_VERSION = 1
+
+HostName = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+]
+FQDNOrHost = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
+AzureName = Annotated[str, Field(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9._()-]+$")]
+Guid = Annotated[
+    str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+]
+KubeName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Role(StrEnum):
+    """A clone's K3s role: the first node is the server, the others join it as agents."""
+
+    SERVER = "server"
+    AGENT = "agent"
+
+
+class K3sConfig(_Model):
+    """How this clone runs K3s."""
+
+    role: Role = Role.SERVER
+    # Agents join https://<server>:6443; the token comes from secrets.
+    server_url: Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?$")] | None = None
+    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
+    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
+    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    ready_timeout_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
+
+    @model_validator(mode="after")
+    def _consistent(self) -> K3sConfig:
+        if self.role is Role.AGENT and not self.server_url:
+            raise ValueError("an agent needs k3s.server_url")
+        if self.cluster_dns not in self.service_cidr:
+            raise ValueError(f"cluster_dns {self.cluster_dns} is outside service_cidr {self.service_cidr}")
+        if self.cluster_cidr.overlaps(self.service_cidr):
+            raise ValueError("cluster_cidr and service_cidr overlap")
+        return self
+
+
+class TimeConfig(_Model):
+    """Time sources and the tolerated offset (Azure sign-in fails on clock skew)."""
+
+    ntp_servers: Annotated[list[FQDNOrHost], Field(min_length=1)]
+    # Port for the NTP probe; 123 in the field, a loopback port in tests.
+    ntp_port: Annotated[int, Field(ge=1, le=65535)] = 123
+    max_offset_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    sync_timeout_seconds: Annotated[int, Field(ge=1, le=900)] = 60
+
+
+class DnsConfig(_Model):
+    """Resolvers for the host and for pods, and whether firstboot may apply the DNS fix."""
+
+    upstream_servers: Annotated[list[ipaddress.IPv4Address | ipaddress.IPv6Address], Field(min_length=1)] = [
+        ipaddress.IPv4Address("1.1.1.1"),
+        ipaddress.IPv4Address("1.0.0.1"),
+    ]
+    pod_upstream_servers: Annotated[
+        list[ipaddress.IPv4Address | ipaddress.IPv6Address], Field(min_length=1)
+    ] = [ipaddress.IPv4Address("1.1.1.1"), ipaddress.IPv4Address("1.0.0.1")]
+    # Port for direct upstream queries; 53 in the field, a loopback port in tests.
+    port: Annotated[int, Field(ge=1, le=65535)] = 53
+    apply_fix: bool = True
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+
+class ProxyConfig(_Model):
+    """Outbound proxy; `no_proxy` is completed with the cluster ranges by firstboot."""
+
+    http_proxy: Annotated[str, Field(pattern=r"^https?://[^\s@]+$")] | None = None
+    https_proxy: Annotated[str, Field(pattern=r"^https?://[^\s@]+$")] | None = None
+    no_proxy: list[str] = Field(default_factory=list)
+    # PEM of an extra CA (a TLS-intercepting proxy); public material, not a secret.
+    ca_bundle_pem: str | None = None
+
+    @field_validator("ca_bundle_pem")
+    @classmethod
+    def _pem(cls, value: str | None) -> str | None:
+        if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("ca_bundle_pem must hold PEM certificates")
+        return value
+
+
+class ArcAuth(StrEnum):
+    """How the service principal signs in; the material itself is in secrets."""
+
+    SECRET = "secret"
+    CERTIFICATE = "certificate"
+
+
+class ArcConfig(_Model):
+    """The Azure Arc connected cluster this clone creates (servers only)."""
+
+    cluster_name: AzureName
+    resource_group: AzureName
+    location: Annotated[str, Field(pattern=r"^[a-z0-9]+$")]
+    subscription_id: Guid
+    tenant_id: Guid
+    client_id: Guid
+    auth: ArcAuth = ArcAuth.SECRET
+    tags: dict[str, str] = Field(default_factory=dict)
+    onboarding_timeout_seconds: Annotated[int, Field(ge=60, le=3600)] = 600
+    # Azure cloud endpoints to preflight; region-specific names are derived from `location`.
+    cloud: Literal["AzureCloud"] = "AzureCloud"
+
+
+class Kustomization(_Model):
+    """One Flux kustomization of a configuration."""
+
+    name: KubeName
+    path: str = "./"
+    prune: bool = True
+    depends_on: list[KubeName] = Field(default_factory=list)
+    sync_interval: str | None = None
+
+
+class FluxConfiguration(_Model):
+    """One `az k8s-configuration flux create`."""
+
+    name: KubeName
+    namespace: KubeName = "flux-system"
+    scope: Literal["cluster", "namespace"] = "cluster"
+    url: Annotated[str, Field(pattern=r"^(https://|ssh://|git@)[^\s]+$")]
+    branch: str = "main"
+    kustomizations: Annotated[list[Kustomization], Field(min_length=1)]
+    # Credentials, when the repository needs them, are in secrets.git[name].
+
+    @field_validator("url")
+    @classmethod
+    def _no_userinfo(cls, value: str) -> str:
+        if value.startswith("https://") and "@" in value.split("/", 3)[2]:
+            raise ValueError("put Git credentials in secrets, not in the URL")
+        return value
+
+
+class FluxConfig(_Model):
+    """The Flux extension and its configurations."""
+
+    extension_version: str | None = None
+    configurations: list[FluxConfiguration] = Field(default_factory=list)
+
+
+class OnboardingConfig(_Model):
+    """`guestinfo.arcbake.config`: everything a clone needs to onboard, no secrets."""
+
+    schema_version: Literal[1] = CONFIG_SCHEMA_VERSION
+    hostname: HostName
+    domain: FQDNOrHost | None = None
+    k3s: K3sConfig = K3sConfig()
+    time: TimeConfig
+    dns: DnsConfig = DnsConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    # Required for servers; agents stop after k3s.
+    arc: ArcConfig | None = None
+    flux: FluxConfig = FluxConfig()
+
+    @model_validator(mode="after")
+    def _server_has_arc(self) -> OnboardingConfig:
+        if self.k3s.role is Role.SERVER and self.arc is None:
+            raise ValueError("a server node needs an arc section")
+        return self
+
+
+class GitCredential(_Model):
+    """Credentials for one Flux configuration's repository."""
+
+    https_user: str | None = None
+    https_key: SecretStr | None = None
+    ssh_private_key: SecretStr | None = None
+    known_hosts: str | None = None
+
+
+class OnboardingSecrets(_Model):
+    """`guestinfo.arcbake.secrets`: read once, stored 0600, then the key is overwritten with `---`."""
+
+    sp_secret: SecretStr | None = None
+    sp_certificate_pem: SecretStr | None = None
+    k3s_token: SecretStr | None = None
+    git: dict[str, GitCredential] = Field(default_factory=dict)
+
+    def values(self) -> list[str]:
+        """Every secret value, for redaction."""
+        out = [s.get_secret_value() for s in (self.sp_secret, self.sp_certificate_pem, self.k3s_token) if s]
+        for cred in self.git.values():
+            out += [s.get_secret_value() for s in (cred.https_key, cred.ssh_private_key) if s]
+        return out
+
+
+class State(StrEnum):
+    """Onboarding state reported in `guestinfo.arcbake.status`."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Status(_Model):
+    """`guestinfo.arcbake.status` and /var/lib/arcbake/status.json."""
+
+    state: State
+    step: str | None = None
+    message: str = ""
+    remedy: str | None = None
+    updated: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> str:
+        """Compact JSON with `updated` as UTC ISO 8601."""
+        return self.model_dump_json()

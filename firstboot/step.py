@@ -1,0 +1,118 @@
+"""What a firstboot step is: a small declared header plus `check` and `run` (like cloud-init's cc_* modules).
+
+Each module in `firstboot/steps/` defines:
+
+    META = StepMeta(name="dns", needs=("time",), timeout=120, retry=RetryPolicy(...))
+    def check(ctx: Context) -> CheckResult: ...   # read-only; doctor runs it too
+    def run(ctx: Context) -> None: ...            # does the work; raises StepFailure
+
+`run` signals failure with TransientFailure (retried with backoff until the policy's deadline) or
+PermanentFailure (fails at once: rejected credentials, an unknown resource group, a spec error). Both carry
+the message and the remedy an operator reads in the journal, `firstboot status` and guestinfo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from firstboot.contract import OnboardingConfig, OnboardingSecrets
+
+
+class StepFailure(Exception):
+    """A step failed; `message` names the broken link, `remedy` says what to do."""
+
+    transient = False
+
+    def __init__(self, message: str, remedy: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+
+
+class TransientFailure(StepFailure):
+    """Worth retrying: a timeout, a 5xx, a pod not ready yet."""
+
+    transient = True
+
+
+class PermanentFailure(StepFailure):
+    """Retrying cannot help: fail the step at once."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for transient failures, bounded by a deadline."""
+
+    deadline_seconds: float = 300.0
+    initial_wait: float = 1.0
+    max_wait: float = 30.0
+    max_attempts: int = 20
+
+
+@dataclass(frozen=True)
+class StepMeta:
+    """A step's declared header."""
+
+    name: str
+    needs: tuple[str, ...] = ()
+    timeout_seconds: float = 300.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Steps that an agent node skips (arc, flux).
+    servers_only: bool = False
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One link of the chain as doctor reports it."""
+
+    ok: bool
+    message: str
+    remedy: str | None = None
+    # False when the check could not tell (its prerequisites are not in place yet).
+    conclusive: bool = True
+
+
+class MetadataSource(Protocol):
+    """Where guestinfo keys are read from and written back to (rpctool, env, file)."""
+
+    name: str
+
+    def get(self, key: str) -> str | None:
+        """The raw value of `key`, or None when unset."""
+
+    def set(self, key: str, value: str) -> None:
+        """Write `key` (status, secrets redaction). May raise OSError."""
+
+
+@dataclass
+class Context:
+    """What a step sees. Paths always go through `path()` so `--root` confines every file access."""
+
+    root: Path
+    source: MetadataSource
+    instance_id: str = ""
+    config: OnboardingConfig | None = None
+    secrets: OnboardingSecrets | None = None
+    # Environment for child processes (proxy variables, PATH, KUBECONFIG).
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Progress lines for the journal and status while a long step waits.
+    progress: Callable[[str], None] = lambda _message: None
+
+    def path(self, absolute: str | Path) -> Path:
+        """Map a guest path (`/etc/hosts`) under the root (`--root DIR`)."""
+        rel = str(absolute).lstrip("/")
+        return self.root / rel if rel else self.root
+
+    def require_config(self) -> OnboardingConfig:
+        """The decoded config; steps after `metadata` can rely on it."""
+        if self.config is None:
+            raise PermanentFailure("metadata has not been loaded", "run the metadata step first")
+        return self.config
+
+    def secret_values(self) -> list[str]:
+        """Every secret value, for redaction of logs, errors and status."""
+        return self.secrets.values() if self.secrets else []

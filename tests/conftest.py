@@ -1,0 +1,46 @@
+"""Project-wide fixtures.
+
+`disable_subp_usage` (autouse, after cloud-init's): any command a test runs through `firstboot.subp`
+fails unless the test allowed it with `@pytest.mark.allow_subp("packer", "chronyd", ...)` or
+`@pytest.mark.allow_subp(all=True)`. Tests that mean to run real tools say so; nothing runs by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from firstboot import subp
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_subp(*names, all=False): commands a test may run via subp")
+
+
+@pytest.fixture(autouse=True)
+def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    marker = request.node.get_closest_marker("allow_subp")
+    allowed: set[str] = set(marker.args) if marker else set()
+    allow_all = bool(marker and marker.kwargs.get("all"))
+    real_spawn = subp._spawn
+
+    def guarded(
+        argv: Sequence[str],
+        *,
+        stdin_data: bytes | None,
+        env: Mapping[str, str] | None,
+        cwd: Path | None,
+        timeout: float,
+    ) -> tuple[int, bytes, bytes]:
+        name = os.path.basename(argv[0])
+        if not allow_all and name not in allowed:
+            raise AssertionError(f"test ran {name!r} through subp without @pytest.mark.allow_subp({name!r})")
+        return real_spawn(argv, stdin_data=stdin_data, env=env, cwd=cwd, timeout=timeout)
+
+    monkeypatch.setattr(subp, "_spawn", guarded)
+    yield
