@@ -25,9 +25,7 @@ REDACTED_VALUE = "---"
 
 CONFIG_SCHEMA_VERSION = 1
 
-HostName = Annotated[
-    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-]
+HostName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 FQDNOrHost = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
 AzureName = Annotated[str, Field(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9._()-]+$")]
 Guid = Annotated[
@@ -116,7 +114,7 @@ class ProxyConfig(_Model):
 class ArcAuth(StrEnum):
     """How the service principal signs in; the material itself is in secrets."""
 
-    SECRET = "secret"
+    SECRET = "secret"  # noqa: S105 - the name of an auth method, not a password
     CERTIFICATE = "certificate"
 
 

@@ -136,7 +136,8 @@ def run(
     except subprocess.TimeoutExpired as exc:
         raise ProcessExecutionError(description, shown, reason=f"timed out after {timeout:g}s") from exc
     except (FileNotFoundError, PermissionError) as exc:
-        raise ProcessExecutionError(description, shown, reason=f"not found or not executable: {argv[0]}") from exc
+        reason = f"not found or not executable: {argv[0]}"
+        raise ProcessExecutionError(description, shown, reason=reason) from exc
     out = redact(out_b.decode("utf-8", "replace"), secret_list)
     err = redact(err_b.decode("utf-8", "replace"), secret_list)
     if check and code not in set(ok_codes):

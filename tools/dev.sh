@@ -64,8 +64,12 @@ setup() {
 
 lint() {
   ruff check .
-  ruff format --check builder firstboot tests bench
-  mypy
+  ruff format --check .
+  local dirs=()
+  for d in builder firstboot tests bench tools; do
+    if compgen -G "$d/*.py" >/dev/null || compgen -G "$d/**/*.py" >/dev/null; then dirs+=("$d"); fi
+  done
+  mypy "${dirs[@]}"
 }
 
 cmd=${1:-test}
