@@ -23,7 +23,7 @@ ENCODING_SUFFIX = ".encoding"
 # What a secrets key holds once firstboot has read it.
 REDACTED_VALUE = "---"
 
-CONFIG_SCHEMA_VERSION = 1
+CONFIG_SCHEMA_VERSION: Literal[1] = 1
 
 HostName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 FQDNOrHost = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
