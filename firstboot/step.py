@@ -9,10 +9,17 @@ Each module in `firstboot/steps/` defines:
 `run` signals failure with TransientFailure (retried with backoff until the policy's deadline) or
 PermanentFailure (fails at once: rejected credentials, an unknown resource group, a spec error). Both carry
 the message and the remedy an operator reads in the journal, `firstboot status` and guestinfo.
+
+The engine (`firstboot.engine`) bounds the whole step, all attempts included, by `timeout_seconds`; it
+retries TransientFailure with exponential backoff and full jitter (`initial_wait` doubling up to
+`max_wait`) until `retry.deadline_seconds` or `retry.max_attempts`; any other exception fails the step at
+once as an internal error. A step abandoned at its timeout finds `ctx.cancel` set. `always_run` steps run
+even when stamped (metadata: it loads the config and secrets every later step needs).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +70,8 @@ class StepMeta:
     # Steps that an agent node skips (arc, flux).
     servers_only: bool = False
     summary: str = ""
+    # Run even when stamped (cheap and idempotent, and later steps need what it loads: the metadata step).
+    always_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,11 @@ class Context:
     env: Mapping[str, str] = field(default_factory=dict)
     # Progress lines for the journal and status while a long step waits.
     progress: Callable[[str], None] = lambda _message: None
+    # Set by the engine when it abandons a step at its timeout: long waits should check it and return.
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # Multiplies the waits a step does on its own (poll intervals, settle delays); tests use e.g. 0.01.
+    # The engine scales the step timeouts and retry waits itself (ARCBAKE_TIME_SCALE).
+    time_scale: float = 1.0
 
     def path(self, absolute: str | Path) -> Path:
         """Map a guest path (`/etc/hosts`) under the root (`--root DIR`)."""

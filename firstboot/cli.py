@@ -1,0 +1,147 @@
+"""`firstboot run | status | doctor` (argparse: the guest gets no click/rich).
+
+Exit codes (ARCHITECTURE.md): run 0 done, 1 failed; status 0 done, 1 failed, 2 not finished; doctor 0
+healthy, 1 problems found; 2 for usage errors (argparse). Logs go to stderr (the journal), results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from firstboot import doctor
+from firstboot.contract import State, Status
+from firstboot.engine import Engine, build_context
+from firstboot.sources import SourceError, make_source
+from firstboot.state import StateStore
+from firstboot.steps import ORDER
+
+LOG = logging.getLogger("firstboot")
+
+STATUS_POLL_SECONDS = 0.5
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
+    common.add_argument("-q", "--quiet", action="count", default=0, help="less log output (repeatable)")
+    common.add_argument("--root", type=Path, default=Path("/"), help="take every file path under DIR (tests)")
+
+    parser = argparse.ArgumentParser(
+        prog="firstboot", description="first-boot onboarding of an arcbake clone"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run the onboarding steps not yet done")
+    run.add_argument("--source", default="auto", help="auto | guestinfo | env | file:PATH (default auto)")
+    run.add_argument("--only", choices=ORDER, help="run just this step (after metadata)")
+
+    status = sub.add_parser("status", parents=[common], help="show the onboarding status")
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.add_argument("--wait", action="store_true", help="wait until done or failed")
+    status.add_argument("--timeout", type=float, default=1800.0, help="with --wait: give up after S seconds")
+
+    doc = sub.add_parser("doctor", parents=[common], help="read-only diagnosis of every link")
+    doc.add_argument("--format", choices=("text", "json"), default="text")
+    doc.add_argument("--source", default="auto", help="auto | guestinfo | env | file:PATH (default auto)")
+    return parser
+
+
+def _logging(verbose: int, quiet: int) -> None:
+    level = min(max(logging.INFO + 10 * (quiet - verbose), logging.DEBUG), logging.CRITICAL)
+    handler = logging.StreamHandler(sys.stderr)
+    # Plain lines: journald adds time, host and SyslogIdentifier.
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _status_text(status: Status) -> str:
+    lines = [f"state:   {status.state.value}"]
+    if status.step:
+        lines.append(f"step:    {status.step}")
+    lines.append(f"message: {status.message}")
+    if status.remedy:
+        lines.append(f"remedy:  {status.remedy}")
+    lines.append(f"updated: {status.updated.isoformat()}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`firstboot run`."""
+    try:
+        source = make_source(args.source)
+    except SourceError as exc:
+        LOG.error("metadata source: %s", exc)
+        status = Status(
+            state=State.FAILED, step="metadata", message=str(exc), remedy="choose another --source"
+        )
+        StateStore(args.root).write_status(status)
+        print(_status_text(status))
+        return 1
+    ctx = build_context(args.root, source)
+    result = Engine(ctx).run(only=args.only)
+    print(_status_text(result.status))
+    return 0 if result.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`firstboot status`."""
+    store = StateStore(args.root)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        status = store.read_status() or Status(state=State.PENDING, message="firstboot has not run yet")
+        finished = status.state in (State.DONE, State.FAILED)
+        if finished or not args.wait or time.monotonic() >= deadline:
+            break
+        time.sleep(STATUS_POLL_SECONDS)
+    if args.format == "json":
+        print(status.to_json())
+    else:
+        print(_status_text(status))
+    return {State.DONE: 0, State.FAILED: 1}.get(status.state, 2)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`firstboot doctor`."""
+    try:
+        source = make_source(args.source)
+    except SourceError as exc:
+        LOG.warning("metadata source: %s (using the cached config)", exc)
+        from firstboot.sources import EnvSource
+
+        source = EnvSource({})
+    ctx = build_context(args.root, source)
+    findings = doctor.diagnose(ctx)
+    if args.format == "json":
+        healthy = all(f.result.ok for f in findings)
+        print(json.dumps({"healthy": healthy, "checks": [f.as_dict() for f in findings]}, indent=2))
+    else:
+        width = max((len(f.step) for f in findings), default=8)
+        for f in findings:
+            r = f.result
+            label = "ok" if r.ok else ("PROBLEM" if r.conclusive else "UNKNOWN")
+            print(f"{label:<8} {f.step:<{width}}  {r.message}")
+            if not r.ok and r.remedy:
+                print(f"{'':<8} {'':<{width}}  remedy: {r.remedy}")
+    return 0 if all(f.result.ok for f in findings) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `firstboot` console script."""
+    args = _parser().parse_args(argv)
+    _logging(args.verbose, args.quiet)
+    handlers = {"run": cmd_run, "status": cmd_status, "doctor": cmd_doctor}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""doctor: every step's read-only `check`, run in parallel, one result per link of the chain.
+
+The checks are independent reads (time sync, DNS, endpoints, k3s, Arc, Flux), so they run at once in a
+thread pool, each bounded by its step's timeout (at most `MAX_CHECK_SECONDS`); a check that cannot tell
+yet (its prerequisites are missing) reports `conclusive=False`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+from dataclasses import dataclass
+
+from firstboot import metadata, steps
+from firstboot.sources import SourceError
+from firstboot.step import CheckResult, Context, StepFailure
+
+LOG = logging.getLogger(__name__)
+
+MAX_CHECK_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of doctor's report."""
+
+    step: str
+    result: CheckResult
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form."""
+        r = self.result
+        return {
+            "step": self.step,
+            "ok": r.ok,
+            "conclusive": r.conclusive,
+            "message": r.message,
+            "remedy": r.remedy,
+        }
+
+
+def prepare(ctx: Context) -> None:
+    """Load config and secrets into `ctx` without writing anything (falls back to the cached config)."""
+    try:
+        ctx.config = metadata.load_config(ctx.source)
+    except (metadata.MetadataError, SourceError) as exc:
+        LOG.debug("doctor: live config unavailable (%s); trying the cached copy", exc)
+        ctx.config = metadata.cached_config(ctx.root)
+    try:
+        ctx.secrets = metadata.load_secrets(ctx.source, ctx.root, persist=False)
+    except (metadata.MetadataError, SourceError) as exc:
+        LOG.debug("doctor: secrets unavailable: %s", exc)
+    if ctx.config is not None:
+        from firstboot.steps import proxy
+
+        ctx.env = {**ctx.env, **proxy.proxy_environment(ctx.config)}
+
+
+def _guarded(step: steps.Step, ctx: Context) -> CheckResult:
+    if step.name != "metadata" and ctx.config is None:
+        return CheckResult(
+            False, "not checked: no valid metadata", "fix the metadata first", conclusive=False
+        )
+    try:
+        return step.check(ctx)
+    except StepFailure as exc:
+        return CheckResult(False, exc.message, exc.remedy)
+    except Exception as exc:  # one broken check must not hide the others
+        LOG.debug("check %s crashed", step.name, exc_info=exc)
+        return CheckResult(
+            False, f"check crashed: {type(exc).__name__}: {exc}", "report this bug (run with -v)"
+        )
+
+
+def diagnose(ctx: Context, step_list: list[steps.Step] | None = None) -> list[Finding]:
+    """Run every check in parallel; findings in step order."""
+    step_list = step_list if step_list is not None else steps.load()
+    prepare(ctx)
+    findings: list[Finding] = []
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, len(step_list)), thread_name_prefix="check")
+    try:
+        futures = [(s, pool.submit(_guarded, s, ctx)) for s in step_list]
+        for step, future in futures:
+            limit = min(step.meta.timeout_seconds * ctx.time_scale, MAX_CHECK_SECONDS)
+            try:
+                result = future.result(timeout=limit)
+            except cf.TimeoutError:
+                result = CheckResult(
+                    False,
+                    f"check did not answer within {limit:g} s",
+                    f"run `firstboot doctor -v`; {step.name} hangs",
+                )
+            findings.append(Finding(step.name, result))
+    finally:
+        # Hung checks are abandoned, not waited for.
+        pool.shutdown(wait=False, cancel_futures=True)
+    return findings

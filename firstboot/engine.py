@@ -1,0 +1,288 @@
+"""The step engine: runs what is not yet done, in order, with a timeout and a retry policy per step.
+
+Programmatic use (what the CLI does):
+
+    from firstboot.engine import Engine, build_context
+    from firstboot.sources import FileSource
+    ctx = build_context(Path(root), FileSource(Path("meta.yaml")))
+    result = Engine(ctx, time_scale=0.01).run(only=None)   # RunResult(ok, status)
+
+`time_scale` multiplies every step timeout, retry deadline and backoff wait (default from the
+`ARCBAKE_TIME_SCALE` environment variable, else 1.0), so tests exercise the real policy in milliseconds.
+`sleep` replaces the backoff sleep (tests record the waits).
+
+Per step: skipped when stamped for this instance id (unless `always_run`), skipped on agents when
+`servers_only`; else run in a worker thread, bounded by `timeout_seconds` (the thread is abandoned and
+`ctx.cancel` set when it hangs), TransientFailure retried by tenacity with exponential backoff and full
+jitter until the step's deadline, PermanentFailure (or any other error) fails at once. Stamped only after
+success. Status is reported after every transition: status.json, `guestinfo.arcbake.status` (a failed
+write is logged and tolerated) and a log line on stderr (the journal).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_random_exponential
+
+from firstboot import metadata, steps
+from firstboot.contract import KEY_STATUS, Role, State, Status
+from firstboot.sources import SourceError
+from firstboot.state import LockedError, StateStore
+from firstboot.step import Context, MetadataSource, PermanentFailure, StepFailure
+from firstboot.subp import redact
+
+LOG = logging.getLogger(__name__)
+
+TIME_SCALE_ENV = "ARCBAKE_TIME_SCALE"
+
+
+def default_time_scale() -> float:
+    """`ARCBAKE_TIME_SCALE` (a positive float), else 1.0."""
+    raw = os.environ.get(TIME_SCALE_ENV, "")
+    try:
+        value = float(raw) if raw else 1.0
+    except ValueError:
+        LOG.warning("ignoring %s=%r (not a number)", TIME_SCALE_ENV, raw)
+        return 1.0
+    return value if value > 0 else 1.0
+
+
+def build_context(
+    root: Path,
+    source: MetadataSource,
+    *,
+    env: Mapping[str, str] | None = None,
+    time_scale: float | None = None,
+) -> Context:
+    """A Context for `root` and `source`; config, secrets and instance id are filled by the engine."""
+    return Context(
+        root=root,
+        source=source,
+        env=dict(env if env is not None else os.environ),
+        time_scale=time_scale if time_scale is not None else default_time_scale(),
+    )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run ended with."""
+
+    ok: bool
+    status: Status
+
+
+class _Abandoned(Exception):
+    pass
+
+
+class Engine:
+    """Runs the steps for one Context."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        step_list: list[steps.Step] | None = None,
+        *,
+        time_scale: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ctx = ctx
+        self.steps = step_list if step_list is not None else steps.load()
+        self.scale = time_scale if time_scale is not None else ctx.time_scale
+        self.sleep = sleep
+        self.state = StateStore(ctx.root)
+        self._current: str | None = None
+
+    # -- status -----------------------------------------------------------------------------------
+    def report(self, state: State, step: str | None, message: str, remedy: str | None = None) -> Status:
+        """Write a status to status.json, guestinfo and the journal; return it."""
+        secrets = self.ctx.secret_values()
+        status = Status(
+            state=state,
+            step=step,
+            message=redact(message, secrets),
+            remedy=redact(remedy, secrets) if remedy else None,
+        )
+        line = f"{state.value}" + (f" [{step}]" if step else "") + f": {status.message}"
+        if state is State.FAILED:
+            LOG.error("%s; remedy: %s", line, status.remedy)
+        else:
+            LOG.info("%s", line)
+        try:
+            self.state.write_status(status)
+        except OSError as exc:
+            LOG.error("cannot write %s: %s", self.state.status_path, exc)
+        try:
+            self.ctx.source.set(KEY_STATUS, status.to_json())
+        except (OSError, SourceError) as exc:
+            LOG.warning("cannot write %s (tolerated): %s", KEY_STATUS, exc)
+        return status
+
+    def _progress(self, message: str) -> None:
+        # An abandoned step must not overwrite the failure reported for it.
+        if not self.ctx.cancel.is_set():
+            self.report(State.RUNNING, self._current, message)
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self, only: str | None = None) -> RunResult:
+        """Run every step not yet done (or just `only`, after the always-run steps); never raises."""
+        names = [s.name for s in self.steps]
+        if only is not None and only not in names:
+            status = self.report(
+                State.FAILED, only, f"unknown step {only!r}", f"choose one of: {', '.join(names)}"
+            )
+            return RunResult(False, status)
+        try:
+            self.state.acquire()
+        except (LockedError, OSError) as exc:
+            return RunResult(False, Status(state=State.FAILED, message=str(exc), remedy="wait for it"))
+        try:
+            return self._run(only)
+        finally:
+            self.state.release()
+
+    def _run(self, only: str | None) -> RunResult:
+        self.ctx.progress = self._progress
+        if not self.ctx.instance_id:
+            try:
+                self.ctx.instance_id = metadata.instance_id(self.ctx.source, self.ctx.root)
+            except (metadata.MetadataError, SourceError) as exc:
+                status = self.report(State.FAILED, "metadata", str(exc), _metadata_remedy(exc))
+                return RunResult(False, status)
+        iid = self.ctx.instance_id
+        if only is None and self.state.done_instance() == iid and self._all_stamped(iid):
+            return RunResult(True, self.report(State.DONE, None, f"already onboarded (instance {iid})"))
+        if only is None:
+            self.state.clear_done()
+        self.report(State.RUNNING, None, f"starting (instance {iid})")
+        for step in self.steps:
+            wanted = only is None or step.name == only or step.meta.always_run
+            if not wanted:
+                continue
+            if self._agent() and step.meta.servers_only:
+                LOG.info("step %s: skipped (agent node)", step.name)
+                continue
+            if step.name != only and not step.meta.always_run and self.state.is_stamped(iid, step.name):
+                LOG.info("step %s: already done for instance %s", step.name, iid)
+                continue
+            failure = self._run_step(step)
+            if failure is not None:
+                return RunResult(False, failure)
+        if self._all_stamped(iid):
+            self.state.mark_done(iid)
+            return RunResult(True, self.report(State.DONE, None, f"onboarded (instance {iid})"))
+        pending = [s.name for s in self._applicable() if not self.state.is_stamped(iid, s.name)]
+        message = f"step {only} done; not yet done: {', '.join(pending)}"
+        return RunResult(True, self.report(State.PENDING, only, message, "run `firstboot run`"))
+
+    def _agent(self) -> bool:
+        config = self.ctx.config
+        return config is not None and config.k3s.role is Role.AGENT
+
+    def _applicable(self) -> list[steps.Step]:
+        return [s for s in self.steps if not (self._agent() and s.meta.servers_only)]
+
+    def _all_stamped(self, iid: str) -> bool:
+        if self.ctx.config is None and any(s.meta.servers_only for s in self.steps):
+            # Role unknown before metadata is loaded: cannot tell what applies.
+            stamped = set(self.state.stamped(iid))
+            return all(s.name in stamped for s in self.steps if not s.meta.servers_only) and (
+                "metadata" in stamped
+            )
+        return all(self.state.is_stamped(iid, s.name) for s in self._applicable())
+
+    def _run_step(self, step: steps.Step) -> Status | None:
+        """Run one step to success (stamp, return None) or failure (report, return the status)."""
+        self._current = step.name
+        self.ctx.cancel = threading.Event()
+        self.report(State.RUNNING, step.name, step.meta.summary or f"running {step.name}")
+        started = time.monotonic()
+        timeout = step.meta.timeout_seconds * self.scale
+        outcome: list[BaseException | None] = []
+        worker = threading.Thread(
+            target=self._attempts, args=(step, outcome), name=f"step-{step.name}", daemon=True
+        )
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            self.ctx.cancel.set()
+            return self.report(
+                State.FAILED,
+                step.name,
+                f"step {step.name} did not finish within {timeout:g} s and was abandoned",
+                f"see the journal for the last progress of {step.name}; `firstboot doctor` shows which "
+                "link is broken; `firstboot run` resumes at this step",
+            )
+        error = outcome[0] if outcome else None
+        elapsed = time.monotonic() - started
+        if error is None:
+            try:
+                self.state.stamp(self.ctx.instance_id, step.name, elapsed)
+            except OSError as exc:
+                return self.report(
+                    State.FAILED, step.name, f"cannot stamp {step.name}: {exc}", "check /var/lib/arcbake"
+                )
+            LOG.info("step %s: ok (%.2f s)", step.name, elapsed)
+            return None
+        if isinstance(error, StepFailure):
+            return self.report(State.FAILED, step.name, error.message, error.remedy)
+        LOG.debug("step %s crashed", step.name, exc_info=error)
+        return self.report(
+            State.FAILED,
+            step.name,
+            f"step {step.name} crashed: {type(error).__name__}: {error}",
+            "this is a bug in firstboot; the journal has the details (run with -v)",
+        )
+
+    def _attempts(self, step: steps.Step, outcome: list[BaseException | None]) -> None:
+        policy = step.meta.retry
+
+        def log_retry(state: RetryCallState) -> None:
+            if self.ctx.cancel.is_set():
+                return
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            message = exc.message if isinstance(exc, StepFailure) else str(exc)
+            self.report(
+                State.RUNNING,
+                step.name,
+                f"attempt {state.attempt_number} failed: {message}; retrying in {wait:.1f} s",
+            )
+
+        def cancelled_sleep(seconds: float) -> None:
+            if self.ctx.cancel.is_set():
+                raise _Abandoned
+            self.sleep(seconds)
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, StepFailure) and e.transient),
+            stop=stop_after_delay(policy.deadline_seconds * self.scale)
+            | stop_after_attempt(policy.max_attempts),
+            wait=wait_random_exponential(
+                multiplier=policy.initial_wait * self.scale, max=policy.max_wait * self.scale
+            ),
+            sleep=cancelled_sleep,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            retrying(step.run, self.ctx)
+            outcome.append(None)
+        except _Abandoned:
+            outcome.append(PermanentFailure(f"step {step.name} abandoned", "see the journal"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which reports it
+            outcome.append(exc)
+
+
+def _metadata_remedy(exc: Exception) -> str:
+    if isinstance(exc, SourceError):
+        return "check that open-vm-tools is installed and the VM's guestinfo is readable, or pass --source"
+    return "fix guestinfo.metadata (instance-id) or make /sys/class/dmi/id/product_uuid readable"

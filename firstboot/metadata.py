@@ -1,0 +1,246 @@
+"""Reading the onboarding metadata from a source: config, secrets (once) and the instance id.
+
+- `load_config(source)`: `guestinfo.arcbake.config` (+ `.encoding`) decoded like cloud-init, parsed as YAML
+  or JSON, validated as `OnboardingConfig`; every problem is reported at once by key path (and YAML line).
+- `load_secrets(ctx)`: read once from `guestinfo.arcbake.secrets`, written 0600 to
+  /var/lib/arcbake/secrets.json (dir 0700) BEFORE the key is overwritten with `---`; later runs read the file.
+- `instance_id(source, root)`: `instance-id` of `guestinfo.metadata`, else /sys/class/dmi/id/product_uuid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from firstboot import encoding
+from firstboot.contract import (
+    ENCODING_SUFFIX,
+    KEY_CONFIG,
+    KEY_METADATA,
+    KEY_SECRETS,
+    REDACTED_VALUE,
+    ArcAuth,
+    OnboardingConfig,
+    OnboardingSecrets,
+    Role,
+)
+from firstboot.sources import SourceError, atomic_write
+from firstboot.step import MetadataSource
+
+LOG = logging.getLogger(__name__)
+
+STATE_DIR = "/var/lib/arcbake"
+SECRETS_FILE = f"{STATE_DIR}/secrets.json"
+CONFIG_CACHE = f"{STATE_DIR}/config.json"
+PRODUCT_UUID = "/sys/class/dmi/id/product_uuid"
+M = TypeVar("M", bound=BaseModel)
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class MetadataError(Exception):
+    """Metadata is missing or invalid; `problems` lists each one by key path."""
+
+    def __init__(self, key: str, problems: list[str]) -> None:
+        self.key = key
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{key} is invalid ({count}): " + "; ".join(problems))
+
+
+def under(root: Path, absolute: str) -> Path:
+    """`absolute` mapped under `root` (the `--root` option)."""
+    return root / absolute.lstrip("/")
+
+
+def read_value(source: MetadataSource, key: str) -> str | None:
+    """The decoded text of `key` (using `key.encoding`), None when unset; MetadataError when undecodable."""
+    raw = source.get(key)
+    if raw is None:
+        return None
+    enc = source.get(key + ENCODING_SUFFIX)
+    try:
+        data = encoding.decode(raw, enc)
+    except encoding.DecodeError as exc:
+        raise MetadataError(key, [f"{key}: {exc}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetadataError(key, [f"{key}: not UTF-8 text (byte {exc.start})"]) from None
+
+
+def parse_mapping(key: str, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    """YAML or JSON text to a mapping, plus the YAML node tree (for line numbers)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise MetadataError(key, [f"{key}: not valid YAML or JSON{where}: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise MetadataError(key, [f"{key}: must be a mapping, got {type(data).__name__}"])
+    return data, node
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if node is None:
+                return None
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def validation_problems(exc: ValidationError, node: yaml.Node | None = None) -> list[str]:
+    """One line per pydantic error: dotted path, line when known, message (never the input value)."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(node, loc) if loc else None
+        where = f" (line {line})" if line else ""
+        out.append(f"{path}{where}: {err['msg']}")
+    return out
+
+
+def _validate(model: type[M], key: str, text: str) -> M:
+    data, node = parse_mapping(key, text)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise MetadataError(key, validation_problems(exc, node)) from None
+
+
+def load_config(source: MetadataSource) -> OnboardingConfig:
+    """Decode and validate `guestinfo.arcbake.config`; MetadataError lists every problem."""
+    text = read_value(source, KEY_CONFIG)
+    if text is None:
+        raise MetadataError(KEY_CONFIG, [f"{KEY_CONFIG}: not set (builder deploy writes it)"])
+    return _validate(OnboardingConfig, KEY_CONFIG, text)
+
+
+def secrets_path(root: Path) -> Path:
+    """Where the secrets live once read: /var/lib/arcbake/secrets.json under `root`."""
+    return under(root, SECRETS_FILE)
+
+
+def load_secrets(source: MetadataSource, root: Path, *, persist: bool = True) -> OnboardingSecrets:
+    """Secrets from the 0600 file when present, else from guestinfo (once).
+
+    With `persist` (the metadata step), secrets read from guestinfo are written 0600 (dir 0700) first and
+    only then is the guestinfo key overwritten with `---`; a key still holding a value while the file
+    exists (a redaction that failed last time) is redacted again. Without `persist` (doctor), nothing is
+    written anywhere.
+    """
+    path = secrets_path(root)
+    if path.exists():
+        try:
+            secrets = OnboardingSecrets.model_validate_json(path.read_bytes())
+        except (ValidationError, OSError) as exc:
+            problems = validation_problems(exc) if isinstance(exc, ValidationError) else [str(exc)]
+            raise MetadataError(str(path), [f"{path}: {p}" for p in problems]) from None
+        if persist and source.get(KEY_SECRETS) is not None:
+            _redact(source)
+        return secrets
+    text = read_value(source, KEY_SECRETS)
+    if text is None:
+        return OnboardingSecrets()
+    secrets = _validate(OnboardingSecrets, KEY_SECRETS, text)
+    if persist:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        payload = json.dumps(_plain(secrets), indent=2, sort_keys=True)
+        atomic_write(path, payload, mode=0o600)
+        _redact(source)
+    return secrets
+
+
+def _plain(secrets: OnboardingSecrets) -> dict[str, Any]:
+    def reveal(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: reveal(v) for k, v in value.items()}
+        if hasattr(value, "get_secret_value"):
+            return value.get_secret_value()
+        return value
+
+    return {k: reveal(v) for k, v in secrets.model_dump(exclude_none=True).items()}
+
+
+def _redact(source: MetadataSource) -> None:
+    try:
+        source.set(KEY_SECRETS, REDACTED_VALUE)
+        source.set(KEY_SECRETS + ENCODING_SUFFIX, "")
+        LOG.info("%s read and overwritten with %s", KEY_SECRETS, REDACTED_VALUE)
+    except (OSError, SourceError) as exc:
+        # The secrets are safe on disk; the next run retries the redaction.
+        LOG.warning("could not overwrite %s in guestinfo (retried next run): %s", KEY_SECRETS, exc)
+
+
+def check_secrets(config: OnboardingConfig, secrets: OnboardingSecrets) -> list[str]:
+    """Secrets the config needs but does not have, and secrets for nothing; one line per problem."""
+    problems = []
+    if config.k3s.role is Role.AGENT and secrets.k3s_token is None:
+        problems.append(f"{KEY_SECRETS}.k3s_token: required for an agent (the server's join token)")
+    if config.k3s.role is Role.SERVER and config.arc is not None:
+        if config.arc.auth is ArcAuth.SECRET and secrets.sp_secret is None:
+            problems.append(f"{KEY_SECRETS}.sp_secret: required by arc.auth=secret")
+        if config.arc.auth is ArcAuth.CERTIFICATE and secrets.sp_certificate_pem is None:
+            problems.append(f"{KEY_SECRETS}.sp_certificate_pem: required by arc.auth=certificate")
+    names = {c.name for c in config.flux.configurations}
+    for name in sorted(set(secrets.git) - names):
+        problems.append(f"{KEY_SECRETS}.git.{name}: no flux configuration named {name!r}")
+    return problems
+
+
+def instance_id(source: MetadataSource, root: Path) -> str:
+    """The clone's identity: `instance-id` in guestinfo.metadata, else the DMI product UUID."""
+    text = read_value(source, KEY_METADATA)
+    if text is not None:
+        data, _ = parse_mapping(KEY_METADATA, text)
+        value = data.get("instance-id")
+        if value is not None:
+            if not isinstance(value, str | int) or not str(value).strip():
+                raise MetadataError(KEY_METADATA, [f"{KEY_METADATA}.instance-id: must be a non-empty string"])
+            return _safe(str(value).strip())
+    uuid_path = under(root, PRODUCT_UUID)
+    try:
+        value = uuid_path.read_text(encoding="ascii").strip().lower()
+    except (OSError, UnicodeDecodeError):
+        value = ""
+    if not value:
+        raise MetadataError(
+            KEY_METADATA,
+            [f"{KEY_METADATA}.instance-id: not set, and {PRODUCT_UUID} is not readable"],
+        )
+    return _safe(value)
+
+
+def _safe(value: str) -> str:
+    # The id names a directory: keep it one path component.
+    safe = _SAFE_ID.sub("_", value)
+    return "_" + safe if safe in (".", "..") else safe
+
+
+def cache_config(root: Path, config: OnboardingConfig) -> None:
+    """Keep the decoded config (no secrets) for doctor and status when guestinfo is unreadable."""
+    atomic_write(under(root, CONFIG_CACHE), config.model_dump_json(indent=2), mode=0o600)
+
+
+def cached_config(root: Path) -> OnboardingConfig | None:
+    """The config the last metadata step saw, or None."""
+    path = under(root, CONFIG_CACHE)
+    try:
+        return OnboardingConfig.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return None

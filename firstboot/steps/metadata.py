@@ -1,0 +1,66 @@
+"""metadata: decode and validate the onboarding config, read the secrets once, derive the environment.
+
+Runs on every `firstboot run` (`always_run`): it is cheap and idempotent, and every later step needs the
+config and secrets it loads into the Context. Invalid metadata fails here, with every problem listed by
+key path, so nothing after it runs.
+"""
+
+from __future__ import annotations
+
+from firstboot import metadata
+from firstboot.contract import KEY_CONFIG
+from firstboot.sources import SourceError
+from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
+
+META = StepMeta(
+    name="metadata",
+    timeout_seconds=60,
+    retry=RetryPolicy(deadline_seconds=45, initial_wait=1, max_wait=10),
+    always_run=True,
+    summary="reading the onboarding metadata from guestinfo",
+)
+
+REMEDY_INVALID = (
+    "fix the fleet file and run `builder deploy` again (it rewrites guestinfo.arcbake.config), "
+    "or correct the VM's guestinfo keys; `builder validate` reports the same problems"
+)
+REMEDY_SOURCE = (
+    "check that open-vm-tools is installed and running (vmware-rpctool 'info-get guestinfo.arcbake.config'), "
+    "or run with --source env / --source file:PATH"
+)
+
+
+def run(ctx: Context) -> None:
+    """Load config and secrets into `ctx` (secrets persisted 0600 and redacted in guestinfo)."""
+    try:
+        config = metadata.load_config(ctx.source)
+        secrets = metadata.load_secrets(ctx.source, ctx.root, persist=True)
+    except metadata.MetadataError as exc:
+        raise PermanentFailure(str(exc), REMEDY_INVALID) from None
+    except SourceError as exc:
+        raise TransientFailure(f"cannot read {KEY_CONFIG}: {exc}", REMEDY_SOURCE) from None
+    problems = metadata.check_secrets(config, secrets)
+    if problems:
+        raise PermanentFailure(
+            f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}",
+            "add the missing secrets to the fleet's secrets and run `builder deploy` again",
+        )
+    ctx.config = config
+    ctx.secrets = secrets
+    # Late import: proxy is a sibling step; its environment applies to every child process from here on.
+    from firstboot.steps import proxy
+
+    ctx.env = {**ctx.env, **proxy.proxy_environment(config)}
+    metadata.cache_config(ctx.root, config)
+
+
+def check(ctx: Context) -> CheckResult:
+    """Read-only: is the config present and valid? (secrets are read from the file only, never written)."""
+    try:
+        config = metadata.load_config(ctx.source)
+    except metadata.MetadataError as exc:
+        return CheckResult(False, str(exc), REMEDY_INVALID)
+    except SourceError as exc:
+        return CheckResult(False, f"cannot read {KEY_CONFIG}: {exc}", REMEDY_SOURCE)
+    role = config.k3s.role.value
+    return CheckResult(True, f"config valid: host {config.hostname}, role {role}")

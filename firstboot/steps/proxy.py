@@ -1,0 +1,147 @@
+"""proxy: the outbound proxy for k3s, containerd and az, and Arc's `--proxy-skip-range`.
+
+Files written (under `--root`) when `proxy.http_proxy` or `proxy.https_proxy` is set, removed when not:
+- `/etc/systemd/system/k3s.service.env` and `k3s-agent.service.env`: HTTP(S)_PROXY / NO_PROXY for K3s and
+  `CONTAINERD_*` for its embedded containerd (K3s reads these files from its unit);
+- `/etc/profile.d/arcbake-proxy.sh`: the same for az and interactive shells (firstboot itself passes
+  `proxy_environment()` to every child through `ctx.env`);
+- `/etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem` with `proxy.ca_bundle_pem` (then
+  `update-ca-trust extract` when the root is `/`); `ca_file(ctx)` gives its path to the connectivity step.
+
+`proxy_skip_range(config)` is what the arc step passes as `az connectedk8s connect --proxy-skip-range`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from firstboot import subp
+from firstboot.contract import OnboardingConfig
+from firstboot.sources import atomic_write
+from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta
+
+LOG = logging.getLogger(__name__)
+
+META = StepMeta(
+    name="proxy",
+    needs=("dns",),
+    timeout_seconds=60,
+    retry=RetryPolicy(deadline_seconds=30, initial_wait=1, max_wait=5),
+    summary="writing the proxy environment for k3s, containerd and az",
+)
+
+K3S_ENV_FILES = ("/etc/systemd/system/k3s.service.env", "/etc/systemd/system/k3s-agent.service.env")
+PROFILE_FILE = "/etc/profile.d/arcbake-proxy.sh"
+CA_FILE = "/etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem"
+MARKER = "# written by arcbake firstboot (proxy step)"
+# Names a cluster resolves itself: never through the proxy.
+CLUSTER_NAMES = ("kubernetes.default.svc", ".svc.cluster.local", ".svc", ".cluster.local")
+
+
+def _unique(items: list[str]) -> list[str]:
+    return [i for i in dict.fromkeys(items) if i]
+
+
+def no_proxy_list(config: OnboardingConfig) -> list[str]:
+    """NO_PROXY for the node: loopback, the cluster's CIDRs and names, then the configured exceptions."""
+    k3s = config.k3s
+    base = ["localhost", "127.0.0.1", "::1", str(k3s.cluster_cidr), str(k3s.service_cidr), *CLUSTER_NAMES]
+    return _unique([*base, *config.proxy.no_proxy])
+
+
+def proxy_skip_range(config: OnboardingConfig) -> str:
+    """Arc's `--proxy-skip-range`: service and pod CIDRs, cluster names, then `proxy.no_proxy`."""
+    k3s = config.k3s
+    items = [str(k3s.service_cidr), str(k3s.cluster_cidr), *CLUSTER_NAMES, *config.proxy.no_proxy]
+    return ",".join(_unique(items))
+
+
+def proxy_environment(config: OnboardingConfig) -> dict[str, str]:
+    """Proxy variables for child processes (both spellings); empty when no proxy is configured."""
+    proxy = config.proxy
+    if not (proxy.http_proxy or proxy.https_proxy):
+        return {}
+    env: dict[str, str] = {}
+    if proxy.http_proxy:
+        env["HTTP_PROXY"] = env["http_proxy"] = proxy.http_proxy
+    if proxy.https_proxy:
+        env["HTTPS_PROXY"] = env["https_proxy"] = proxy.https_proxy
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(no_proxy_list(config))
+    return env
+
+
+def _k3s_env(config: OnboardingConfig) -> str:
+    env = {k: v for k, v in proxy_environment(config).items() if k.isupper()}
+    lines = [MARKER] + [f"{k}={v}" for k, v in env.items()]
+    lines += [f"CONTAINERD_{k}={v}" for k, v in env.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _profile(config: OnboardingConfig) -> str:
+    env = proxy_environment(config)
+    return "\n".join([MARKER, *(f"export {k}='{v}'" for k, v in env.items())]) + "\n"
+
+
+def ca_file(ctx: Context) -> Path | None:
+    """The installed proxy CA (under root) when the config has one, else None."""
+    config = ctx.require_config()
+    return ctx.path(CA_FILE) if config.proxy.ca_bundle_pem else None
+
+
+def _expected(config: OnboardingConfig) -> dict[str, str | None]:
+    active = bool(config.proxy.http_proxy or config.proxy.https_proxy)
+    files: dict[str, str | None] = {p: _k3s_env(config) if active else None for p in K3S_ENV_FILES}
+    files[PROFILE_FILE] = _profile(config) if active else None
+    files[CA_FILE] = config.proxy.ca_bundle_pem.strip() + "\n" if config.proxy.ca_bundle_pem else None
+    return files
+
+
+def run(ctx: Context) -> None:
+    """Write (or remove) the proxy files; install the CA bundle."""
+    config = ctx.require_config()
+    for guest_path, content in _expected(config).items():
+        target = ctx.path(guest_path)
+        if content is None:
+            if target.exists() and MARKER in _read(target):
+                target.unlink()
+            continue
+        try:
+            atomic_write(target, content, mode=0o644)
+        except OSError as exc:
+            raise PermanentFailure(
+                f"cannot write {guest_path}: {exc}", f"check that {target.parent} is writable"
+            ) from None
+    if config.proxy.ca_bundle_pem and ctx.root == Path("/") and shutil.which("update-ca-trust"):
+        try:
+            subp.run(["update-ca-trust", "extract"], timeout=60, description="updating the CA trust store")
+        except subp.ProcessExecutionError as exc:
+            raise PermanentFailure(
+                str(exc), "run `update-ca-trust extract` by hand and read its error"
+            ) from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def check(ctx: Context) -> CheckResult:
+    """Are the proxy files what the config asks for?"""
+    config = ctx.require_config()
+    wrong = []
+    for guest_path, content in _expected(config).items():
+        actual = _read(ctx.path(guest_path)) if ctx.path(guest_path).exists() else None
+        if content is not None and actual != content:
+            wrong.append(guest_path)
+        if content is None and actual is not None and MARKER in actual:
+            wrong.append(guest_path)
+    if wrong:
+        return CheckResult(
+            False, f"proxy files out of date: {', '.join(wrong)}", "run `firstboot run --only proxy`"
+        )
+    proxy = config.proxy.https_proxy or config.proxy.http_proxy
+    return CheckResult(True, f"proxy {proxy} configured" if proxy else "no proxy configured")
