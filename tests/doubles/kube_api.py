@@ -125,7 +125,12 @@ def render(obj: Obj) -> JSON:
     if obj.kind == "Event":
         return _render_event(obj)
     if obj.kind == "Namespace":
-        return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(obj), "status": {"phase": "Active"}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": _meta(obj),
+            "status": {"phase": "Active"},
+        }
     if obj.kind == "Secret":
         body = {k: v for k, v in obj.spec.items() if k in ("data", "type")}
         return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(obj), **body}
@@ -156,7 +161,7 @@ def _render_node(obj: Obj, t: float) -> JSON:
 def _render_pod(obj: Obj, t: float) -> JSON:
     spec = obj.spec
     names = spec.get("containers") or [obj.name.rsplit("-", 1)[0] or "main"]
-    fail = spec.get("fail")
+    fail: JSON = spec.get("fail") or {}
     failing = bool(fail) and _after(fail, "after", t)
     ready = not fail and _after(spec, "ready_after", t)
     statuses = []
@@ -416,7 +421,10 @@ class Store:
 ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^/api/v1/nodes(?:/(?P<name>[^/]+))?$"), "Node"),
     (re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods(?:/(?P<name>[^/]+))?$"), "Pod"),
-    (re.compile(r"^/apis/apps/v1/(?:namespaces/(?P<ns>[^/]+)/)?deployments(?:/(?P<name>[^/]+))?$"), "Deployment"),
+    (
+        re.compile(r"^/apis/apps/v1/(?:namespaces/(?P<ns>[^/]+)/)?deployments(?:/(?P<name>[^/]+))?$"),
+        "Deployment",
+    ),
     (re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?events(?:/(?P<name>[^/]+))?$"), "Event"),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/secrets(?:/(?P<name>[^/]+))?$"), "Secret"),
     (re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?$"), "Namespace"),
@@ -517,7 +525,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/version":
             self._send(200, VERSION)
             return
-        for pattern, kind in ROUTES:
+        for pattern, kind in ROUTES:  # noqa: B007 - `kind` is used after the loop
             match = pattern.match(path)
             if match:
                 break
@@ -591,7 +599,6 @@ class Handler(BaseHTTPRequestHandler):
     def _watch(
         self, kind: str, ns: str | None, label: str, fields: str, query: dict[str, str], fault: Fault | None
     ) -> None:
-        store = self.server.store
         timeout = float(query.get("timeoutSeconds") or 1800)
         end = time.monotonic() + timeout
         if fault and fault.drop_after is not None:

@@ -1,0 +1,704 @@
+"""An `az` (Azure CLI) double: the commands arcbake's arc and flux steps run, with the documented JSON output
+and exit codes, an argv log and fault injection. Stdlib + PyYAML only; `tests/doubles/az` is its executable.
+
+Commands: `version`, `login --service-principal -u ID (-p SECRET|-p @FILE | --certificate FILE) --tenant T`,
+`account set|show`, `connectedk8s show|connect`, `k8s-extension show|create`,
+`k8s-configuration flux show|create`. Exit codes as the real CLI: 0 ok, 1 error, 2 usage, 3 ResourceNotFound
+on `show`. Errors go to stderr as `ERROR: (Code) message`.
+
+Environment:
+    AZ_DOUBLE_STATE   JSON file with the simulated Azure state (login, clusters, extensions, configurations)
+    AZ_DOUBLE_LOG     every invocation's argv appended as one JSON line, before anything else happens
+    AZ_DOUBLE_CONFIG  YAML/JSON: expected credentials, known resource groups, latencies, faults, pods:
+
+        client_id: 00000000-...          # optional: the only service principal that may sign in
+        secret: "..."                    # optional: its secret (a wrong one fails with AADSTS7000215)
+        tenant: ...                      # optional
+        resource_groups: [rg1]           # optional: others fail with ResourceGroupNotFound
+        latency: {"connectedk8s connect": 4, "k8s-extension create": 1, "k8s-configuration flux create": 0.5}
+        faults:
+          - {command: "connectedk8s connect", mode: transient, times: 2}    # fail twice, then work
+          - {command: "login", mode: permanent, code: AADSTS7000215}
+          - {command: "k8s-extension create", mode: hang}
+        arc_pods:  [{name: config-agent-1, ready_after: 1}]   # created in azure-arc on connect
+        flux_pods: [{name: source-controller-1, ready_after: 1}]
+        compliance: {cluster-config: {state: Non-Compliant, after: 0.5, message: "..."}}
+
+On connect, the double creates the `azure-arc` pods in the Kubernetes API double named by `--kube-config`
+(through its `POST /_double/objects`), so the arc step's pod wait is real; extension create does the same
+for `flux-system`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+JSON = dict[str, Any]
+CLI_VERSION = "2.67.0"
+EXTENSIONS = {"connectedk8s": "1.10.5", "k8s-extension": "1.6.3", "k8s-configuration": "2.2.0"}
+DEFAULT_ARC_PODS = [
+    {"name": n, "ready_after": 0.3}
+    for n in (
+        "cluster-metadata-operator-7d9f",
+        "clusterconnect-agent-6c8b",
+        "clusteridentityoperator-5f7d",
+        "config-agent-7b5c",
+        "controller-manager-6d4b",
+        "extension-manager-8c7f",
+        "kube-aad-proxy-5b9d",
+        "metrics-agent-7c6d",
+        "resource-sync-agent-6f8b",
+    )
+]
+DEFAULT_FLUX_PODS = [
+    {"name": n, "ready_after": 0.3}
+    for n in (
+        "fluxconfig-agent-5f6c",
+        "fluxconfig-controller-7b8d",
+        "helm-controller-6c9f",
+        "kustomize-controller-8d7b",
+        "notification-controller-5c6d",
+        "source-controller-7f8c",
+    )
+]
+# Short options per command group (the real CLI's aliases).
+ALIASES: dict[str, dict[str, str]] = {
+    "login": {"-u": "--username", "-p": "--password", "-t": "--tenant"},
+    "account": {"-s": "--subscription", "-n": "--name"},
+    "connectedk8s": {"-n": "--name", "-g": "--resource-group", "-l": "--location"},
+    "k8s-extension": {
+        "-n": "--name",
+        "-g": "--resource-group",
+        "-c": "--cluster-name",
+        "-t": "--cluster-type",
+    },
+    "k8s-configuration": {
+        "-n": "--name",
+        "-g": "--resource-group",
+        "-c": "--cluster-name",
+        "-t": "--cluster-type",
+        "-u": "--url",
+        "-k": "--kustomization",
+        "--ns": "--namespace",
+        "--local-ref": "--local-auth-ref",
+    },
+}
+GLOBAL_FLAGS = {"--only-show-errors", "--debug", "--verbose", "--yes", "-y", "--no-wait"}
+
+
+class AzError(Exception):
+    """An az failure: exit code and the stderr text."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def arm_error(code: str, message: str, exit_code: int = 1) -> AzError:
+    """The shape az prints for an ARM error."""
+    return AzError(exit_code, f"({code}) {message}\nCode: {code}\nMessage: {message}")
+
+
+def not_found(rtype: str, name: str, rg: str) -> AzError:
+    """ResourceNotFound, exit 3 (what `az ... show` returns for a missing resource)."""
+    msg = (
+        f"The Resource '{rtype}/{name}' under resource group '{rg}' was not found. "
+        "For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+    )
+    return arm_error("ResourceNotFound", msg, exit_code=3)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- argv --------------------------------------------------------------------------------------------------
+def parse(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Split argv into command words and options (each option: the list of values that follow it)."""
+    words: list[str] = []
+    opts: dict[str, list[str]] = {}
+    i = 0
+    while i < len(argv) and not argv[i].startswith("-"):
+        words.append(argv[i])
+        i += 1
+    aliases = ALIASES.get(words[0] if words else "", {})
+    current: str | None = None
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("-") and not _is_negative_number(token):
+            name, _, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+            name = aliases.get(name, name)
+            current = name
+            opts.setdefault(name, [])
+            if inline:
+                opts[name].append(inline)
+        elif current is None:
+            raise AzError(2, f"unrecognized arguments: {token}")
+        else:
+            opts[current].append(token)
+        i += 1
+    return words, opts
+
+
+def _is_negative_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def one(opts: dict[str, list[str]], name: str, required: bool = True) -> str | None:
+    """The single value of an option; a missing required one is a usage error (exit 2)."""
+    values = opts.get(name)
+    if not values:
+        if required:
+            raise AzError(2, f"the following arguments are required: {name}")
+        return None
+    value = " ".join(values)
+    if value.startswith("@"):
+        # az loads any `@FILE` argument from the file (how secrets stay off the command line).
+        path = Path(value[1:]).expanduser()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise AzError(1, f"[Errno {exc.errno}] {exc.strerror}: '{path}'") from exc
+    return value
+
+
+# -- persistence -------------------------------------------------------------------------------------------
+class Double:
+    """One invocation: config, state and log."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        config_dir = Path(env.get("AZURE_CONFIG_DIR") or Path.home() / ".azure")
+        self.state_path = Path(env.get("AZ_DOUBLE_STATE") or config_dir / "az-double-state.json")
+        self.log_path = Path(env["AZ_DOUBLE_LOG"]) if env.get("AZ_DOUBLE_LOG") else None
+        config_path = env.get("AZ_DOUBLE_CONFIG")
+        self.config: JSON = (yaml.safe_load(Path(config_path).read_text()) or {}) if config_path else {}
+
+    def log(self, argv: list[str]) -> None:
+        if self.log_path is None:
+            return
+        line = json.dumps({"argv": argv, "time": time.time(), "pid": os.getpid()})
+        with self.log_path.open("a") as fh:
+            fh.write(line + "\n")
+
+    @contextlib.contextmanager
+    def state(self) -> Iterator[JSON]:
+        """Read-modify-write of the state file under an exclusive lock."""
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.state_path.with_name(self.state_path.name + ".lock")
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                doc: JSON = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+            except json.JSONDecodeError:
+                doc = {}
+            yield doc
+            tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+            tmp.replace(self.state_path)
+
+    def peek(self) -> JSON:
+        """The state, read without writing it back."""
+        try:
+            doc: JSON = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return doc
+
+    # -- faults ----------------------------------------------------------------------------------------
+    def inject(self, command: str, context: JSON) -> None:
+        """Apply the first configured fault for `command` (prefix match on the command words)."""
+        for index, fault in enumerate(self.config.get("faults") or []):
+            if not command.startswith(str(fault.get("command", ""))):
+                continue
+            mode = fault.get("mode", "transient")
+            if mode == "hang":
+                while True:
+                    time.sleep(3600)
+            if mode == "transient":
+                with self.state() as doc:
+                    counts = doc.setdefault("fault_counts", {})
+                    used = int(counts.get(str(index), 0))
+                    if used >= int(fault.get("times", 1)):
+                        continue
+                    counts[str(index)] = used + 1
+                message = fault.get("message") or (
+                    "The server is currently unable to handle the request due to a temporary overloading "
+                    "or maintenance of the server. Please retry the request later."
+                )
+                raise arm_error(fault.get("code", "ServiceUnavailable"), message)
+            raise self.permanent(fault, context)
+
+    def permanent(self, fault: JSON, context: JSON) -> AzError:
+        code = fault.get("code", "AuthorizationFailed")
+        if fault.get("message"):
+            return arm_error(code, fault["message"])
+        if code.startswith("AADSTS"):
+            return AzError(1, self.aadsts(code, context.get("client_id", "")))
+        if code == "ResourceGroupNotFound":
+            return arm_error(code, f"Resource group '{context.get('rg', '')}' could not be found.")
+        if code == "AuthorizationFailed":
+            return arm_error(
+                code,
+                f"The client '{context.get('client_id', '')}' with object id '{uuid.uuid4()}' does not have "
+                "authorization to perform action 'Microsoft.Kubernetes/connectedClusters/write' over scope "
+                f"'/subscriptions/{context.get('sub', '')}/resourceGroups/{context.get('rg', '')}' or the "
+                "scope is invalid. If access was recently granted, please refresh your credentials.",
+            )
+        return arm_error(code, f"injected permanent failure {code}")
+
+    @staticmethod
+    def aadsts(code: str, client_id: str) -> str:
+        texts = {
+            "AADSTS7000215": "Invalid client secret provided. Ensure the secret being sent in the request is "
+            f"the client secret value, not the client secret ID, for a secret added to app '{client_id}'.",
+            "AADSTS700016": f"Application with identifier '{client_id}' was not found in the directory.",
+            "AADSTS700027": "Client assertion failed signature validation.",
+            "AADSTS90002": "Tenant not found.",
+        }
+        return f"{code}: {texts.get(code, 'Authentication failed.')}"
+
+    def sleep(self, command: str) -> None:
+        latency = float((self.config.get("latency") or {}).get(command, 0))
+        if latency > 0:
+            time.sleep(latency)
+
+
+# -- commands ----------------------------------------------------------------------------------------------
+def cmd_version(d: Double, opts: dict[str, list[str]]) -> JSON:
+    return {
+        "azure-cli": CLI_VERSION,
+        "azure-cli-core": CLI_VERSION,
+        "azure-cli-telemetry": "1.1.0",
+        "extensions": EXTENSIONS,
+    }
+
+
+def cmd_login(d: Double, opts: dict[str, list[str]]) -> list[JSON]:
+    if "--service-principal" not in opts:
+        raise AzError(1, "the double only signs in service principals (--service-principal)")
+    client_id = one(opts, "--username") or ""
+    tenant = one(opts, "--tenant") or ""
+    cert_path = one(opts, "--certificate", required=False)
+    password = one(opts, "--password", required=False) if cert_path is None else None
+    context = {"client_id": client_id}
+    d.inject("login", context)
+    cfg = d.config
+    if cfg.get("tenant") and tenant != cfg["tenant"]:
+        raise AzError(1, f"AADSTS90002: Tenant '{tenant}' not found.")
+    if cfg.get("client_id") and client_id != cfg["client_id"]:
+        raise AzError(1, d.aadsts("AADSTS700016", client_id))
+    if cert_path is not None:
+        try:
+            pem = Path(cert_path).read_text()
+        except OSError as exc:
+            raise AzError(1, f"[Errno {exc.errno}] {exc.strerror}: '{cert_path}'") from exc
+        if "PRIVATE KEY" not in pem or "CERTIFICATE" not in pem:
+            raise AzError(1, "Could not deserialize key data. The certificate must hold a private key.")
+        if cfg.get("certificate") and cfg["certificate"].strip() != pem.strip():
+            raise AzError(1, d.aadsts("AADSTS700027", client_id))
+    else:
+        if not password:
+            raise AzError(
+                2, "usage error: --password/-p or --certificate is required for a service principal"
+            )
+        if cfg.get("secret") and password != cfg["secret"]:
+            raise AzError(1, d.aadsts("AADSTS7000215", client_id))
+    d.sleep("login")
+    subs = cfg.get("subscriptions") or ["00000000-0000-0000-0000-000000000001"]
+    accounts = [
+        {
+            "cloudName": "AzureCloud",
+            "homeTenantId": tenant,
+            "id": sub,
+            "isDefault": i == 0,
+            "managedByTenants": [],
+            "name": f"subscription-{i}",
+            "state": "Enabled",
+            "tenantId": tenant,
+            "user": {"name": client_id, "type": "servicePrincipal"},
+        }
+        for i, sub in enumerate(subs)
+    ]
+    with d.state() as doc:
+        doc["login"] = {"client_id": client_id, "tenant": tenant, "subscriptions": subs, "current": subs[0]}
+    return accounts
+
+
+def require_login(d: Double) -> JSON:
+    login = d.peek().get("login")
+    if not login:
+        raise AzError(1, "Please run 'az login' to setup account.")
+    return dict(login)
+
+
+def cmd_account(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON | None:
+    login = require_login(d)
+    if words[1:2] == ["set"]:
+        sub = one(opts, "--subscription") or ""
+        if sub not in login["subscriptions"]:
+            raise AzError(1, f"The subscription of '{sub}' doesn't exist in cloud 'AzureCloud'.")
+        with d.state() as doc:
+            doc["login"]["current"] = sub
+        return None
+    if words[1:2] == ["show"]:
+        return {"id": login["current"], "tenantId": login["tenant"], "user": {"name": login["client_id"]}}
+    raise AzError(2, f"'{' '.join(words)}' is not in the 'az account' command group.")
+
+
+def _scope(d: Double, opts: dict[str, list[str]], context_cmd: str) -> tuple[JSON, str, str]:
+    login = require_login(d)
+    rg = one(opts, "--resource-group") or ""
+    known = d.config.get("resource_groups")
+    context = {"client_id": login["client_id"], "rg": rg, "sub": login["current"]}
+    d.inject(context_cmd, context)
+    if known is not None and rg not in known:
+        raise arm_error("ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+    return login, rg, login["current"]
+
+
+def _cluster_id(sub: str, rg: str, name: str) -> str:
+    return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Kubernetes/connectedClusters/{name}"
+
+
+def _kube_server(kubeconfig: str) -> str:
+    doc = yaml.safe_load(Path(kubeconfig).read_text()) or {}
+    current = doc.get("current-context")
+    cluster_name = next(
+        (c["context"]["cluster"] for c in doc.get("contexts") or [] if c.get("name") == current), None
+    )
+    for cluster in doc.get("clusters") or []:
+        if cluster.get("name") == cluster_name or cluster_name is None:
+            return str(cluster["cluster"]["server"]).rstrip("/")
+    raise AzError(1, f"Problem loading the kubeconfig file: no cluster in {kubeconfig}")
+
+
+def _post_objects(server: str, namespace: str, pods: list[JSON]) -> None:
+    body = json.dumps({"pods": [{"namespace": namespace, **p} for p in pods]}).encode()
+    req = urllib.request.Request(  # noqa: S310 - loopback URL from the kubeconfig
+        server + "/_double/objects", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise AzError(
+            1,
+            "Failed to connect to the Kubernetes cluster: Error while connecting to the cluster "
+            f"({exc}). Please check your kubeconfig.",
+        ) from exc
+
+
+def cmd_connectedk8s(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
+    sub_cmd = words[1] if len(words) > 1 else ""
+    if sub_cmd not in ("show", "connect"):
+        raise AzError(2, f"'{sub_cmd}' is not in the 'az connectedk8s' command group.")
+    name = one(opts, "--name") or ""
+    _login, rg, sub = _scope(d, opts, f"connectedk8s {sub_cmd}")
+    key = f"{rg}/{name}"
+    if sub_cmd == "show":
+        cluster = d.peek().get("clusters", {}).get(key)
+        if cluster is None:
+            raise not_found("Microsoft.Kubernetes/connectedClusters", name, rg)
+        return _show_cluster(cluster)
+    return _connect(d, opts, name, rg, sub, key)
+
+
+def _show_cluster(cluster: JSON) -> JSON:
+    shown = {k: v for k, v in cluster.items() if not k.startswith("_")}
+    if shown.get("provisioningState") == "Succeeded":
+        shown["connectivityStatus"] = "Connected"
+        shown["lastConnectivityTime"] = now_iso()
+    return shown
+
+
+def _connect(d: Double, opts: dict[str, list[str]], name: str, rg: str, sub: str, key: str) -> JSON:
+    kubeconfig = one(opts, "--kube-config", required=False) or os.environ.get("KUBECONFIG") or ""
+    if not kubeconfig or not Path(kubeconfig).is_file():
+        raise AzError(1, f"Problem loading the kubeconfig file: [Errno 2] No such file: '{kubeconfig}'")
+    if Path(kubeconfig).stat().st_mode & 0o077:
+        raise AzError(1, f"Kubernetes configuration file is group-readable or world-readable: {kubeconfig}")
+    existing = d.peek().get("clusters", {}).get(key)
+    if existing is not None:
+        raise AzError(
+            1,
+            f"The kubernetes cluster you are trying to onboard is already onboarded to the resource group "
+            f"'{rg}' with resource name '{name}'.",
+        )
+    server = _kube_server(kubeconfig)
+    tags = dict(t.split("=", 1) for t in opts.get("--tags", []) if "=" in t)
+    cluster: JSON = {
+        "agentPublicKeyCertificate": "MIICCgKCAgEA" + uuid.uuid4().hex,
+        "agentVersion": "1.21.10",
+        "connectivityStatus": "Connecting",
+        "distribution": one(opts, "--distribution", required=False) or "generic",
+        "id": _cluster_id(sub, rg, name),
+        "identity": {"principalId": str(uuid.uuid4()), "tenantId": None, "type": "SystemAssigned"},
+        "infrastructure": one(opts, "--infrastructure", required=False) or "generic",
+        "kubernetesVersion": "1.30.6+k3s1",
+        "lastConnectivityTime": None,
+        "location": one(opts, "--location", required=False) or "eastus",
+        "name": name,
+        "offering": None,
+        "provisioningState": "Creating",
+        "resourceGroup": rg,
+        "systemData": {"createdAt": now_iso(), "createdByType": "Application"},
+        "tags": tags,
+        "totalCoreCount": 2,
+        "totalNodeCount": 1,
+        "type": "microsoft.kubernetes/connectedclusters",
+        "_kube_server": server,
+        "_proxy": {
+            k: one(opts, k, required=False) for k in ("--proxy-https", "--proxy-http", "--proxy-skip-range")
+        },
+    }
+    with d.state() as doc:
+        doc.setdefault("clusters", {})[key] = cluster
+    print("This operation might take a while...", file=sys.stderr, flush=True)
+    d.sleep("connectedk8s connect")
+    _post_objects(server, "azure-arc", d.config.get("arc_pods") or DEFAULT_ARC_PODS)
+    with d.state() as doc:
+        doc["clusters"][key]["provisioningState"] = "Succeeded"
+        result = {k: v for k, v in doc["clusters"][key].items() if not k.startswith("_")}
+    return result
+
+
+def cmd_extension(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
+    sub_cmd = words[1] if len(words) > 1 else ""
+    if sub_cmd not in ("show", "create"):
+        raise AzError(2, f"'{sub_cmd}' is not in the 'az k8s-extension' command group.")
+    name = one(opts, "--name") or ""
+    cluster_name = one(opts, "--cluster-name") or ""
+    one(opts, "--cluster-type")
+    _login, rg, _sub = _scope(d, opts, f"k8s-extension {sub_cmd}")
+    key = f"{rg}/{cluster_name}/{name}"
+    state = d.peek()
+    cluster = state.get("clusters", {}).get(f"{rg}/{cluster_name}")
+    if cluster is None:
+        raise not_found("Microsoft.Kubernetes/connectedClusters", cluster_name, rg)
+    ext = state.get("extensions", {}).get(key)
+    if sub_cmd == "show":
+        if ext is None:
+            raise not_found("Microsoft.KubernetesConfiguration/extensions", name, rg)
+        return dict(ext)
+    ext_type = one(opts, "--extension-type") or ""
+    if ext is not None:
+        raise arm_error("ExtensionAlreadyExists", f"Extension '{name}' already exists on the cluster.")
+    ext = {
+        "aksAssignedIdentity": None,
+        "autoUpgradeMinorVersion": True,
+        "configurationProtectedSettings": {},
+        "configurationSettings": {},
+        "extensionType": ext_type,
+        "id": f"{cluster['id']}/providers/Microsoft.KubernetesConfiguration/extensions/{name}",
+        "name": name,
+        "provisioningState": "Creating",
+        "releaseTrain": "Stable",
+        "scope": {"cluster": {"releaseNamespace": "flux-system"}, "namespace": None},
+        "statuses": [],
+        "version": one(opts, "--version", required=False) or "1.14.1",
+    }
+    with d.state() as doc:
+        doc.setdefault("extensions", {})[key] = ext
+    d.sleep("k8s-extension create")
+    if ext_type.lower() == "microsoft.flux":
+        _post_objects(cluster["_kube_server"], "flux-system", d.config.get("flux_pods") or DEFAULT_FLUX_PODS)
+    with d.state() as doc:
+        doc["extensions"][key]["provisioningState"] = "Succeeded"
+        return dict(doc["extensions"][key])
+
+
+def _kustomizations(values: list[str]) -> dict[str, JSON]:
+    """`--kustomization name=a path=./a prune=true depends_on=["b"]`, repeated: the values of all of them."""
+    out: dict[str, JSON] = {}
+    current: JSON | None = None
+    for token in values:
+        key, _, value = token.partition("=")
+        if key == "name":
+            current = {"path": "", "prune": False, "dependsOn": [], "syncIntervalInSeconds": 600}
+            out[value] = current
+            continue
+        if current is None:
+            raise AzError(2, "usage error: --kustomization must start with name=")
+        if key in ("depends_on", "dependsOn"):
+            cleaned = value.strip("[]").replace('"', "").replace("'", "")
+            current["dependsOn"] = [v.strip() for v in cleaned.split(",") if v.strip()]
+        elif key == "prune":
+            current["prune"] = value.lower() == "true"
+        elif key in ("path", "sync_interval", "timeout", "retry_interval"):
+            current[key] = value
+        else:
+            raise AzError(2, f"usage error: unknown kustomization parameter '{key}'")
+    return out
+
+
+def cmd_flux(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
+    sub_cmd = words[2] if len(words) > 2 else ""
+    if words[1:2] != ["flux"] or sub_cmd not in ("show", "create"):
+        raise AzError(2, f"'{' '.join(words[1:])}' is not in the 'az k8s-configuration' command group.")
+    name = one(opts, "--name") or ""
+    cluster_name = one(opts, "--cluster-name") or ""
+    one(opts, "--cluster-type")
+    _login, rg, _sub = _scope(d, opts, f"k8s-configuration flux {sub_cmd}")
+    key = f"{rg}/{cluster_name}/{name}"
+    state = d.peek()
+    cluster = state.get("clusters", {}).get(f"{rg}/{cluster_name}")
+    if cluster is None:
+        raise not_found("Microsoft.Kubernetes/connectedClusters", cluster_name, rg)
+    config = state.get("flux", {}).get(key)
+    if sub_cmd == "show":
+        if config is None:
+            raise not_found("Microsoft.KubernetesConfiguration/fluxConfigurations", name, rg)
+        return _show_flux(d, config)
+    if config is not None:
+        raise arm_error("Conflict", f"Flux configuration '{name}' already exists.")
+    if not any(
+        e.get("extensionType") == "microsoft.flux"
+        for k, e in state.get("extensions", {}).items()
+        if k.startswith(f"{rg}/{cluster_name}/")
+    ):
+        raise AzError(1, "The 'microsoft.flux' extension is not installed on the cluster.")
+    kustomizations = _kustomizations(opts.get("--kustomization", []))
+    if not kustomizations:
+        raise AzError(2, "the following arguments are required: --kustomization")
+    namespace = one(opts, "--namespace", required=False) or "default"
+    local_ref = one(opts, "--local-auth-ref", required=False)
+    missing_secret = local_ref is not None and not _secret_exists(
+        cluster["_kube_server"], namespace, local_ref
+    )
+    config = {
+        "complianceState": "Pending",
+        "configurationProtectedSettings": {},
+        "errorMessage": None,
+        "gitRepository": {
+            "url": one(opts, "--url"),
+            "repositoryRef": {"branch": one(opts, "--branch", required=False) or "master"},
+            "localAuthRef": local_ref,
+            "httpsUser": one(opts, "--https-user", required=False),
+            "syncIntervalInSeconds": 600,
+            "timeoutInSeconds": 600,
+        },
+        "id": f"{cluster['id']}/providers/Microsoft.KubernetesConfiguration/fluxConfigurations/{name}",
+        "kustomizations": kustomizations,
+        "name": name,
+        "namespace": namespace,
+        "provisioningState": "Creating",
+        "scope": one(opts, "--scope", required=False) or "cluster",
+        "sourceKind": "GitRepository",
+        "statuses": [],
+        "_created": time.time(),
+        "_missing_secret": missing_secret,
+    }
+    with d.state() as doc:
+        doc.setdefault("flux", {})[key] = config
+    d.sleep("k8s-configuration flux create")
+    with d.state() as doc:
+        doc["flux"][key]["provisioningState"] = "Succeeded"
+        config = dict(doc["flux"][key])
+    return _show_flux(d, config)
+
+
+def _secret_exists(server: str, namespace: str, name: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{server}/_double/objects", timeout=5) as resp:  # noqa: S310
+            items = json.loads(resp.read())["items"]
+    except (urllib.error.URLError, OSError):
+        return False
+    return any(
+        i["kind"] == "Secret"
+        and i["metadata"]["name"] == name
+        and i["metadata"].get("namespace") == namespace
+        for i in items
+    )
+
+
+def _show_flux(d: Double, config: JSON) -> JSON:
+    shown = {k: v for k, v in config.items() if not k.startswith("_")}
+    want: JSON = (d.config.get("compliance") or {}).get(config["name"], {})
+    age = time.time() - float(config["_created"])
+    if config.get("_missing_secret"):
+        shown["complianceState"] = "Non-Compliant"
+        shown["errorMessage"] = f"secret '{config['gitRepository']['localAuthRef']}' not found"
+    elif config["provisioningState"] == "Succeeded" and age >= float(want.get("after", 0.3)):
+        shown["complianceState"] = want.get("state", "Compliant")
+        if shown["complianceState"] != "Compliant":
+            shown["errorMessage"] = want.get("message", "reconciliation failed")
+    shown["statuses"] = [
+        {
+            "appliedBy": None,
+            "complianceState": shown["complianceState"],
+            "kind": "Kustomization",
+            "name": f"{config['name']}-{k}",
+            "namespace": config["namespace"],
+            "statusConditions": [{"message": shown.get("errorMessage") or "Applied", "type": "Ready"}],
+        }
+        for k in config["kustomizations"]
+    ]
+    return shown
+
+
+def run(argv: list[str], env: dict[str, str]) -> tuple[int, Any]:
+    """Execute one az invocation; returns (exit code, JSON result or None)."""
+    d = Double(env)
+    d.log(argv)
+    args = [a for a in argv if a not in GLOBAL_FLAGS]
+    # `-o/--output json` is the only output format the double prints.
+    cleaned: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("-o", "--output", "--query"):
+            skip = True
+            continue
+        cleaned.append(a)
+    words, opts = parse(cleaned)
+    if not words:
+        raise AzError(2, "the double needs a command")
+    group = words[0]
+    if group == "version":
+        return 0, cmd_version(d, opts)
+    if group == "login":
+        return 0, cmd_login(d, opts)
+    if group == "account":
+        return 0, cmd_account(d, words, opts)
+    if group == "connectedk8s":
+        return 0, cmd_connectedk8s(d, words, opts)
+    if group == "k8s-extension":
+        return 0, cmd_extension(d, words, opts)
+    if group == "k8s-configuration":
+        return 0, cmd_flux(d, words, opts)
+    raise AzError(2, f"'{group}' is misspelled or not recognized by the system.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `tests/doubles/az`."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code, result = run(args, dict(os.environ))
+    except AzError as exc:
+        print(f"ERROR: {exc.message}", file=sys.stderr)
+        return exc.code
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return code
