@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_subp(*names, all=False): commands a test may run via subp")
+    # tools/fault_table.py (bash tools/dev.sh faults) lists every test carrying this marker.
+    config.addinivalue_line("markers", "fault(fault, expected): a fault a test injects, what must happen")
 
 
 @pytest.fixture(autouse=True)
