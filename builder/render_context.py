@@ -1,0 +1,257 @@
+"""What the templates are given: derived values, the file plan, the Packer variables.
+
+Kept apart from `render.py` (which does the file system work) so the derivations can be tested alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from builder.spec import Distro, FirewallProfile, Firmware, ImageSpec
+
+# K3s inbound rules (docs.k3s.io, "Networking requirements"): what each profile opens on the node.
+# Traffic from pods and services is accepted by the trusted zone instead (its sources are the CIDRs).
+_API = {"port": "6443", "protocol": "tcp", "why": "Kubernetes API"}
+_KUBELET = {"port": "10250", "protocol": "tcp", "why": "kubelet metrics"}
+_VXLAN = {"port": "8472", "protocol": "udp", "why": "flannel VXLAN"}
+_WIREGUARD = {"port": "51820-51821", "protocol": "udp", "why": "flannel WireGuard (IPv4, IPv6)"}
+_ETCD = {"port": "2379-2380", "protocol": "tcp", "why": "embedded etcd (HA servers)"}
+PROFILE_PORTS: dict[FirewallProfile, list[dict[str, str]]] = {
+    FirewallProfile.SINGLE_NODE: [_API, _KUBELET],
+    FirewallProfile.MULTI_NODE: [_API, _KUBELET, _VXLAN, _WIREGUARD],
+    FirewallProfile.HA_ETCD: [_API, _KUBELET, _VXLAN, _WIREGUARD, _ETCD],
+}
+
+GUEST_OS_TYPE = {8: "rhel8_64Guest", 9: "rhel9_64Guest"}
+
+# VMX settings that stop VMware Tools from setting the guest clock (chrony owns it).
+TIMESYNC_OFF = {
+    "tools.syncTime": "FALSE",
+    "time.synchronize.continue": "FALSE",
+    "time.synchronize.restore": "FALSE",
+    "time.synchronize.resume.disk": "FALSE",
+    "time.synchronize.shrink": "FALSE",
+    "time.synchronize.tools.startup": "FALSE",
+    "time.synchronize.tools.enable": "FALSE",
+    "time.synchronize.resume.host": "FALSE",
+}
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One rendered file: template name, path inside the build dir, file mode."""
+
+    template: str
+    dest: str
+    mode: int = 0o644
+
+
+def parse_packer_version(text: str) -> tuple[int, int, int] | None:
+    """`Packer v1.6.6` (and later formats) -> (1, 6, 6)."""
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        return None
+    return (int(match[1]), int(match[2]), int(match[3]))
+
+
+def spec_digest(spec: ImageSpec) -> str:
+    """sha256 of the spec's canonical JSON (identifies the spec a template was built from)."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def packer_only(spec: ImageSpec) -> str:
+    """The `-only` build name: vsphere-iso.iso, vsphere-clone.clone, or their *_offline variants."""
+    base = "vsphere-iso.iso" if spec.source.iso is not None else "vsphere-clone.clone"
+    return base + ("_offline" if spec.build.communicator == "none" else "")
+
+
+def public_ports(spec: ImageSpec) -> list[dict[str, str]]:
+    """Ports of the public zone: the profile's, then the spec's extras (no duplicates)."""
+    out = [dict(p) for p in PROFILE_PORTS[spec.firewall.profile]]
+    for extra in spec.firewall.extra_ports:
+        rule = {"port": str(extra.port), "protocol": extra.protocol, "why": "extra port from the spec"}
+        if not any(r["port"] == rule["port"] and r["protocol"] == rule["protocol"] for r in out):
+            out.append(rule)
+    return out
+
+
+def proxy_env(spec: ImageSpec) -> list[str]:
+    """`NAME=value` lines of the proxy environment (empty when no proxy is configured)."""
+    if not spec.proxy.enabled:
+        return []
+    lines = []
+    if spec.proxy.http_proxy:
+        lines.append(f"HTTP_PROXY={spec.proxy.http_proxy}")
+    if spec.proxy.https_proxy:
+        lines.append(f"HTTPS_PROXY={spec.proxy.https_proxy}")
+    lines.append("NO_PROXY=" + ",".join(spec.no_proxy))
+    return lines
+
+
+def boot_command(spec: ImageSpec) -> list[str]:
+    """Keystrokes that add the kickstart to the installer's kernel line (GRUB on EFI, isolinux on BIOS)."""
+    ks = " inst.text inst.ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/ks.cfg"
+    if spec.hardware.firmware is Firmware.EFI:
+        # First entry ("Install ..."), edit it, go to the end of the linuxefi line, boot with Ctrl-X.
+        return ["<up>", "e", "<down><down><end><wait>", ks, "<leftCtrlOn>x<leftCtrlOff>"]
+    return ["<up><tab><wait>", ks, "<enter>"]
+
+
+def file_plan(spec: ImageSpec) -> list[PlannedFile]:
+    """Every file rendered for this spec; optional ones (proxy, DNS fix, RHSM) only when they apply."""
+    plan = [
+        PlannedFile(f"kickstart/el{spec.os.major}.cfg.j2", "http/ks.cfg"),
+        PlannedFile("rootfs/etc/chrony.conf.j2", "rootfs/etc/chrony.conf"),
+        PlannedFile("rootfs/etc/firewalld/zones/public.xml.j2", "rootfs/etc/firewalld/zones/public.xml"),
+        PlannedFile("rootfs/etc/firewalld/zones/trusted.xml.j2", "rootfs/etc/firewalld/zones/trusted.xml"),
+        PlannedFile("rootfs/etc/rancher/k3s/config.yaml.j2", "rootfs/etc/rancher/k3s/config.yaml", 0o600),
+        PlannedFile("rootfs/etc/rancher/k3s/resolv.conf.j2", "rootfs/etc/rancher/k3s/resolv.conf"),
+        PlannedFile("rootfs/etc/vmware-tools/tools.conf.j2", "rootfs/etc/vmware-tools/tools.conf"),
+        PlannedFile(
+            "rootfs/etc/cloud/cloud.cfg.d/90-arcbake-vmware.cfg.j2",
+            "rootfs/etc/cloud/cloud.cfg.d/90-arcbake-vmware.cfg",
+        ),
+        PlannedFile(
+            "rootfs/etc/systemd/system/arcbake-firstboot.service.j2",
+            "rootfs/etc/systemd/system/arcbake-firstboot.service",
+        ),
+        PlannedFile("rootfs/etc/arcbake/image.json.j2", "rootfs/etc/arcbake/image.json"),
+    ]
+    if spec.dns.apply_fix:
+        plan += [
+            PlannedFile(
+                "rootfs/etc/NetworkManager/conf.d/90-arcbake-dns.conf.j2",
+                "rootfs/etc/NetworkManager/conf.d/90-arcbake-dns.conf",
+            ),
+            PlannedFile("rootfs/etc/resolv.conf.j2", "rootfs/etc/resolv.conf"),
+        ]
+    if spec.proxy.enabled:
+        plan += [
+            PlannedFile("rootfs/etc/arcbake/k3s.service.env.j2", "rootfs/etc/arcbake/k3s.service.env", 0o600),
+            PlannedFile("rootfs/etc/profile.d/arcbake-proxy.sh.j2", "rootfs/etc/profile.d/arcbake-proxy.sh"),
+        ]
+    if spec.proxy.ca_bundle_pem:
+        plan.append(
+            PlannedFile(
+                "rootfs/etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem.j2",
+                "rootfs/etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem",
+            )
+        )
+    scripts = ["10-install-k3s-airgap", "20-install-azure-cli", "30-install-firstboot", "40-enable-units"]
+    if spec.os.distro is Distro.RHEL:
+        scripts.insert(0, "05-register-rhsm")
+    scripts.append("90-seal")
+    plan += [PlannedFile(f"scripts/{s}.sh.j2", f"scripts/{s}.sh", 0o755) for s in scripts]
+    return plan
+
+
+def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
+    """The Jinja2 context: the spec plus derived values."""
+    vm_name = spec.template_name(now)
+    digest = spec_digest(spec)
+    ports = public_ports(spec)
+    image_info = {
+        "schema_version": 1,
+        "variant": spec.os.variant,
+        "template": vm_name,
+        "built_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "spec_sha256": digest,
+        "k3s_version": spec.k3s.version,
+        "azure_cli_version": spec.azure.cli_version,
+        "azure_extensions": spec.azure.extensions.model_dump(),
+    }
+    expect = {
+        "variant": spec.os.variant,
+        "os_major": spec.os.major,
+        "k3s_version": spec.k3s.version,
+        "ntp_servers": list(spec.time.ntp_servers),
+        "firewall_profile": spec.firewall.profile.value,
+        "public_ports": [f"{p['port']}/{p['protocol']}" for p in ports],
+        "trusted_sources": spec.trusted_sources,
+        "upstream_servers": [str(s) for s in spec.dns.upstream_servers],
+        "pod_upstream_servers": [str(s) for s in spec.dns.pod_upstream_servers],
+        "dns_fix": spec.dns.apply_fix,
+        "azure_cli_version": spec.azure.cli_version,
+        "packages": [
+            "open-vm-tools",
+            "chrony",
+            "firewalld",
+            "python3.11",
+            "container-selinux",
+            "k3s-selinux",
+        ],
+        "build_user": spec.build.ssh_username,
+    }
+    return {
+        "spec": spec,
+        "vm_name": vm_name,
+        "spec_sha256": digest,
+        "public_ports": ports,
+        "proxy_env": proxy_env(spec),
+        "extensions": [
+            ("connectedk8s", spec.azure.extensions.connectedk8s),
+            ("k8s-extension", spec.azure.extensions.k8s_extension),
+            ("k8s-configuration", spec.azure.extensions.k8s_configuration),
+        ],
+        "image_info": image_info,
+        "expect": expect,
+    }
+
+
+def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> dict[str, Any]:
+    """`arcbake.auto.pkrvars.json`: every non-secret Packer variable of packer/variables.pkr.hcl."""
+    params = {
+        "disk.EnableUUID": "TRUE",
+        "guestinfo.arcbake.image": f"{spec.os.variant} k3s={spec.k3s.version} spec={ctx['spec_sha256'][:16]}",
+    }
+    if spec.time.disable_vmware_tools_timesync:
+        params.update(TIMESYNC_OFF)
+    iso = spec.source.iso
+    out: dict[str, Any] = {
+        "vm_name": ctx["vm_name"],
+        "notes": f"arcbake {spec.os.variant} K3s {spec.k3s.version} spec sha256 {ctx['spec_sha256']}",
+        "datacenter": spec.vsphere.datacenter,
+        "cluster": spec.vsphere.cluster or "",
+        "host": spec.vsphere.host or "",
+        "resource_pool": spec.vsphere.resource_pool or "",
+        "datastore": spec.vsphere.datastore,
+        "network": spec.vsphere.network,
+        "folder": spec.vsphere.folder,
+        "guest_os_type": GUEST_OS_TYPE[spec.os.major],
+        "firmware": spec.hardware.firmware.value,
+        "cpus": spec.hardware.cpus,
+        "memory_mib": spec.hardware.memory_mib,
+        "disk_mib": spec.hardware.disk_gib * 1024,
+        "configuration_parameters": params,
+        "iso_url": (iso.url or "") if iso else "",
+        "iso_checksum": (iso.checksum or "none") if iso else "none",
+        "iso_paths": [iso.datastore_path] if iso and iso.datastore_path else [],
+        "boot_command": boot_command(spec),
+        "boot_wait": spec.build.boot_wait,
+        "clone_template": spec.source.clone.template if spec.source.clone else "",
+        "ssh_username": spec.build.ssh_username,
+        "build_env": proxy_env(spec),
+        "run_image_tests": spec.build.run_image_tests and run_image_tests,
+        "convert_to_template": spec.publish.convert_to_template,
+        "content_library": spec.publish.content_library.name if spec.publish.content_library else "",
+        "content_library_item": (
+            (spec.publish.content_library.item or ctx["vm_name"]) if spec.publish.content_library else ""
+        ),
+        "content_library_ovf": bool(spec.publish.content_library and spec.publish.content_library.ovf),
+    }
+    return out
+
+
+def guest_path(dest: str) -> str | None:
+    """`rootfs/etc/chrony.conf` -> `/etc/chrony.conf`; None for files that do not go into the guest."""
+    parts = PurePosixPath(dest).parts
+    if parts and parts[0] == "rootfs":
+        return "/" + "/".join(parts[1:])
+    return None
