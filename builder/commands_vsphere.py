@@ -1,7 +1,149 @@
-"""`builder build | deploy | status`: the vSphere side of the CLI."""
+"""`builder build | deploy | status`: the vSphere side of the CLI.
+
+Every failure is one line on stderr and an exit code of `builder.rc.RC`: 1 the operation failed (vSphere
+unreachable, login refused, an object missing, Packer failed), 3 an invalid spec or fleet file (every
+problem listed with file, line and path), 130 interrupted. Results (tables, `--format json`) go to stdout.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
 import click
 
-COMMANDS: list[click.Command] = []
+from builder.rc import RC
+from builder.yamlsrc import InputError
+
+FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+
+def _fail(message: str, code: RC = RC.FAILED) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(int(code))
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map the project's exceptions to one-line messages and exit codes (never a traceback)."""
+    from builder.vsphere.connection import VSphereError
+
+    try:
+        yield
+    except InputError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        raise click.exceptions.Exit(int(RC.INVALID_INPUT)) from None
+    except VSphereError as exc:
+        _fail(str(exc))
+
+
+def _session() -> Any:
+    from builder.vsphere.connection import Credentials, connect
+
+    return connect(Credentials.from_env(os.environ))
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.command()
+@click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Delete and clone again VMs whose configuration changed.")
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Clones at a time."
+)
+@FORMAT
+def deploy(fleet_file: Path, replace: bool, concurrency: int, fmt: str) -> None:
+    """Clone the fleet's VMs from its template, write their guestinfo and power them on (idempotent)."""
+    from builder.deploy import VmResult
+    from builder.deploy import deploy as run_deploy
+    from builder.fleet import load_fleet
+
+    def progress(result: VmResult) -> None:
+        click.echo(f"  {result.name}: {result.action} ({result.seconds:.1f}s) {result.message}", err=True)
+
+    with _errors():
+        fleet = load_fleet(fleet_file)
+        with _session() as session:
+            click.echo(
+                f"deploying {len(fleet.vms)} VM(s) of fleet {fleet.name} from {fleet.template}", err=True
+            )
+            report = run_deploy(
+                fleet, session, os.environ, replace=replace, concurrency=concurrency, progress=progress
+            )
+    if fmt == "json":
+        _emit_json(report.as_dict())
+    else:
+        width = max(len(r.name) for r in report.results)
+        for r in report.results:
+            click.echo(f"{r.name.ljust(width)}  {r.action:<9}  {r.moid or '-':<8}  {r.message}")
+        counts: dict[str, int] = {}
+        for r in report.results:
+            counts[r.action] = counts.get(r.action, 0) + 1
+        summary = ", ".join(f"{n} {a}" for a, n in counts.items())
+        click.echo(f"{summary} in {report.seconds:.1f}s", err=True)
+    if not report.ok:
+        raise click.exceptions.Exit(int(RC.FAILED))
+
+
+@click.command()
+@click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--wait", is_flag=True, help="Poll until every VM is done or failed; exit 0 only if all are done."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(0), default=1800.0, show_default=True, help="Seconds for --wait."
+)
+@click.option(
+    "--interval", type=click.FloatRange(0.1), default=10.0, show_default=True, help="Poll interval."
+)
+@FORMAT
+def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: str) -> None:
+    """Each VM's onboarding status (guestinfo.arcbake.status) as a table or JSON."""
+    from builder import status as st
+    from builder.fleet import load_fleet
+
+    with _errors():
+        fleet = load_fleet(fleet_file)
+        with _session() as session:
+            simulator = st.is_simulator(session)
+            if wait:
+                rows, finished = st.wait_status(session, fleet, timeout, interval)
+            else:
+                rows, finished = st.read_status(session, fleet), True
+    no_report = sum(r.state == st.NO_REPORT for r in rows)
+    if fmt == "json":
+        _emit_json({"fleet": fleet.name, "simulator": simulator, "vms": [r.as_dict() for r in rows]})
+    else:
+        click.echo(st.table(rows))
+        if no_report:
+            why = (
+                "this is the vCenter simulator, which runs no guest OS, so no guest will ever report"
+                if simulator
+                else "they have not booted to firstboot yet, or VMware Tools is not running"
+            )
+            click.echo(f"{no_report} of {len(rows)} VM(s) have no report from their guest: {why}.")
+    if wait:
+        code = RC.OK if finished and all(r.state == "done" for r in rows) else RC.FAILED
+        if not finished:
+            click.echo(f"error: not every VM finished within {timeout:g}s", err=True)
+    else:
+        code = RC.FAILED if any(r.state in ("failed", st.MISSING, st.UNREADABLE) for r in rows) else RC.OK
+    if code != RC.OK:
+        raise click.exceptions.Exit(int(code))
+
+
+COMMANDS: list[click.Command] = [deploy, status]

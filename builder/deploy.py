@@ -1,0 +1,284 @@
+"""`builder deploy FLEET`: clone the fleet's VMs from its template, write the guestinfo contract, power on.
+
+Plan first, then act: every VM is classified before anything changes, so a conflict (a VM that exists
+with a different configuration, without `--replace`) stops the deploy with nothing done.
+
+- missing VM          -> clone (guestinfo written in the clone's own ConfigSpec), power on, then stamp
+                         `arcbake.identity`; a failure after the clone deletes the half-made VM.
+- same identity       -> unchanged (reported, not touched).
+- other identity      -> error, or with `--replace` delete and clone again.
+
+The identity is a sha256 of the template name, placement and every guestinfo payload except secret
+values (the references count); it lives in a non-guestinfo extraConfig key, invisible to the guest.
+Clones run on a bounded thread pool (`--concurrency`), sharing one vSphere session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.fleet import Fleet, FleetVM, newest_match, resolve_secrets, secrets_json, template_matcher
+from builder.vsphere import inventory
+from builder.vsphere import vm as vmops
+from builder.vsphere.connection import NotFoundError, Session, VSphereError
+from firstboot import contract
+from firstboot.encoding import GZIP_BASE64, encode
+
+LOG = logging.getLogger(__name__)
+
+KEY_IDENTITY = "arcbake.identity"
+KEY_FLEET = "arcbake.fleet"
+KEY_SOURCE_TEMPLATE = "arcbake.source.template"
+KEY_SOURCE_UUID = "arcbake.source.template_uuid"
+DEFAULT_CONCURRENCY = 4
+
+
+@dataclass
+class VmResult:
+    """What deploy did to one VM."""
+
+    name: str
+    action: str  # cloned | replaced | unchanged | failed | skipped
+    message: str = ""
+    moid: str | None = None
+    instance_uuid: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class DeployReport:
+    """The outcome of a deploy."""
+
+    fleet: str
+    template: str
+    results: list[VmResult] = field(default_factory=list)
+    max_in_flight: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no VM failed."""
+        return all(r.action != "failed" for r in self.results)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no secret values: only names, actions and ids)."""
+        return {
+            "fleet": self.fleet,
+            "template": self.template,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "max_in_flight": self.max_in_flight,
+            "vms": [
+                {
+                    "name": r.name,
+                    "action": r.action,
+                    "message": r.message,
+                    "moid": r.moid,
+                    "instance_uuid": r.instance_uuid,
+                    "seconds": round(r.seconds, 3),
+                }
+                for r in self.results
+            ],
+        }
+
+
+class DeployConflictError(VSphereError):
+    """VMs exist with a different configuration and `--replace` was not given."""
+
+
+def guestinfo_values(vm: FleetVM, secrets: contract.OnboardingSecrets) -> dict[str, str]:
+    """The guestinfo keys of the contract for one VM, each `gzip+base64` with its `.encoding` key."""
+    payloads = {
+        contract.KEY_METADATA: json.dumps(vm.metadata(), sort_keys=True),
+        contract.KEY_USERDATA: vm.userdata(),
+        contract.KEY_CONFIG: vm.config_json(),
+        contract.KEY_SECRETS: secrets_json(secrets),
+    }
+    out: dict[str, str] = {}
+    for key, payload in payloads.items():
+        out[key] = encode(payload, GZIP_BASE64)
+        out[key + contract.ENCODING_SUFFIX] = GZIP_BASE64
+    return out
+
+
+@dataclass
+class _Plan:
+    vm: FleetVM
+    identity: str
+    existing: Any | None
+    action: str  # clone | replace | unchanged | conflict
+    reason: str = ""
+
+
+class _InFlight:
+    """Counts concurrent clone operations (the figure tests and the bench check against --concurrency)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.max = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.max = max(self.max, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+def _plan(session: Session, dc: Any, fleet: Fleet, replace: bool) -> list[_Plan]:
+    existing = inventory.vms_by_name(session, dc, [v.name for v in fleet.vms])
+    plans: list[_Plan] = []
+    for vm in fleet.vms:
+        identity = vm.identity(fleet.template, fleet.placement)
+        found = existing.get(vm.name, [])
+        if not found:
+            plans.append(_Plan(vm, identity, None, "clone"))
+            continue
+        if len(found) > 1:
+            plans.append(_Plan(vm, identity, None, "conflict", f"{len(found)} VMs are named {vm.name!r}"))
+            continue
+        stored = vmops.extra_config(found[0]).get(KEY_IDENTITY)
+        if stored == identity:
+            plans.append(_Plan(vm, identity, found[0], "unchanged"))
+        elif replace:
+            plans.append(_Plan(vm, identity, found[0], "replace"))
+        else:
+            why = (
+                "exists with a different configuration"
+                if stored
+                else "exists but was not deployed by arcbake (or an earlier deploy stopped half-way)"
+            )
+            plans.append(_Plan(vm, identity, found[0], "conflict", why))
+    return plans
+
+
+def deploy(
+    fleet: Fleet,
+    session: Session,
+    environ: Mapping[str, str],
+    *,
+    replace: bool = False,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: Callable[[VmResult], None] | None = None,
+) -> DeployReport:
+    """Deploy `fleet`; raise FleetError (secrets), NotFoundError/VSphereError (placement, conflicts)."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    started = time.monotonic()
+    secrets = resolve_secrets(fleet, environ)
+    p = fleet.placement
+    where = inventory.placement(
+        session,
+        datacenter_name=p.datacenter,
+        cluster_name=p.cluster,
+        host_name=p.host,
+        resource_pool_name=p.resource_pool,
+        datastore_name=p.datastore,
+        folder_path=p.folder,
+        network_name=p.network,
+    )
+    template_name = resolve_template(session, where.datacenter, fleet.template)
+    template = inventory.vm(session, where.datacenter, template_name, kind="template")
+    fleet = dataclasses.replace(fleet, template=template_name)
+    plans = _plan(session, where.datacenter, fleet, replace)
+    conflicts = [pl for pl in plans if pl.action == "conflict"]
+    if conflicts:
+        detail = "; ".join(f"VM {pl.vm.name!r} {pl.reason}" for pl in conflicts)
+        raise DeployConflictError(f"{detail} (use --replace to delete and clone again); nothing was changed")
+
+    report = DeployReport(fleet.name, fleet.template)
+    in_flight = _InFlight()
+    source_uuid = str(template.config.instanceUuid) if template.config else ""
+    marks = {KEY_FLEET: fleet.name, KEY_SOURCE_TEMPLATE: fleet.template, KEY_SOURCE_UUID: source_uuid}
+
+    def one(plan: _Plan) -> VmResult:
+        t0 = time.monotonic()
+        with in_flight:
+            try:
+                result = _apply(
+                    plan, template, where, marks, guestinfo_values(plan.vm, secrets[plan.vm.name])
+                )
+            except VSphereError as exc:
+                result = VmResult(plan.vm.name, "failed", str(exc))
+        result.seconds = time.monotonic() - t0
+        if progress is not None:
+            progress(result)
+        return result
+
+    results: dict[str, VmResult] = {}
+    todo = []
+    for plan in plans:
+        if plan.action == "unchanged":
+            vm: Any = plan.existing
+            results[plan.vm.name] = VmResult(
+                plan.vm.name, "unchanged", "already deployed with this configuration", vm._moId, _uuid(vm)
+            )
+            if progress is not None:
+                progress(results[plan.vm.name])
+        else:
+            todo.append(plan)
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="deploy") as pool:
+        futures: list[tuple[_Plan, Future[VmResult]]] = [(pl, pool.submit(one, pl)) for pl in todo]
+        try:
+            for plan, future in futures:
+                results[plan.vm.name] = future.result()
+        except KeyboardInterrupt:
+            # Running clones finish (and clean up on failure); queued ones never start.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    report.results = [results[v.name] for v in fleet.vms]
+    report.max_in_flight = in_flight.max
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def resolve_template(session: Session, dc: Any, template: str) -> str:
+    """The template name to clone: `template` itself, or the newest name matching its placeholders."""
+    if template_matcher(template) is None:
+        if not inventory.vms_by_name(session, dc, [template]):
+            raise NotFoundError(f"template {template!r} not found in datacenter {dc.name!r}")
+        return template
+    name = newest_match(template, list(inventory.vms_by_name(session, dc)))
+    if name is None:
+        raise NotFoundError(f"no template matching {template!r} found in datacenter {dc.name!r}")
+    LOG.info("template %s is the newest match of %s", name, template)
+    return name
+
+
+def _uuid(vm: Any) -> str | None:
+    return str(vm.config.instanceUuid) if vm.config else None
+
+
+def _apply(
+    plan: _Plan, template: Any, where: inventory.Placement, marks: dict[str, str], guestinfo: dict[str, str]
+) -> VmResult:
+    name = plan.vm.name
+    action = "cloned"
+    if plan.action == "replace" and plan.existing is not None:
+        vmops.destroy(plan.existing, name)
+        action = "replaced"
+    LOG.info("cloning %s from %s", name, template.name)
+    annotation = f"arcbake fleet {marks[KEY_FLEET]}: {plan.vm.role.value} {plan.vm.hostname}"
+    clone = vmops.clone(template, name, where, {**guestinfo, **marks}, annotation=annotation)
+    try:
+        vmops.power_on(clone, name)
+        # Stamped last: a VM without it was not deployed completely and is never taken as unchanged.
+        vmops.set_extra_config(clone, {KEY_IDENTITY: plan.identity}, f"recording the identity of VM {name!r}")
+    except VSphereError:
+        try:
+            vmops.destroy(clone, name)
+        except VSphereError as cleanup:
+            LOG.warning("could not delete the half-deployed VM %s: %s", name, cleanup)
+        raise
+    return VmResult(name, action, f"{plan.vm.role.value}, powered on", clone._moId, _uuid(clone))

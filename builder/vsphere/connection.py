@@ -1,0 +1,160 @@
+"""A vSphere session from `VSPHERE_SERVER` / `VSPHERE_USER` / `VSPHERE_PASSWORD` / `VSPHERE_INSECURE`.
+
+Every failure becomes a one-line `VSphereError` naming what failed (the server, the user, the object),
+never the password: the message is built here from known fields, and anything pyvmomi says is redacted
+before it is quoted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from builder.vsphere._vmomi import Disconnect, SmartConnect, vim, vmodl
+from firstboot.subp import redact
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_PORT = 443
+CONNECT_TIMEOUT = 30
+
+
+class VSphereError(Exception):
+    """A vSphere operation failed; the message is one line, names the object and holds no secret."""
+
+
+class NotFoundError(VSphereError):
+    """A named inventory object (datacenter, datastore, network, template, VM, ...) does not exist."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where and how to log in. `password` never appears in repr, logs or messages."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    insecure: bool = False
+
+    @property
+    def server(self) -> str:
+        """`host:port` as shown in messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Credentials:
+        """Read VSPHERE_SERVER (host or host:port), VSPHERE_USER, VSPHERE_PASSWORD, VSPHERE_INSECURE."""
+        missing = [k for k in ("VSPHERE_SERVER", "VSPHERE_USER", "VSPHERE_PASSWORD") if not environ.get(k)]
+        if missing:
+            raise VSphereError(f"set {', '.join(missing)} (vSphere connection; see README)")
+        host, port = parse_server(environ["VSPHERE_SERVER"])
+        insecure = environ.get("VSPHERE_INSECURE", "").strip().lower() in ("1", "true", "yes")
+        return cls(host, port, environ["VSPHERE_USER"], environ["VSPHERE_PASSWORD"], insecure)
+
+
+def parse_server(value: str) -> tuple[str, int]:
+    """`vc.example.com`, `vc:8443`, `[::1]:8989` or `https://vc:8443/sdk` -> (host, port)."""
+    text = value.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise VSphereError(f"VSPHERE_SERVER {value!r} names no host")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise VSphereError(f"VSPHERE_SERVER {value!r} has an invalid port")
+    return host, int(port_text)
+
+
+def fault_message(exc: BaseException) -> str:
+    """The short text of a vSphere fault or an exception, on one line."""
+    msg = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+    return " ".join(str(msg).split())
+
+
+class Session:
+    """A logged-in vSphere session. Use as a context manager; `close()` logs out."""
+
+    def __init__(self, si: Any, creds: Credentials) -> None:
+        self.si = si
+        self.creds = creds
+        self.content: Any = si.RetrieveContent()
+
+    def close(self) -> None:
+        """Log out (errors while logging out are logged, not raised)."""
+        try:
+            Disconnect(self.si)
+        except (vmodl.MethodFault, OSError, http.client.HTTPException) as exc:
+            LOG.debug("logout from %s failed: %s", self.creds.server, fault_message(exc))
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def is_vcenter(self) -> bool:
+        """True for a vCenter (VPX); False for a standalone ESXi."""
+        return str(self.content.about.apiType) == "VirtualCenter"
+
+
+def connect(creds: Credentials, timeout: int = CONNECT_TIMEOUT) -> Session:
+    """Log in to vSphere; every failure is a one-line VSphereError naming the server (and user)."""
+    where = f"vCenter {creds.server}"
+    kwargs: dict[str, Any] = {}
+    if creds.insecure:
+        kwargs["disableSslCertValidation"] = True
+    else:
+        kwargs["sslContext"] = ssl.create_default_context()
+    LOG.debug("connecting to %s as %s (TLS verification %s)", where, creds.user, not creds.insecure)
+    try:
+        si = SmartConnect(
+            host=creds.host,
+            port=creds.port,
+            user=creds.user,
+            pwd=creds.password,
+            httpConnectionTimeout=timeout,
+            connectionPoolTimeout=-1,
+            **kwargs,
+        )
+    except vim.fault.InvalidLogin:
+        raise VSphereError(
+            f"{where}: login failed for user {creds.user!r}: wrong user name or password"
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        reason = redact(exc.verify_message or "certificate not trusted", [creds.password])
+        raise VSphereError(
+            f"{where}: TLS certificate not trusted ({reason}); add its CA to the system trust store, "
+            "or set VSPHERE_INSECURE=1 for a lab"
+        ) from None
+    except (ConnectionRefusedError, TimeoutError) as exc:
+        raise VSphereError(f"{where}: unreachable ({_reason(exc, creds)})") from None
+    except socket.gaierror as exc:
+        raise VSphereError(f"{where}: host name does not resolve ({_reason(exc, creds)})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise VSphereError(f"{where}: unreachable ({_reason(exc, creds)})") from None
+    except vmodl.MethodFault as exc:
+        raise VSphereError(f"{where}: login failed: {_reason(exc, creds)}") from None
+    return Session(si, creds)
+
+
+def _reason(exc: BaseException, creds: Credentials) -> str:
+    return redact(fault_message(exc), [creds.password])

@@ -1,0 +1,171 @@
+"""Inventory lookups by name, with `NotFoundError` messages that name the missing object and where it
+was looked for. Bulk reads go through the PropertyCollector (one round trip for a whole folder)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from builder.vsphere._vmomi import vim, vmodl
+from builder.vsphere.connection import NotFoundError, Session, VSphereError
+
+LOG = logging.getLogger(__name__)
+
+
+def collect(
+    session: Session, root: Any, vimtype: type, props: Sequence[str]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Every object of `vimtype` under `root`, with the named properties, in one PropertyCollector call."""
+    view = session.content.viewManager.CreateContainerView(root, [vimtype], True)
+    try:
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[
+                vmodl.query.PropertyCollector.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[
+                        vmodl.query.PropertyCollector.TraversalSpec(
+                            name="view", path="view", skip=False, type=vim.view.ContainerView
+                        )
+                    ],
+                )
+            ],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(type=vimtype, pathSet=list(props), all=False)
+            ],
+        )
+        out: list[tuple[Any, dict[str, Any]]] = []
+        result = session.content.propertyCollector.RetrievePropertiesEx(
+            [spec], vmodl.query.PropertyCollector.RetrieveOptions()
+        )
+        while result is not None:
+            for obj in result.objects:
+                out.append((obj.obj, {p.name: p.val for p in (obj.propSet or [])}))
+            if not result.token:
+                break
+            result = session.content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
+        return out
+    finally:
+        view.Destroy()
+
+
+def _by_name(session: Session, root: Any, vimtype: type, name: str) -> list[Any]:
+    return [obj for obj, props in collect(session, root, vimtype, ["name"]) if props.get("name") == name]
+
+
+def datacenter(session: Session, name: str) -> Any:
+    """The datacenter called `name`."""
+    found = _by_name(session, session.content.rootFolder, vim.Datacenter, name)
+    if not found:
+        raise NotFoundError(f"datacenter {name!r} not found on {session.creds.server}")
+    return found[0]
+
+
+def _one(session: Session, dc: Any, vimtype: type, name: str, kind: str) -> Any:
+    found = _by_name(session, dc, vimtype, name)
+    if not found:
+        raise NotFoundError(f"{kind} {name!r} not found in datacenter {dc.name!r}")
+    if len(found) > 1:
+        LOG.debug("%d objects of kind %s are named %r; using the first", len(found), kind, name)
+    return found[0]
+
+
+def cluster(session: Session, dc: Any, name: str) -> Any:
+    """The cluster (ClusterComputeResource) called `name` in `dc`."""
+    return _one(session, dc.hostFolder, vim.ClusterComputeResource, name, "cluster")
+
+
+def host(session: Session, dc: Any, name: str) -> Any:
+    """The ESXi host called `name` in `dc`."""
+    return _one(session, dc.hostFolder, vim.HostSystem, name, "host")
+
+
+def resource_pool(session: Session, dc: Any, name: str) -> Any:
+    """The resource pool called `name` in `dc`."""
+    return _one(session, dc.hostFolder, vim.ResourcePool, name, "resource pool")
+
+
+def datastore(session: Session, dc: Any, name: str) -> Any:
+    """The datastore called `name` in `dc`."""
+    return _one(session, dc.datastoreFolder, vim.Datastore, name, "datastore")
+
+
+def network(session: Session, dc: Any, name: str) -> Any:
+    """The network or distributed port group called `name` in `dc`."""
+    return _one(session, dc.networkFolder, vim.Network, name, "network")
+
+
+def folder(session: Session, dc: Any, path: str | None) -> Any:
+    """The VM folder at `path` ("a/b", relative to the datacenter's VM folder); the root when empty."""
+    current = dc.vmFolder
+    for part in [p for p in (path or "").split("/") if p]:
+        children = [c for c in current.childEntity if isinstance(c, vim.Folder) and c.name == part]
+        if not children:
+            raise NotFoundError(f"VM folder {path!r} not found in datacenter {dc.name!r}")
+        current = children[0]
+    return current
+
+
+def vms_by_name(session: Session, dc: Any, names: Iterable[str] | None = None) -> dict[str, list[Any]]:
+    """VMs and templates of `dc` by name (a list: vSphere, and the simulator, allow duplicate names)."""
+    wanted = set(names) if names is not None else None
+    out: dict[str, list[Any]] = {}
+    for obj, props in collect(session, dc.vmFolder, vim.VirtualMachine, ["name"]):
+        name = props.get("name", "")
+        if wanted is None or name in wanted:
+            out.setdefault(name, []).append(obj)
+    return out
+
+
+def vm(session: Session, dc: Any, name: str, kind: str = "VM") -> Any:
+    """The VM (or template, with kind="template") called `name` in `dc`; exactly one must exist."""
+    found = vms_by_name(session, dc, [name]).get(name, [])
+    if not found:
+        raise NotFoundError(f"{kind} {name!r} not found in datacenter {dc.name!r}")
+    if len(found) > 1:
+        raise VSphereError(f"{kind} {name!r} is ambiguous: {len(found)} VMs have that name in {dc.name!r}")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Resolved objects for a clone: where it runs, which datastore and folder, and its network."""
+
+    datacenter: Any
+    pool: Any
+    host: Any | None
+    datastore: Any | None
+    folder: Any
+    network: Any | None
+
+
+def placement(
+    session: Session,
+    *,
+    datacenter_name: str,
+    cluster_name: str | None = None,
+    host_name: str | None = None,
+    resource_pool_name: str | None = None,
+    datastore_name: str | None = None,
+    folder_path: str | None = None,
+    network_name: str | None = None,
+) -> Placement:
+    """Resolve placement names; the first missing object raises NotFoundError naming it."""
+    dc = datacenter(session, datacenter_name)
+    host_obj = None
+    if resource_pool_name:
+        pool = resource_pool(session, dc, resource_pool_name)
+    elif cluster_name:
+        pool = cluster(session, dc, cluster_name).resourcePool
+    elif host_name:
+        host_obj = host(session, dc, host_name)
+        pool = host_obj.parent.resourcePool
+    else:
+        raise VSphereError("placement needs a cluster, a host or a resource pool")
+    if host_name and host_obj is None:
+        host_obj = host(session, dc, host_name)
+    ds = datastore(session, dc, datastore_name) if datastore_name else None
+    net = network(session, dc, network_name) if network_name else None
+    return Placement(dc, pool, host_obj, ds, folder(session, dc, folder_path), net)
