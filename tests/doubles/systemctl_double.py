@@ -1,0 +1,84 @@
+"""A `systemctl` double for tests and the bench (stdlib only); `tests/doubles/systemctl` is its executable.
+
+Records every argv (one JSON line) in `SYSTEMCTL_DOUBLE_LOG`. `enable --now UNIT` / `start UNIT` marks the
+unit active (state in `SYSTEMCTL_DOUBLE_STATE`) and, for `k3s`, copies `SYSTEMCTL_DOUBLE_KUBECONFIG` (a
+kubeconfig the Kubernetes API double wrote) to `SYSTEMCTL_DOUBLE_ROOT/etc/rancher/k3s/k3s.yaml` with mode
+`SYSTEMCTL_DOUBLE_KUBECONFIG_MODE` (octal, default 600), after `SYSTEMCTL_DOUBLE_DELAY` seconds (in a
+detached child, like K3s writing it once its API is up). `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting that
+unit the way systemd does. `is-active UNIT` answers from the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def _log(argv: list[str]) -> None:
+    path = os.environ.get("SYSTEMCTL_DOUBLE_LOG")
+    if path:
+        with Path(path).open("a") as fh:
+            fh.write(json.dumps({"argv": argv, "time": time.time()}) + "\n")
+
+
+def _state() -> tuple[Path | None, dict[str, str]]:
+    raw = os.environ.get("SYSTEMCTL_DOUBLE_STATE")
+    if not raw:
+        return None, {}
+    path = Path(raw)
+    return path, json.loads(path.read_text()) if path.exists() else {}
+
+
+def _place_kubeconfig() -> None:
+    src = os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG")
+    root = os.environ.get("SYSTEMCTL_DOUBLE_ROOT")
+    if not src or not root:
+        return
+    delay = float(os.environ.get("SYSTEMCTL_DOUBLE_DELAY", "0") or 0)
+    mode = int(os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG_MODE", "600"), 8)
+    if delay > 0 and os.fork() != 0:
+        return
+    time.sleep(delay)
+    dest = Path(root) / "etc/rancher/k3s/k3s.yaml"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(".k3s.yaml.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.chmod(mode)
+    tmp.replace(dest)
+    if delay > 0:
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `tests/doubles/systemctl`."""
+    args = sys.argv[1:] if argv is None else argv
+    _log(args)
+    words = [a for a in args if not a.startswith("-")]
+    if not words:
+        return 0
+    verb, units = words[0], [u.removesuffix(".service") for u in words[1:]]
+    path, state = _state()
+    if verb in ("enable", "start", "restart") and ("start" in verb or "--now" in args):
+        for unit in units:
+            if unit == os.environ.get("SYSTEMCTL_DOUBLE_FAIL"):
+                print(
+                    f"Job for {unit}.service failed because the control process exited with error code.\n"
+                    f'See "systemctl status {unit}.service" and "journalctl -xeu {unit}.service" '
+                    "for details.",
+                    file=sys.stderr,
+                )
+                return 1
+            state[unit] = "active"
+            if unit == "k3s":
+                _place_kubeconfig()
+    elif verb == "is-active":
+        active = all(state.get(u) == "active" for u in units)
+        print("\n".join(state.get(u, "inactive") for u in units))
+        return 0 if active else 3
+    if path is not None:
+        path.write_text(json.dumps(state))
+    return 0
