@@ -8,6 +8,7 @@ DIR/scripts/     NN-*.sh provisioning scripts, in the order Packer runs them
 DIR/wheelhouse/  empty; `builder build` fills it with the firstboot wheels for the guest
 DIR/tests/image/ the testinfra suite Packer runs against the VM before sealing
 DIR/image-expect.json  what that suite expects (K3s version, NTP servers, ports...)
+DIR/arcbake-build.json  Packer -only source, template name, spec digest (for validators and the driver)
 ```
 
 Everything is rendered into a temporary sibling directory and moved into place at the end, so a failure
@@ -216,6 +217,8 @@ def render(
         pkrvars = render_context.pkrvars(spec, ctx, run_image_tests=bool(tests))
         _write(stage / MARKER, json.dumps(pkrvars, indent=2, sort_keys=True) + "\n")
         _write(stage / EXPECT_NAME, json.dumps(ctx["expect"], indent=2, sort_keys=True) + "\n")
+        info = render_context.build_info(spec, ctx)
+        _write(stage / render_context.BUILD_INFO_NAME, json.dumps(info, indent=2, sort_keys=True) + "\n")
         (stage / "wheelhouse").mkdir()
         stage.chmod(0o755)
         _swap_into_place(stage, out_dir)
@@ -230,7 +233,7 @@ def render(
         raise
     warnings = [] if tests else ["tests/image not found: the build will skip the image test suite"]
     final = [out_dir / p.relative_to(stage) for p in files]
-    final += [out_dir / MARKER, out_dir / EXPECT_NAME]
+    final += [out_dir / MARKER, out_dir / EXPECT_NAME, out_dir / render_context.BUILD_INFO_NAME]
     LOG.info("rendered %s into %s", spec.os.variant, out_dir)
     return RenderResult(
         out_dir=out_dir,

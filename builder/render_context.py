@@ -28,6 +28,8 @@ PROFILE_PORTS: dict[FirewallProfile, list[dict[str, str]]] = {
     FirewallProfile.HA_ETCD: [_API, _KUBELET, _VXLAN, _WIREGUARD, _ETCD],
 }
 
+BUILD_INFO_NAME = "arcbake-build.json"
+
 GUEST_OS_TYPE = {8: "rhel8_64Guest", 9: "rhel9_64Guest"}
 
 # VMX settings that stop VMware Tools from setting the guest clock (chrony owns it).
@@ -247,6 +249,24 @@ def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> d
         "content_library_ovf": bool(spec.publish.content_library and spec.publish.content_library.ovf),
     }
     return out
+
+
+def build_info(spec: ImageSpec, ctx: dict[str, Any]) -> dict[str, Any]:
+    """`DIR/arcbake-build.json`: what the validators and the Packer driver need (no secrets)."""
+    return {
+        "packer_only": packer_only(spec),
+        "ks_version": spec.os.ks_version,
+        "vm_name": ctx["vm_name"],
+        "variant": spec.os.variant,
+        "spec_sha256": ctx["spec_sha256"],
+        "k3s_version": spec.k3s.version,
+        "k3s_sha256": spec.k3s.sha256.model_dump(),
+        "template_name_regex": spec.template_name_regex().pattern,
+        "publish": spec.publish.model_dump(mode="json"),
+        "rhsm_env": (
+            {"org": spec.rhsm.org_env, "activation_key": spec.rhsm.activation_key_env} if spec.rhsm else None
+        ),
+    }
 
 
 def guest_path(dest: str) -> str | None:
