@@ -16,6 +16,8 @@ import pytest
 from firstboot import subp
 
 REPO = Path(__file__).resolve().parent.parent
+# Loopback servers for firstboot tests (chronyd, dnsmasq, TLS, CONNECT proxy).
+pytest_plugins = ["fixtures.firstboot_plugin"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
