@@ -1,4 +1,4 @@
-"""Metadata: decoding table (cross-checked with cloud-init's own decoder), sources, config, secrets, instance id."""
+"""Metadata: decoding table (cross-checked with cloud-init), sources, config, secrets, instance id."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures.guestinfo import fake_rpctool, onboarding_config, write_metadata
 
 from firstboot import encoding, metadata, sources
 from firstboot.contract import KEY_CONFIG, KEY_METADATA, KEY_SECRETS
-from fixtures.guestinfo import fake_rpctool, onboarding_config, write_metadata
 
 CONFIG_TEXT = json.dumps(onboarding_config())
 CONFIG_YAML = """\
