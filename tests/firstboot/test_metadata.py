@@ -138,7 +138,7 @@ def test_cross_check_against_cloud_init_decoder() -> None:
     assert len(theirs) == len(cases)
     compared = 0
     for (value, enc, expected), (kind, text) in zip(cases, theirs, strict=True):
-        src = DictSource({KEY_CONFIG: value, KEY_CONFIG + ".encoding": enc or ""})
+        src = DictSource({KEY_CONFIG: str(value), KEY_CONFIG + ".encoding": str(enc or "")})
         try:
             ours: str | None = metadata.read_value(src, KEY_CONFIG)
         except metadata.MetadataError:
