@@ -1,7 +1,181 @@
-"""`builder init | schema | validate | render`: the image spec side of the CLI."""
+"""`builder init | schema | validate | render`: the image spec side of the CLI.
+
+Exit codes (`builder.rc.RC`): 0 ok, 1 the operation failed, 3 invalid spec (every problem listed as
+`FILE:LINE: path: message` on stderr), 4 a rendered artifact was rejected by a validator.
+Results go to stdout, problems and logs to stderr. `NO_COLOR` turns colour off.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
 import click
 
-COMMANDS: list[click.Command] = []
+from builder.assets import templates_dir
+from builder.rc import RC
+from builder.render import RenderError, render
+from builder.spec import ImageSpec, SpecError, json_schema, load_spec, spec_warnings
+from builder.validators import Outcome, Status, run_validators
+
+INIT_TEMPLATE = "init/image-spec.yaml"
+
+FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+
+def _color() -> bool:
+    return "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _exit(code: RC) -> NoReturn:
+    raise click.exceptions.Exit(int(code))
+
+
+@contextmanager
+def _spec_errors() -> Iterator[None]:
+    """Invalid spec -> every issue on stderr, exit 3; render failure -> one line, exit 1."""
+    try:
+        yield
+    except SpecError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        click.echo(f"error: invalid image spec ({len(exc.issues)} problem(s))", err=True)
+        _exit(RC.INVALID_INPUT)
+    except RenderError as exc:
+        click.echo(f"error: {exc}", err=True)
+        _exit(RC.FAILED)
+
+
+def _load(path: Path) -> ImageSpec:
+    return load_spec(path)
+
+
+@click.command("init")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init_command(path: Path, force: bool) -> None:
+    """Write a commented example image spec to PATH."""
+    if path.exists() and not force:
+        click.echo(f"error: {path} exists; use --force to overwrite it", err=True)
+        _exit(RC.FAILED)
+    text = (templates_dir() / INIT_TEMPLATE).read_text(encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        click.echo(f"error: cannot write {path}: {exc}", err=True)
+        _exit(RC.FAILED)
+    click.echo(str(path))
+
+
+@click.command("schema")
+def schema_command() -> None:
+    """Print the image spec's JSON Schema."""
+    click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+def _status_word(outcome: Outcome, color: bool) -> str:
+    colors = {Status.PASSED: "green", Status.FAILED: "red", Status.SKIPPED: "yellow"}
+    word = f"{outcome.status.value:<7}"
+    return click.style(word, fg=colors[outcome.status]) if color else word
+
+
+def _print_outcomes(outcomes: list[Outcome], color: bool) -> None:
+    for outcome in outcomes:
+        head = f"{_status_word(outcome, color)} {outcome.name:<11} "
+        lines = outcome.message.splitlines() or [""]
+        click.echo(f"{head}{lines[0]}  ({outcome.seconds:.1f}s)", color=color)
+        for line in lines[1:]:
+            click.echo(f"{'':20}{line}", color=color)
+
+
+@click.command("validate")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option(
+    "--build-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Validate an already rendered build dir instead of rendering SPEC.",
+)
+@click.option("--only", multiple=True, help="Run only this validator (repeatable).")
+@FORMAT
+def validate_command(spec: Path | None, build_dir: Path | None, only: tuple[str, ...], fmt: str) -> None:
+    """Check SPEC, render it to a temporary dir and run every validator found on the result."""
+    if (spec is None) == (build_dir is None):
+        raise click.UsageError("give either SPEC or --build-dir")
+    warnings: list[str] = []
+    with _spec_errors():
+        if spec is not None:
+            image = _load(spec)
+            warnings = spec_warnings(image)
+            with tempfile.TemporaryDirectory(prefix="arcbake-validate-") as tmp:
+                result = render(image, Path(tmp) / "build")
+                outcomes = run_validators(result.out_dir, only=only or None)
+        else:
+            assert build_dir is not None  # noqa: S101 - narrowed by the check above
+            outcomes = run_validators(build_dir, only=only or None)
+    failed = [o for o in outcomes if o.status is Status.FAILED]
+    if fmt == "json":
+        doc = {
+            "spec": str(spec) if spec else None,
+            "build_dir": str(build_dir) if build_dir else None,
+            "ok": not failed,
+            "warnings": warnings,
+            "validators": [o.to_dict() for o in outcomes],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_outcomes(outcomes, _color())
+    if failed:
+        click.echo(f"error: rejected by {', '.join(o.name for o in failed)}", err=True)
+        _exit(RC.ARTIFACT_REJECTED)
+
+
+@click.command("render")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Build dir.",
+)
+@FORMAT
+def render_command(spec: Path, out_dir: Path, fmt: str) -> None:
+    """Render SPEC into the build dir OUT_DIR (packer/, http/, rootfs/, scripts/)."""
+    with _spec_errors():
+        result = render(_load(spec), out_dir)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if fmt == "json":
+        doc = {
+            "build_dir": str(result.out_dir),
+            "vm_name": result.vm_name,
+            "packer_only": result.packer_only,
+            "plugins_included": result.plugins_included,
+            "files": [str(p.relative_to(result.out_dir)) for p in result.files],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(
+            f"rendered {result.out_dir} (template {result.vm_name}, packer -only={result.packer_only}, "
+            f"{len(result.files)} files)"
+        )
+
+
+COMMANDS: list[click.Command] = [init_command, schema_command, validate_command, render_command]
