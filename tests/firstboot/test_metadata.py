@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fixtures.guestinfo import fake_rpctool, onboarding_config, write_metadata
+from fixtures.guestinfo import DictSource, fake_rpctool, onboarding_config, write_metadata
 
 from firstboot import encoding, metadata, sources
 from firstboot.contract import KEY_CONFIG, KEY_METADATA, KEY_SECRETS
@@ -57,26 +57,6 @@ DECODE_TABLE = [
     pytest.param(b64(b"\xff\xfe config"), "base64", "MetadataError:not UTF-8", id="non-utf8"),
     pytest.param(CONFIG_TEXT, "rot13", "DecodeError:unknown encoding", id="unknown-encoding"),
 ]
-
-
-class DictSource:
-    """An in-memory source that records writes."""
-
-    name = "dict"
-
-    def __init__(self, data: dict[str, str] | None = None, fail_writes: bool = False) -> None:
-        self.data = dict(data or {})
-        self.writes: list[tuple[str, str]] = []
-        self.fail_writes = fail_writes
-
-    def get(self, key: str) -> str | None:
-        return sources.normalize(self.data.get(key))
-
-    def set(self, key: str, value: str) -> None:
-        if self.fail_writes:
-            raise OSError("guestinfo is read-only here")
-        self.writes.append((key, value))
-        self.data[key] = value
 
 
 @pytest.mark.parametrize(("value", "enc", "expected"), DECODE_TABLE)
