@@ -104,7 +104,7 @@ def run(ctx: Context) -> None:
     for guest_path, content in _expected(config).items():
         target = ctx.path(guest_path)
         if content is None:
-            if target.exists() and MARKER in _read(target):
+            if target.exists() and _ours(guest_path, target):
                 target.unlink()
             continue
         try:
@@ -122,6 +122,11 @@ def run(ctx: Context) -> None:
             ) from None
 
 
+def _ours(guest_path: str, target: Path) -> bool:
+    # The CA file is named for arcbake alone; the others carry the marker line.
+    return guest_path == CA_FILE or MARKER in _read(target)
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -137,7 +142,7 @@ def check(ctx: Context) -> CheckResult:
         actual = _read(ctx.path(guest_path)) if ctx.path(guest_path).exists() else None
         if content is not None and actual != content:
             wrong.append(guest_path)
-        if content is None and actual is not None and MARKER in actual:
+        if content is None and actual is not None and _ours(guest_path, ctx.path(guest_path)):
             wrong.append(guest_path)
     if wrong:
         return CheckResult(
