@@ -152,7 +152,7 @@ class VsphereSpec(_Model):
 
     datacenter: InventoryName
     cluster: InventoryName | None = None
-    host: HostOrIp | None = None
+    host: InventoryName | None = None
     resource_pool: InventoryName | None = None
     datastore: InventoryName
     network: InventoryName
@@ -176,7 +176,7 @@ class VsphereSpec(_Model):
             )
         if not fields & {"date", "timestamp"}:
             raise ValueError("needs a {date} or {timestamp} suffix so old templates can be kept and pruned")
-        literal = re.sub(r"\{[a-z]+\}", "", value)
+        literal = re.sub(r"\{[a-z0-9]+\}", "", value)
         if not re.fullmatch(r"[A-Za-z0-9._-]*", literal):
             raise ValueError("only letters, digits, '.', '_' and '-' besides the placeholders")
         return value
@@ -516,7 +516,7 @@ class ImageSpec(_Model):
 
     def template_name_regex(self) -> re.Pattern[str]:
         """Matches every template this spec can produce (for pruning to `publish.keep`)."""
-        parts = re.split(r"(\{[a-z]+\})", self.vsphere.template_name)
+        parts = re.split(r"(\{[a-z0-9]+\})", self.vsphere.template_name)
         subst = {"{date}": r"\d{8}", "{timestamp}": r"\d{12}"}
         out = []
         for part in parts:
