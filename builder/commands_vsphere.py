@@ -78,9 +78,6 @@ def deploy(fleet_file: Path, replace: bool, concurrency: int, fmt: str) -> None:
     with _errors():
         fleet = load_fleet(fleet_file)
         with _session() as session:
-            click.echo(
-                f"deploying {len(fleet.vms)} VM(s) of fleet {fleet.name} from {fleet.template}", err=True
-            )
             report = run_deploy(
                 fleet, session, os.environ, replace=replace, concurrency=concurrency, progress=progress
             )
@@ -94,7 +91,10 @@ def deploy(fleet_file: Path, replace: bool, concurrency: int, fmt: str) -> None:
         for r in report.results:
             counts[r.action] = counts.get(r.action, 0) + 1
         summary = ", ".join(f"{n} {a}" for a, n in counts.items())
-        click.echo(f"{summary} in {report.seconds:.1f}s", err=True)
+        click.echo(
+            f"fleet {report.fleet} from template {report.template}: {summary} in {report.seconds:.1f}s",
+            err=True,
+        )
     if not report.ok:
         raise click.exceptions.Exit(int(RC.FAILED))
 

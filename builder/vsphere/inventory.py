@@ -63,8 +63,8 @@ def datacenter(session: Session, name: str) -> Any:
     return found[0]
 
 
-def _one(session: Session, dc: Any, vimtype: type, name: str, kind: str) -> Any:
-    found = _by_name(session, dc, vimtype, name)
+def _one(session: Session, dc: Any, root: Any, vimtype: type, name: str, kind: str) -> Any:
+    found = _by_name(session, root, vimtype, name)
     if not found:
         raise NotFoundError(f"{kind} {name!r} not found in datacenter {dc.name!r}")
     if len(found) > 1:
@@ -74,27 +74,27 @@ def _one(session: Session, dc: Any, vimtype: type, name: str, kind: str) -> Any:
 
 def cluster(session: Session, dc: Any, name: str) -> Any:
     """The cluster (ClusterComputeResource) called `name` in `dc`."""
-    return _one(session, dc.hostFolder, vim.ClusterComputeResource, name, "cluster")
+    return _one(session, dc, dc.hostFolder, vim.ClusterComputeResource, name, "cluster")
 
 
 def host(session: Session, dc: Any, name: str) -> Any:
     """The ESXi host called `name` in `dc`."""
-    return _one(session, dc.hostFolder, vim.HostSystem, name, "host")
+    return _one(session, dc, dc.hostFolder, vim.HostSystem, name, "host")
 
 
 def resource_pool(session: Session, dc: Any, name: str) -> Any:
     """The resource pool called `name` in `dc`."""
-    return _one(session, dc.hostFolder, vim.ResourcePool, name, "resource pool")
+    return _one(session, dc, dc.hostFolder, vim.ResourcePool, name, "resource pool")
 
 
 def datastore(session: Session, dc: Any, name: str) -> Any:
     """The datastore called `name` in `dc`."""
-    return _one(session, dc.datastoreFolder, vim.Datastore, name, "datastore")
+    return _one(session, dc, dc.datastoreFolder, vim.Datastore, name, "datastore")
 
 
 def network(session: Session, dc: Any, name: str) -> Any:
     """The network or distributed port group called `name` in `dc`."""
-    return _one(session, dc.networkFolder, vim.Network, name, "network")
+    return _one(session, dc, dc.networkFolder, vim.Network, name, "network")
 
 
 def folder(session: Session, dc: Any, path: str | None) -> Any:

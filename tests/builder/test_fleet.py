@@ -1,0 +1,121 @@
+"""Fleet file validation: every error at once with path and line; merge rules; derived payloads."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from builder.fleet import FleetError, load_fleet, newest_match, resolve_secrets, secrets_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE = """\
+template: tpl-{timestamp}
+vsphere: {datacenter: DC0, cluster: C0}
+defaults:
+  time: {ntp_servers: [ntp.example]}
+  arc: {resource_group: rg, location: westeurope, subscription_id: 00000000-0000-4000-8000-000000000001,
+        tenant_id: 00000000-0000-4000-8000-000000000002, client_id: 00000000-0000-4000-8000-000000000003}
+  secrets: {sp_secret: {env: SP}, k3s_token: {env: TOKEN}}
+vms:
+"""
+
+
+def write(tmp_path: Path, vms: str, base: str = BASE) -> Path:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(base + textwrap.dedent(vms))
+    return path
+
+
+def issues(path: Path) -> list[str]:
+    with pytest.raises(FleetError) as err:
+        load_fleet(path)
+    return [str(i) for i in err.value.issues]
+
+
+def test_demo_fleet_is_valid() -> None:
+    fleet = load_fleet(REPO / "examples" / "demo-fleet.yaml")
+    assert [v.role.value for v in fleet.vms] == ["server", "agent", "agent"]
+    assert fleet.vms[1].config.k3s.server_url == "https://192.168.50.11:6443"
+
+
+@pytest.mark.parametrize(
+    ("vms", "expected"),
+    [
+        ("  - {name: a, network: {address: 10.0.0.5}}\n", ["fleet.yaml:9: vms.0.network.address: "]),
+        (
+            "  - {name: a, secrets: {k3s_token: plain-text}}\n",
+            ["vms.0.secrets.k3s_token: ", "never the secret value"],
+        ),
+        (
+            "  - {name: a, role: agent}\n",
+            ["vms.0.server: an agent needs `server:` (the fleet has 0 servers)"],
+        ),
+        ("  - {name: a}\n  - {name: a}\n", ["fleet.yaml:10: vms.1.name: duplicate VM name"]),
+        ("  - {name: a}\n  - {name: b, role: agent, server: c}\n", ["vms.1.server: no VM named 'c'"]),
+        ("  - {name: a, arc: {location: West Europe}}\n", ["vms.0.arc.location: "]),
+        ("  - {name: a, colour: red}\n", ["vms.0.colour: unknown key"]),
+        ("  - {name: a, network: {dhcp: true, address: 10.0.0.5/24}}\n", ["vms.0.network: ", "not both"]),
+        (
+            "  - {name: a, network: {address: 10.0.0.5/24, gateway: 10.1.0.1}}\n",
+            ["vms.0.network: ", "gateway 10.1.0.1 is outside 10.0.0.0/24"],
+        ),
+    ],
+)
+def test_invalid_fleets(tmp_path: Path, vms: str, expected: list[str]) -> None:
+    found = "\n".join(issues(write(tmp_path, vms)))
+    for part in expected:
+        assert part in found
+
+
+def test_every_error_at_once_with_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "  - {name: a, colour: red}\n  - {name: 'b c'}\n  - {name: d, role: agent, server: a2}\n"
+    )
+    found = issues(path)
+    assert any(i.startswith(f"{path}:9: vms.0.colour") for i in found)
+    assert any(i.startswith(f"{path}:10: vms.1.name") for i in found)
+    assert len(found) == 2  # schema errors first; cross checks run once the schema is valid
+
+
+def test_server_missing_arc_and_secret(tmp_path: Path) -> None:
+    base = "template: t\nvsphere: {datacenter: DC0, host: h1}\ndefaults: {time: {ntp_servers: [n]}}\nvms:\n"
+    found = "\n".join(issues(write(tmp_path, "  - {name: s1}\n", base)))
+    assert "vms.0.arc: a server needs arc.resource_group, arc.location" in found
+
+
+def test_merge_rules_and_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vms = """\
+      - name: s1
+        tags: {site: one}
+        arc: {cluster_name: c1}
+        network: {address: 10.0.0.5/24, gateway: 10.0.0.1}
+      - {name: a1, role: agent}
+    """
+    base = BASE.replace("  secrets:", "  tags: {env: prod}\n  secrets:")
+    fleet = load_fleet(write(tmp_path, vms, base))
+    server, agent = fleet.vms
+    assert server.config.arc is not None
+    assert server.config.arc.tags == {"env": "prod", "site": "one"}
+    assert server.config.arc.resource_group == "rg" and server.config.arc.cluster_name == "c1"
+    assert agent.config.k3s.server_url == "https://10.0.0.5:6443"
+    with pytest.raises(FleetError) as err:
+        resolve_secrets(fleet, {"TOKEN": "t0ken-value"})
+    assert "environment variable SP is not set" in str(err.value)
+    resolved = resolve_secrets(fleet, {"TOKEN": "t0ken-value", "SP": "sp-value"})
+    assert '"sp_secret": "sp-value"' in secrets_json(resolved["s1"])
+    assert "sp-value" not in secrets_json(resolved["a1"])
+    # identity ignores secret values but not the rest of the configuration
+    assert server.identity("t", fleet.placement) == load_fleet(write(tmp_path, vms, base)).vms[0].identity(
+        "t", fleet.placement
+    )
+    assert server.identity("t", fleet.placement) != server.identity("t2", fleet.placement)
+
+
+def test_newest_template_match() -> None:
+    names = ["tpl-202601010000", "tpl-202612312359", "tpl-2026", "other-202701010000"]
+    assert newest_match("tpl-{timestamp}", names) == "tpl-202612312359"
+    assert newest_match("tpl-2026", names) == "tpl-2026"
+    assert newest_match("nope-{date}", names) is None

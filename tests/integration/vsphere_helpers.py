@@ -1,0 +1,70 @@
+"""Shared helpers for the vSphere integration tests: fleet files and direct pyvmomi reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from fixtures.vcsim import VcsimHandle
+
+from builder.vsphere import inventory
+from builder.vsphere import vm as vmops
+from builder.vsphere.connection import Credentials, Session, connect
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_FLEET = REPO / "examples" / "demo-fleet.yaml"
+SECRET_ENV = {"ARC_SP_SECRET": "sp-Secret-Value-7f3a9", "K3S_TOKEN": "k3s-Token-Value-c81e2"}
+
+
+def fleet_file(
+    tmp_path: Path,
+    prefix: str,
+    *,
+    template: str = "DC0_H0_VM0",
+    agents: int = 2,
+    subst: dict[str, str] | None = None,
+) -> Path:
+    """The demo fleet with unique VM names (`prefix-01`, ...), cloning `template`, text substitutions."""
+    text = DEMO_FLEET.read_text()
+    text = re.sub(r"^template: .*$", f"template: {template}", text, flags=re.M)
+    text = text.replace("edge-demo-0", f"{prefix}-0")
+    for old, new in (subst or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    if agents > 2:
+        extra = "".join(
+            f"  - name: {prefix}-{n:02d}\n    role: agent\n    network: {{dhcp: true}}\n"
+            for n in range(4, agents + 2)
+        )
+        text += extra
+    path = tmp_path / f"{prefix}.yaml"
+    path.write_text(text)
+    return path
+
+
+def session_for(sim: VcsimHandle) -> Session:
+    return connect(Credentials.from_env(sim.env()))
+
+
+def vm_extra(sim: VcsimHandle, name: str) -> dict[str, str]:
+    with session_for(sim) as s:
+        dc = inventory.datacenter(s, "DC0")
+        return vmops.extra_config(inventory.vm(s, dc, name))
+
+
+def vm_raw_keys(sim: VcsimHandle, name: str) -> list[str]:
+    with session_for(sim) as s:
+        dc = inventory.datacenter(s, "DC0")
+        return [o.key for o in inventory.vm(s, dc, name).config.extraConfig]
+
+
+def vm_info(sim: VcsimHandle, name: str) -> dict[str, Any]:
+    with session_for(sim) as s:
+        dc = inventory.datacenter(s, "DC0")
+        found = inventory.vms_by_name(s, dc, [name]).get(name, [])
+        return {
+            "count": len(found),
+            "moids": [v._moId for v in found],
+            "power": [str(v.runtime.powerState) for v in found],
+        }
