@@ -239,7 +239,11 @@ def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> d
         "boot_wait": spec.build.boot_wait,
         "clone_template": spec.source.clone.template if spec.source.clone else "",
         "ssh_username": spec.build.ssh_username,
-        "build_env": proxy_env(spec),
+        # curl and dnf (libcurl) only honour the lower-case http_proxy: give both spellings.
+        "build_env": [
+            *proxy_env(spec),
+            *(f"{k.lower()}={v}" for k, v in (x.split("=", 1) for x in proxy_env(spec))),
+        ],
         "run_image_tests": spec.build.run_image_tests and run_image_tests,
         "convert_to_template": spec.publish.convert_to_template,
         "content_library": spec.publish.content_library.name if spec.publish.content_library else "",
