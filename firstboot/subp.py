@@ -8,11 +8,15 @@ builder imports this module too: one wrapper for the whole project.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import queue
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +147,117 @@ def run(
     if check and code not in set(ok_codes):
         raise ProcessExecutionError(description, shown, code, out, err)
     return Result(tuple(shown), code, out, err)
+
+
+# Streaming -----------------------------------------------------------------------------------------
+# For long-running children whose output is shown as it comes (builder's Packer driver): stdout and
+# stderr merged, each line redacted before the caller sees it, the same timeout and argv rules as `run`.
+# Ctrl-C is forwarded as SIGINT to the child's process group so it can clean up (Packer deletes its
+# half-built VM), then KeyboardInterrupt is raised once the child has exited; a second Ctrl-C kills it.
+
+
+def _open_stream(
+    argv: Sequence[str], *, env: Mapping[str, str] | None, cwd: Path | None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+
+
+def stream(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    on_line: Callable[[str], None],
+    description: str = "",
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    secrets: Iterable[str] = (),
+    check: bool = True,
+    grace: float = 600.0,
+) -> Result:
+    """Run `argv`, calling `on_line` with each redacted output line as it arrives.
+
+    On timeout the child's group gets SIGINT, then SIGKILL after `grace` seconds, and
+    ProcessExecutionError is raised. On KeyboardInterrupt the child's group gets SIGINT, the child is
+    waited for (up to `grace`, streaming its cleanup output), and KeyboardInterrupt is re-raised.
+    `Result.stdout` holds the last 50 lines.
+    """
+    argv = [os.fspath(a) for a in argv]
+    secret_list = [s for s in secrets if s]
+    for arg in argv:
+        if any(s in arg for s in secret_list if len(s) >= 3):
+            raise ValueError(f"refusing to pass a secret on the command line of {argv[0]}")
+    description = description or f"running {argv[0]}"
+    shown = [redact(a, secret_list) for a in argv]
+    LOG.debug("exec (streamed) %s (timeout %ss)", shown, timeout)
+    try:
+        proc = _open_stream(argv, env=env, cwd=cwd)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ProcessExecutionError(
+            description, shown, reason=f"not found or not executable: {argv[0]}"
+        ) from exc
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def reader() -> None:
+        for raw in proc.stdout or ():
+            lines.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        lines.put(None)
+
+    threading.Thread(target=reader, name=f"stream-{Path(argv[0]).name}", daemon=True).start()
+    tail: collections.deque[str] = collections.deque(maxlen=50)
+    deadline = time.monotonic() + timeout
+    stop_by: float | None = None  # set once the child has been asked to stop
+    interrupted = False
+    timed_out = False
+    while True:
+        try:
+            now = time.monotonic()
+            if stop_by is None and now > deadline:
+                timed_out = True
+                _signal_group(proc, signal.SIGINT)
+                stop_by = now + grace
+            elif stop_by is not None and now > stop_by:
+                _signal_group(proc, signal.SIGKILL)
+                stop_by = now + 3600
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            shown_line = redact(line, secret_list)
+            tail.append(shown_line)
+            on_line(shown_line)
+        except KeyboardInterrupt:
+            if interrupted:
+                _signal_group(proc, signal.SIGKILL)
+            else:
+                interrupted = True
+                LOG.debug("interrupted: forwarding SIGINT to %s", shown[0])
+                _signal_group(proc, signal.SIGINT)
+                stop_by = time.monotonic() + grace
+    code = proc.wait()
+    out = "\n".join(tail)
+    if interrupted:
+        raise KeyboardInterrupt
+    if timed_out:
+        raise ProcessExecutionError(
+            description, shown, code, out, out, reason=f"timed out after {timeout:g}s"
+        )
+    if check and code != 0:
+        raise ProcessExecutionError(description, shown, code, out, out)
+    return Result(tuple(shown), code, out, "")

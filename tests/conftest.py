@@ -8,6 +8,7 @@ fails unless the test allowed it with `@pytest.mark.allow_subp("packer", "chrony
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -47,4 +48,15 @@ def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         return real_spawn(argv, stdin_data=stdin_data, env=env, cwd=cwd, timeout=timeout)
 
     monkeypatch.setattr(subp, "_spawn", guarded)
+    real_open_stream = subp._open_stream
+
+    def guarded_stream(
+        argv: Sequence[str], *, env: Mapping[str, str] | None, cwd: Path | None
+    ) -> subprocess.Popen[bytes]:
+        name = os.path.basename(argv[0])
+        if not allow_all and name not in allowed:
+            raise AssertionError(f"test ran {name!r} through subp without @pytest.mark.allow_subp({name!r})")
+        return real_open_stream(argv, env=env, cwd=cwd)
+
+    monkeypatch.setattr(subp, "_open_stream", guarded_stream)
     yield

@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
@@ -39,7 +41,23 @@ func main() {
 	vms := flag.Int("vm", 2, "VMs per resource pool / host")
 	ds := flag.Int("ds", 1, "datastores")
 	plainHTTP := flag.Bool("plain-http", false, "serve plain HTTP instead of HTTPS (self-signed)")
+	// Slows chosen SOAP methods, e.g. "ReconfigVM_Task=5000": tests interrupt a build mid-way with it.
+	methodDelay := flag.String("method-delay", "", "comma-separated Method=milliseconds delays")
 	flag.Parse()
+
+	delays := map[string]int{}
+	for _, item := range strings.Split(*methodDelay, ",") {
+		if item == "" {
+			continue
+		}
+		name, ms, ok := strings.Cut(item, "=")
+		n, err := strconv.Atoi(ms)
+		if !ok || err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "vcsim: bad -method-delay item %q (want Method=milliseconds)\n", item)
+			os.Exit(2)
+		}
+		delays[name] = n
+	}
 
 	pass := *password
 	if pass == "" {
@@ -66,6 +84,7 @@ func main() {
 		os.Exit(1)
 	}
 	defer model.Remove()
+	model.DelayConfig.MethodDelay = delays
 
 	u := &url.URL{Host: *listen}
 	if *user != "" {
