@@ -41,6 +41,29 @@ DNS_PATTERN = re.compile(
 )
 
 
+_PREWARM_LOCK = threading.Lock()
+_prewarm_thread: threading.Thread | None = None
+
+
+def _import_apis() -> None:
+    # Attribute access imports the (large, generated) API modules: ~2-3 s of CPU on first use.
+    for name in ("CoreV1Api", "AppsV1Api"):
+        getattr(client, name)
+
+
+def prewarm() -> None:
+    """Import the client's API classes in a background thread (once per process).
+
+    Steps call this before they start waiting on something slow (K3s starting, `az connectedk8s connect`),
+    so the seconds the generated client takes to import overlap that wait instead of adding to it.
+    """
+    global _prewarm_thread
+    with _PREWARM_LOCK:
+        if _prewarm_thread is None:
+            _prewarm_thread = threading.Thread(target=_import_apis, name="kube-prewarm", daemon=True)
+            _prewarm_thread.start()
+
+
 class KubeUnavailable(Exception):
     """The kubeconfig cannot be read or names no usable cluster."""
 
@@ -105,12 +128,14 @@ def wait_until(
     timeout: float,
     cancel: threading.Event | None = None,
     on_change: Callable[[dict[str, Any]], None] | None = None,
+    args: tuple[Any, ...] = (),
     **list_kwargs: Any,
 ) -> WaitResult:
     """Watch the objects `list_call(**list_kwargs)` returns until `done(objects)` or `timeout` seconds.
 
-    `list_call` is a typed list function of the client (`CoreV1Api.list_node`, ...). `on_change` sees the
-    objects after each event (progress lines).
+    `list_call` is a typed list function of the client (`CoreV1Api.list_node`, ...; not a lambda: the
+    watch finds the type to deserialize from its docstring), called with `args` (the namespace) and
+    `list_kwargs` (selectors). `on_change` sees the objects after each event (progress lines).
     """
     cancel = cancel or threading.Event()
     deadline = time.monotonic() + timeout
@@ -121,7 +146,7 @@ def wait_until(
         if remaining <= 0:
             break
         try:
-            listing = list_call(_request_timeout=max(1.0, min(remaining, 30.0)), **list_kwargs)
+            listing = list_call(*args, _request_timeout=max(1.0, min(remaining, 30.0)), **list_kwargs)
             objects = {_key(o): o for o in listing.items or []}
             error = None
             if done(objects):
@@ -132,6 +157,7 @@ def wait_until(
             stream = watch.Watch()  # type: ignore[no-untyped-call]
             for event in stream.stream(  # type: ignore[no-untyped-call]
                 list_call,
+                *args,
                 resource_version=listing.metadata.resource_version,
                 timeout_seconds=chunk,
                 _request_timeout=chunk + 5,

@@ -251,10 +251,11 @@ def wait_coredns(ctx: Context, api: client.ApiClient, deadline: float) -> None:
     apps = client.AppsV1Api(api)
     ctx.progress("waiting for CoreDNS to be available")
     result = kube.wait_until(
-        lambda **kw: apps.list_namespaced_deployment("kube-system", **kw),
+        apps.list_namespaced_deployment,
         lambda objs: "kube-system/coredns" in objs and kube.deployment_available(objs["kube-system/coredns"]),
         timeout=max(0.0, deadline - time.monotonic()),
         cancel=ctx.cancel,
+        args=("kube-system",),
         field_selector="metadata.name=coredns",
     )
     if result.ok:
@@ -277,6 +278,7 @@ def run(ctx: Context) -> None:
     """Configure and start K3s; wait for node Ready, CoreDNS and cluster DNS (servers)."""
     config = ctx.require_config()
     unit = unit_name(config)
+    kube.prewarm()
     try:
         reload = _write_config(ctx, config)
     except OSError as exc:
