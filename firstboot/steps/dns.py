@@ -97,7 +97,7 @@ def endpoints(config: OnboardingConfig, environ: dict[str, str] | None = None) -
 
 @dataclass(frozen=True)
 class Answer:
-    """One query's outcome: `status` is ok, nxdomain, servfail, timeout, noanswer or error."""
+    """One query's outcome: `status` is ok, nxdomain, servfail, refused, timeout, noanswer or error."""
 
     name: str
     server: str
@@ -132,7 +132,8 @@ def query(name: str, server: str, port: int, timeout: float) -> Answer:
     except dns.resolver.NoNameservers as exc:
         # dnspython reports SERVFAIL / REFUSED this way; keep the rcode for the message.
         text = str(exc)
-        return done("servfail" if "SERVFAIL" in text else "error", text[-160:])
+        status = "servfail" if "SERVFAIL" in text else "refused" if "REFUSED" in text else "error"
+        return done(status, text[-160:])
     except dns.exception.DNSException as exc:
         return done("error", f"{type(exc).__name__}: {exc}")
 
