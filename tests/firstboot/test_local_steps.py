@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures.guestinfo import DictSource, onboarding_config
@@ -16,7 +17,7 @@ from firstboot.steps import hostname, proxy, resources
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 
 
-def ctx_for(root: Path, **overrides: object) -> Context:
+def ctx_for(root: Path, **overrides: Any) -> Context:
     ctx = build_context(root, DictSource(), env={})
     ctx.config = OnboardingConfig.model_validate(onboarding_config(**overrides))
     return ctx
@@ -90,7 +91,7 @@ def test_resources_minimum_recommended_and_failure(
         def __init__(self, path: object) -> None:
             self.free = free["bytes"]
 
-    monkeypatch.setattr(resources.shutil, "disk_usage", Usage)
+    monkeypatch.setattr("firstboot.steps.resources.shutil.disk_usage", Usage)
     ctx = ctx_for(guest_root)
     plant_proc(guest_root, 8, 16 * 1024 * 1024)
     resources.run(ctx)
