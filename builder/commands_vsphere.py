@@ -37,6 +37,9 @@ def _fail(message: str, code: RC = RC.FAILED) -> NoReturn:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Map the project's exceptions to one-line messages and exit codes (never a traceback)."""
+    from builder.build import ValidationFailedError
+    from builder.packer import PackerError
+    from builder.render import RenderError
     from builder.vsphere.connection import VSphereError
 
     try:
@@ -45,7 +48,9 @@ def _errors() -> Iterator[None]:
         for issue in exc.issues:
             click.echo(str(issue), err=True)
         raise click.exceptions.Exit(int(RC.INVALID_INPUT)) from None
-    except VSphereError as exc:
+    except ValidationFailedError as exc:
+        _fail(str(exc), RC.ARTIFACT_REJECTED)
+    except (VSphereError, PackerError, RenderError) as exc:
         _fail(str(exc))
 
 
@@ -146,4 +151,58 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
         raise click.exceptions.Exit(int(code))
 
 
-COMMANDS: list[click.Command] = [deploy, status]
+@click.command()
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Build dir (default: build/<spec name>).",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["cleanup", "abort"]),
+    default="cleanup",
+    show_default=True,
+    help="Packer -on-error: delete the failed VM, or keep it for debugging.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(1), default=4 * 3600.0, show_default=True, help="Seconds for Packer."
+)
+@click.option("--skip-validators", is_flag=True, help="Do not run the validators on the rendered build dir.")
+@FORMAT
+def build(
+    spec_file: Path, out_dir: Path | None, on_error: str, timeout: float, skip_validators: bool, fmt: str
+) -> None:
+    """Render, validate, run Packer, publish the template, prune old ones; write DIR/manifest.json."""
+    from builder.build import BuildOptions
+    from builder.build import build as run_build
+
+    options = BuildOptions(
+        out_dir=out_dir or Path("build") / spec_file.stem,
+        on_error=on_error,
+        timeout=timeout,
+        run_validators=not skip_validators,
+    )
+    with _errors():
+        manifest = run_build(spec_file, os.environ, options)
+    if fmt == "json":
+        _emit_json(manifest)
+        return
+    tpl = manifest["template"]
+    ret = manifest["retention"]
+    click.echo(f"template   {tpl['name']}  ({tpl['moid']}, instance uuid {tpl['instance_uuid']})")
+    if "content_library" in tpl:
+        lib = tpl["content_library"]
+        click.echo(f"library    {lib['library']} / {lib['item']}")
+    click.echo(f"spec       sha256 {manifest['spec']['sha256'][:16]}  K3s {manifest['k3s']['version']}")
+    click.echo(f"packer     {manifest['packer']['version']}  in {manifest['duration_seconds']:.1f}s")
+    click.echo(f"retention  kept {', '.join(ret['kept']) or '-'}; removed {', '.join(ret['removed']) or '-'}")
+    for name, vms in ret["kept_linked"].items():
+        click.echo(f"           kept {name}: linked VMs {', '.join(vms)}")
+    click.echo(f"manifest   {options.out_dir / 'manifest.json'}")
+
+
+COMMANDS: list[click.Command] = [build, deploy, status]

@@ -1,0 +1,248 @@
+"""`builder build SPEC`: render, validate, Packer init/validate/build, publish, retention, manifest.
+
+1. load the spec (exit 3 when invalid) and log in to vSphere (one-line errors before anything runs);
+2. render the build dir and run every validator found on it (exit 4 when one rejects);
+3. assemble the guest wheelhouse when the build provisions a guest (`builder.wheelhouse`);
+4. `packer init` (>= 1.7), `packer validate`, `packer build -machine-readable` (credentials as
+   `PKR_VAR_*` environment only);
+5. publish: Packer converts the VM to a template and/or imports it into the content library (the spec's
+   `publish`); we look the result up and read its vSphere identity;
+6. retention: keep the newest `publish.keep` templates of this image, never one with linked VMs;
+7. write `DIR/manifest.json`.
+
+Ctrl-C during the Packer build is forwarded to Packer (it deletes its VM); we then delete any VM of the
+build's name that is still not a template, and exit 130.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+from builder import packer as pk
+from builder.spec import ImageSpec, load_spec
+from builder.vsphere import inventory, retention
+from builder.vsphere import vm as vmops
+from builder.vsphere.connection import Credentials, NotFoundError, Session, VSphereError, connect
+from firstboot import subp
+
+LOG = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+LOG_NAME = "packer-build.log"
+
+
+class ValidationFailedError(Exception):
+    """A rendered artifact was rejected by a validator (exit 4); the message lists which and why."""
+
+
+@dataclass
+class BuildOptions:
+    """Knobs of one build."""
+
+    out_dir: Path
+    on_error: str = "cleanup"
+    timeout: float = pk.DEFAULT_BUILD_TIMEOUT
+    run_validators: bool = True
+    now: datetime | None = None
+    quiet: bool = False
+    validator_names: list[str] | None = field(default=None)
+
+
+def _git(spec_path: Path) -> dict[str, Any] | None:
+    """The commit of the spec when it lives in a git work tree (None otherwise)."""
+    cwd = spec_path.parent
+
+    def git(*args: str) -> str:
+        return subp.run(["git", *args], timeout=30, cwd=cwd, description="git").stdout.strip()
+
+    try:
+        if git("rev-parse", "--is-inside-work-tree") != "true":
+            return None
+        head = git("rev-parse", "HEAD")
+        spec_commit = git("log", "-1", "--format=%H", "--", spec_path.name)
+        dirty = bool(git("status", "--porcelain", "--", spec_path.name))
+    except subp.ProcessExecutionError as exc:
+        LOG.debug("no git information for %s: %s", spec_path, exc)
+        return None
+    return {"commit": head, "spec_commit": spec_commit or None, "spec_dirty": dirty}
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _arcbake_version() -> str:
+    try:
+        return dist_version("arcbake")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _validate(out_dir: Path, names: list[str] | None) -> list[dict[str, object]]:
+    from builder.validators import Status, run_validators
+
+    outcomes = run_validators(out_dir, only=names)
+    failed = [o for o in outcomes if o.status is Status.FAILED]
+    for outcome in outcomes:
+        LOG.info("validator %s: %s %s", outcome.name, outcome.status.value, outcome.message.splitlines()[:1])
+    if failed:
+        detail = "; ".join(
+            f"{o.name}: {o.message.strip().splitlines()[-1] if o.message.strip() else 'rejected'}"
+            for o in failed
+        )
+        raise ValidationFailedError(f"rendered build dir rejected by {detail}")
+    return [o.to_dict() for o in outcomes]
+
+
+def _wheelhouse(spec: ImageSpec, out_dir: Path) -> list[str]:
+    if spec.build.communicator == "none":
+        # Offline builds (simulator, tests) run no provisioner: nothing would install the wheels.
+        LOG.info("communicator none: no guest to install firstboot into, wheelhouse left empty")
+        return []
+    from builder import wheelhouse
+
+    try:
+        wheels = wheelhouse.assemble(out_dir / "wheelhouse")
+    except wheelhouse.WheelhouseError as exc:
+        raise pk.PackerError(f"assembling the guest wheelhouse: {exc}") from None
+    return [w.name for w in wheels]
+
+
+def _cleanup_after_interrupt(session: Session, dc: Any, vm_name: str) -> None:
+    for obj in inventory.vms_by_name(session, dc, [vm_name]).get(vm_name, []):
+        if obj.config is not None and obj.config.template:
+            continue
+        LOG.warning("deleting the half-built VM %s left after the interrupt", vm_name)
+        vmops.destroy(obj, vm_name)
+
+
+def _progress_line(quiet: bool, message: str) -> None:
+    if not quiet:
+        import sys
+
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+
+def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) -> dict[str, Any]:
+    """Run the whole build; return the manifest (also written to `DIR/manifest.json`)."""
+    from builder.render import SecretEnvError, packer_secret_env, render
+    from builder.render_context import spec_digest
+
+    started = datetime.now(UTC)
+    spec = load_spec(spec_path)
+    creds = Credentials.from_env(environ)
+    packer = pk.find_packer(environ)
+    base_env = pk.child_env(environ, {})
+    packer_version = pk.version(packer, base_env)
+    with connect(creds) as session:
+        dc = inventory.datacenter(session, spec.vsphere.datacenter)
+        out_dir = options.out_dir.absolute()
+        rendered = render(spec, out_dir, now=options.now, packer=packer_version)
+        vm_name = rendered.vm_name
+        _progress_line(options.quiet, f"rendered {spec.os.variant} into {out_dir} (template {vm_name})")
+        validators = _validate(out_dir, options.validator_names) if options.run_validators else []
+        wheels = _wheelhouse(spec, out_dir)
+        try:
+            secret_vars = {**pk.vsphere_vars(environ), **packer_secret_env(spec, environ)}
+        except SecretEnvError as exc:
+            raise pk.PackerError(str(exc)) from None
+        public = ("PKR_VAR_vsphere_server", "PKR_VAR_vsphere_insecure")
+        secrets = [v for k, v in secret_vars.items() if k not in public]
+        env = pk.child_env(environ, secret_vars)
+        workdir = out_dir / "packer"
+        if inventory.vms_by_name(session, dc, [vm_name]).get(vm_name):
+            raise VSphereError(f"a VM or template named {vm_name!r} already exists in datacenter {dc.name!r}")
+        if packer_version >= (1, 7, 0):
+            pk.init(packer, workdir, env, secrets)
+        pk.validate(packer, workdir, rendered.packer_only, env, secrets)
+        shown_version = ".".join(map(str, packer_version))
+        _progress_line(options.quiet, f"packer {shown_version} build {rendered.packer_only}")
+        try:
+            outcome = pk.build(
+                packer,
+                workdir,
+                only=rendered.packer_only,
+                env=env,
+                secrets=secrets,
+                log_path=out_dir / LOG_NAME,
+                timeout=options.timeout,
+                on_error=options.on_error,
+                progress=pk.Progress(quiet=options.quiet),
+            )
+        except KeyboardInterrupt:
+            _cleanup_after_interrupt(session, dc, vm_name)
+            raise
+        published = _published(session, dc, spec, vm_name)
+        kept = retention.apply(session, dc, spec.template_name_regex(), spec.publish.keep)
+        if kept.errors:
+            LOG.warning("retention: %s", "; ".join(kept.errors))
+    ended = datetime.now(UTC)
+    manifest: dict[str, Any] = {
+        "schema_version": 1,
+        "template": published,
+        "vcenter": {"server": creds.server, "datacenter": spec.vsphere.datacenter},
+        "spec": {
+            "path": str(spec_path),
+            "sha256": spec_digest(spec),
+            "file_sha256": _file_sha256(spec_path),
+            "git": _git(spec_path.absolute()),
+        },
+        "os": {"distro": spec.os.distro.value, "major": spec.os.major, "variant": spec.os.variant},
+        "k3s": {"version": spec.k3s.version, "sha256": spec.k3s.sha256.model_dump()},
+        "azure": {"cli_version": spec.azure.cli_version, "extensions": spec.azure.extensions.model_dump()},
+        "packer": {
+            "version": ".".join(map(str, packer_version)),
+            "only": rendered.packer_only,
+            "on_error": options.on_error,
+            "artifacts": [a.__dict__ for a in outcome.artifacts],
+            "log": LOG_NAME,
+        },
+        "wheelhouse": wheels,
+        "validators": validators,
+        "retention": {"keep": spec.publish.keep, **kept.as_dict()},
+        "arcbake_version": _arcbake_version(),
+        "started": started.isoformat(timespec="seconds"),
+        "ended": ended.isoformat(timespec="seconds"),
+        "duration_seconds": round((ended - started).total_seconds(), 3),
+    }
+    path = out_dir / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.chmod(0o644)
+    return manifest
+
+
+def _published(session: Session, dc: Any, spec: ImageSpec, vm_name: str) -> dict[str, Any]:
+    """Find what Packer published and read its identity."""
+    found = inventory.vms_by_name(session, dc, [vm_name]).get(vm_name, [])
+    info: dict[str, Any] = {"name": vm_name, "moid": None, "instance_uuid": None, "is_template": False}
+    if found:
+        obj = found[0]
+        info.update(
+            moid=obj._moId,
+            instance_uuid=str(obj.config.instanceUuid),
+            bios_uuid=str(obj.config.uuid),
+            is_template=bool(obj.config.template),
+            path=str(obj.config.files.vmPathName),
+        )
+    elif spec.publish.convert_to_template:
+        raise NotFoundError(f"Packer finished but template {vm_name!r} is not in datacenter {dc.name!r}")
+    if spec.publish.convert_to_template and not info["is_template"]:
+        raise VSphereError(f"Packer finished but {vm_name!r} is not a template")
+    library = spec.publish.content_library
+    if library is not None:
+        info["content_library"] = {
+            "library": library.name,
+            "item": library.item or vm_name,
+            "ovf": library.ovf,
+        }
+    return info
