@@ -114,7 +114,7 @@ def test_intercepting_proxy_diagnosed_then_fixed_by_its_ca(
         with pytest.raises(PermanentFailure) as info:
             connectivity.run(ctx)
         assert info.value.message.startswith("TLS-intercepting proxy")
-        assert "CN=Intercepting Proxy CA" in info.value.message
+        assert "issued by 'commonName=Intercepting Proxy CA'" in info.value.message
         assert "proxy.ca_bundle_pem" in info.value.remedy
         # With the proxy's CA in the metadata, the proxy step installs it and the handshakes verify.
         ctx = ctx_for(
