@@ -1,0 +1,147 @@
+"""builder build against the real vCenter simulator and the real Packer 1.6.6."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fixtures.vcsim import VcsimHandle, start_vcsim
+
+from builder.build import BuildOptions, build
+from builder.deploy import deploy
+from builder.fleet import load_fleet
+from builder.vsphere import inventory
+from integration.vsphere_helpers import REPO, SECRET_ENV, fleet_file, session_for
+
+pytestmark = pytest.mark.integration
+
+DEMO_IMAGE = REPO / "examples" / "demo-image.yaml"
+BUILDER = str(Path(sys.executable).parent / "builder")
+
+
+def templates(sim: VcsimHandle, prefix: str = "demo-rocky9-k3s-") -> dict[str, bool]:
+    with session_for(sim) as s:
+        dc = inventory.datacenter(s, "DC0")
+        found = inventory.vms_by_name(s, dc)
+        return {n: bool(v[0].config.template) for n, v in found.items() if n.startswith(prefix)}
+
+
+@pytest.mark.slow
+@pytest.mark.allow_subp("packer", "git")
+def test_build_manifest_and_retention(fresh_vcsim: VcsimHandle, tmp_path: Path) -> None:
+    env = {**os.environ, **fresh_vcsim.env()}
+    t0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    first = build(DEMO_IMAGE, env, BuildOptions(tmp_path / "b1", run_validators=False, now=t0, quiet=True))
+
+    manifest = json.loads((tmp_path / "b1" / "manifest.json").read_text())
+    assert manifest == first
+    tpl = manifest["template"]
+    assert tpl["name"] == "demo-rocky9-k3s-202601011200" and tpl["is_template"] is True
+    with session_for(fresh_vcsim) as s:
+        obj = inventory.vm(s, inventory.datacenter(s, "DC0"), tpl["name"])
+        assert (obj._moId, obj.config.instanceUuid, obj.config.template) == (
+            tpl["moid"],
+            tpl["instance_uuid"],
+            True,
+        )
+        extra = {o.key: o.value for o in obj.config.extraConfig}
+        assert extra["guestinfo.arcbake.image"].startswith("rocky9 k3s=v1.31.4+k3s1")
+    assert len(manifest["spec"]["sha256"]) == 64
+    assert manifest["os"] == {"distro": "rocky", "major": 9, "variant": "rocky9"}
+    assert manifest["k3s"]["version"] == "v1.31.4+k3s1" and len(manifest["k3s"]["sha256"]) == 3
+    assert manifest["azure"]["cli_version"] == "2.67.0"
+    assert manifest["azure"]["extensions"]["connectedk8s"] == "1.10.5"
+    assert manifest["packer"]["version"] == "1.6.6"
+    assert manifest["packer"]["artifacts"][0]["id"] == tpl["name"]
+    assert manifest["spec"]["git"]["commit"] and len(manifest["spec"]["git"]["commit"]) == 40
+    assert manifest["duration_seconds"] >= 0 and manifest["started"] <= manifest["ended"]
+    log = (tmp_path / "b1" / "packer-build.log").read_text()
+    assert "Convert VM into template" in log
+    everything = "".join(p.read_text(errors="replace") for p in (tmp_path / "b1").rglob("*") if p.is_file())
+    assert fresh_vcsim.password not in everything, "the vCenter password reached the build dir"
+
+    # A clone deployed from the first template links it: retention (keep 2) must not delete it.
+    fleet = load_fleet(fleet_file(tmp_path, "ret", template=tpl["name"]))
+    with session_for(fresh_vcsim) as s:
+        assert deploy(fleet, s, {**SECRET_ENV}).ok
+    for n in range(1, 4):
+        build(
+            DEMO_IMAGE,
+            env,
+            BuildOptions(
+                tmp_path / f"b{n + 1}", run_validators=False, now=t0 + timedelta(days=n), quiet=True
+            ),
+        )
+    last = json.loads((tmp_path / "b4" / "manifest.json").read_text())
+    assert last["retention"]["kept"] == ["demo-rocky9-k3s-202601041200", "demo-rocky9-k3s-202601031200"]
+    assert last["retention"]["kept_linked"] == {
+        "demo-rocky9-k3s-202601011200": ["ret-01", "ret-02", "ret-03"]
+    }
+    assert sorted(templates(fresh_vcsim)) == [
+        "demo-rocky9-k3s-202601011200",
+        "demo-rocky9-k3s-202601031200",
+        "demo-rocky9-k3s-202601041200",
+    ]
+    # The second build's template was removed by the third or the fourth build.
+    removed = json.loads((tmp_path / "b3" / "manifest.json").read_text())["retention"]["removed"]
+    assert removed == ["demo-rocky9-k3s-202601021200"] or last["retention"]["removed"] == [
+        "demo-rocky9-k3s-202601021200"
+    ]
+
+
+def test_build_wrong_password_is_one_line(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    env = {**os.environ, **vcsim.env(VSPHERE_PASSWORD="Not-The-Password-3")}
+    proc = subprocess.run(
+        [BUILDER, "build", str(DEMO_IMAGE), "-o", str(tmp_path / "b")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING")]
+    assert errors == [
+        f"error: vCenter {vcsim.server}: login failed for user '{vcsim.user}': wrong user name or password"
+    ]
+    assert "Not-The-Password-3" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "b").exists(), "nothing rendered before the login succeeded"
+
+
+@pytest.mark.slow
+@pytest.mark.fault("Ctrl-C during packer build", "Packer cleans up, exit 130, no VM left")
+def test_ctrl_c_during_packer_build(tmp_path: Path) -> None:
+    # Reconfigure (Packer's "Customizing hardware", right after the clone) is slowed so the interrupt
+    # lands while the half-built VM exists.
+    sim = start_vcsim("-method-delay", "ReconfigVM_Task=2500")
+    try:
+        env = {**os.environ, **sim.env()}
+        before = templates(sim, "")
+        proc = subprocess.Popen(
+            [BUILDER, "build", str(DEMO_IMAGE), "-o", str(tmp_path / "b"), "--skip-validators"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        seen = []
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            seen.append(line)
+            if "Customizing hardware" in line:
+                assert len(templates(sim, "demo-rocky9-k3s-")) == 1, "the half-built VM exists"
+                proc.send_signal(signal.SIGINT)
+            assert time.monotonic() < deadline
+        assert proc.wait(timeout=120) == 130, "".join(seen)
+        assert any("Destroying VM" in ln for ln in seen), "".join(seen)
+        assert templates(sim, "") == before, "a VM was left behind"
+        assert not (tmp_path / "b" / "manifest.json").exists()
+    finally:
+        sim.stop()
