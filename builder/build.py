@@ -145,7 +145,7 @@ def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) ->
     base_env = pk.child_env(environ, {})
     packer_version = pk.version(packer, base_env)
     with connect(creds) as session:
-        dc = inventory.datacenter(session, spec.vsphere.datacenter)
+        dc = _preflight(session, spec)
         out_dir = options.out_dir.absolute()
         rendered = render(spec, out_dir, now=options.now, packer=packer_version)
         vm_name = rendered.vm_name
@@ -219,6 +219,26 @@ def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) ->
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     path.chmod(0o644)
     return manifest
+
+
+def _preflight(session: Session, spec: ImageSpec) -> Any:
+    """Resolve every inventory name of the spec before rendering: a missing one is a one-line error."""
+    v = spec.vsphere
+    where = inventory.placement(
+        session,
+        datacenter_name=v.datacenter,
+        cluster_name=v.cluster,
+        host_name=v.host,
+        resource_pool_name=v.resource_pool,
+        datastore_name=v.datastore,
+        folder_path=v.folder,
+        network_name=v.network,
+    )
+    if spec.source.clone is not None:
+        inventory.vm(session, where.datacenter, spec.source.clone.template, kind="source template")
+    if spec.publish.content_library is not None:
+        LOG.info("content library %s: Packer imports the template into it", spec.publish.content_library.name)
+    return where.datacenter
 
 
 def _published(session: Session, dc: Any, spec: ImageSpec, vm_name: str) -> dict[str, Any]:

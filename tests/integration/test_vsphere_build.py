@@ -145,3 +145,43 @@ def test_ctrl_c_during_packer_build(tmp_path: Path) -> None:
         assert not (tmp_path / "b" / "manifest.json").exists()
     finally:
         sim.stop()
+
+
+@pytest.mark.fault(
+    "build: missing datastore / network / source template / cluster", "exit 1, one line naming it"
+)
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("datastore: LocalDS_0", "datastore: NoSuchDS", "datastore 'NoSuchDS' not found in datacenter 'DC0'"),
+        ("network: VM Network", "network: NoSuchNet", "network 'NoSuchNet' not found in datacenter 'DC0'"),
+        (
+            "template: DC0_H0_VM0",
+            "template: NoSuchBase",
+            "source template 'NoSuchBase' not found in datacenter 'DC0'",
+        ),
+        (
+            "cluster: DC0_C0",
+            "cluster: NoSuchCluster",
+            "cluster 'NoSuchCluster' not found in datacenter 'DC0'",
+        ),
+    ],
+)
+def test_build_missing_object_is_one_line(
+    vcsim: VcsimHandle, tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    text = DEMO_IMAGE.read_text()
+    assert old in text
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text.replace(old, new))
+    env = {**os.environ, **vcsim.env()}
+    proc = subprocess.run(
+        [BUILDER, "-q", "build", str(spec), "-o", str(tmp_path / "b")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: {expected}"]
+    assert "Traceback" not in proc.stderr and vcsim.password not in proc.stderr + proc.stdout
