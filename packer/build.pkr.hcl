@@ -43,19 +43,26 @@ build {
   provisioner "shell" {
     except          = local.offline
     execute_command = "sudo -E sh -eu '{{ .Path }}'"
-    inline          = ["cp -a --no-preserve=ownership ${local.guestdir}/rootfs/. /", "rm -rf ${local.guestdir}/rootfs"]
+    inline = [
+      # Mode and times only: root owns the result, and SELinux labels come from the target (no /tmp labels).
+      "cp -R --preserve=mode,timestamps ${local.guestdir}/rootfs/. /",
+      "chmod 0600 /etc/rancher/k3s/config.yaml",
+      "rm -rf ${local.guestdir}/rootfs",
+    ]
   }
 
   # RHSM credentials travel as environment through a file Packer deletes, never as a command line.
+  # The env var file is sourced by root's shell, so the values never appear on a command line.
   provisioner "shell" {
     except           = local.offline
-    execute_command  = "sudo -E bash '{{ .Path }}'"
+    execute_command  = "sudo bash -c '. {{ .EnvVarFile }} && exec bash {{ .Path }}'"
     use_env_var_file = true
     environment_vars = concat(var.build_env, ["RHSM_ORG=${var.rhsm_org}", "RHSM_ACTIVATION_KEY=${var.rhsm_activation_key}"])
     scripts          = [for s in sort(fileset(local.scripts, "[0-8][0-9]-*.sh")) : "${local.scripts}/${s}"]
   }
 
-  # The testinfra suite a template must pass, run from the build machine before sealing.
+  # The testinfra suite a template must pass, run from the build machine before sealing, with the Python
+  # of var.image_tests_python (builder build sets PKR_VAR_image_tests_python to its own venv).
   provisioner "shell-local" {
     except = local.offline
     environment_vars = [
@@ -67,7 +74,7 @@ build {
     ]
     inline = [
       "if [ \"$ARCBAKE_RUN_IMAGE_TESTS\" != true ]; then echo 'image tests disabled by the spec'; exit 0; fi",
-      "${var.image_tests_python} -m pytest -p no:cacheprovider -q -m 'not sealed' '${path.root}/../tests/image' --hosts=\"ssh://$ARCBAKE_IMAGE_USER@$ARCBAKE_IMAGE_HOST\" --ssh-identity-file=\"$ARCBAKE_SSH_KEY\" --sudo",
+      "${var.image_tests_python} -m pytest -p no:cacheprovider -q -m 'not sealed' '${path.root}/../tests/image' --hosts=\"ssh://$ARCBAKE_IMAGE_USER@$ARCBAKE_IMAGE_HOST\" --ssh-identity-file=\"$ARCBAKE_SSH_KEY\" --ssh-extra-args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' --sudo",
     ]
   }
 
