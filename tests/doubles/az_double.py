@@ -14,6 +14,7 @@ Environment:
         client_id: 00000000-...          # optional: the only service principal that may sign in
         secret: "..."                    # optional: its secret (a wrong one fails with AADSTS7000215)
         tenant: ...                      # optional
+        subscriptions: [sub-guid]        # optional: without it, `account set` accepts any subscription
         resource_groups: [rg1]           # optional: others fail with ResourceGroupNotFound
         latency: {"connectedk8s connect": 4, "k8s-extension create": 1, "k8s-configuration flux create": 0.5}
         faults:
@@ -37,15 +38,11 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 JSON = dict[str, Any]
 CLI_VERSION = "2.67.0"
@@ -181,6 +178,18 @@ def one(opts: dict[str, list[str]], name: str, required: bool = True) -> str | N
     return value
 
 
+def _load_mapping(path: Path) -> JSON:
+    # JSON first: importing yaml costs more than the rest of an invocation (the double runs a lot).
+    text = path.read_text()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        doc = yaml.safe_load(text)
+    return doc if isinstance(doc, dict) else {}
+
+
 # -- persistence -------------------------------------------------------------------------------------------
 class Double:
     """One invocation: config, state and log."""
@@ -191,7 +200,7 @@ class Double:
         self.state_path = Path(env.get("AZ_DOUBLE_STATE") or config_dir / "az-double-state.json")
         self.log_path = Path(env["AZ_DOUBLE_LOG"]) if env.get("AZ_DOUBLE_LOG") else None
         config_path = env.get("AZ_DOUBLE_CONFIG")
-        self.config: JSON = (yaml.safe_load(Path(config_path).read_text()) or {}) if config_path else {}
+        self.config: JSON = _load_mapping(Path(config_path)) if config_path else {}
 
     def log(self, argv: list[str]) -> None:
         if self.log_path is None:
@@ -355,6 +364,11 @@ def cmd_account(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON
     login = require_login(d)
     if words[1:2] == ["set"]:
         sub = one(opts, "--subscription") or ""
+        # Without configured subscriptions, the service principal sees whichever it is asked for.
+        if d.config.get("subscriptions") is None and sub not in login["subscriptions"]:
+            login["subscriptions"].append(sub)
+            with d.state() as doc:
+                doc["login"]["subscriptions"] = login["subscriptions"]
         if sub not in login["subscriptions"]:
             raise AzError(1, f"The subscription of '{sub}' doesn't exist in cloud 'AzureCloud'.")
         with d.state() as doc:
@@ -381,7 +395,7 @@ def _cluster_id(sub: str, rg: str, name: str) -> str:
 
 
 def _kube_server(kubeconfig: str) -> str:
-    doc = yaml.safe_load(Path(kubeconfig).read_text()) or {}
+    doc = _load_mapping(Path(kubeconfig))
     current = doc.get("current-context")
     cluster_name = next(
         (c["context"]["cluster"] for c in doc.get("contexts") or [] if c.get("name") == current), None
@@ -393,6 +407,9 @@ def _kube_server(kubeconfig: str) -> str:
 
 
 def _post_objects(server: str, namespace: str, pods: list[JSON]) -> None:
+    import urllib.error
+    import urllib.request
+
     body = json.dumps({"pods": [{"namespace": namespace, **p} for p in pods]}).encode()
     req = urllib.request.Request(  # noqa: S310 - loopback URL from the kubeconfig
         server + "/_double/objects", data=body, method="POST", headers={"Content-Type": "application/json"}
@@ -618,6 +635,9 @@ def cmd_flux(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
 
 
 def _secret_exists(server: str, namespace: str, name: str) -> bool:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{server}/_double/objects", timeout=5) as resp:  # noqa: S310
             items = json.loads(resp.read())["items"]

@@ -5,6 +5,7 @@ doubles started on loopback (Kubernetes API double, dnsmasq as the cluster DNS, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -192,8 +193,30 @@ def dnsmasq(records: Mapping[str, str] | None = None) -> Iterator[str]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Lines of a JSON-lines log (missing file: none)."""
-    import json
-
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def az_env(workdir: Path, az_config: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Environment for the az double: state, argv log and config files in `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "az-double.json"
+    config_path.write_text(json.dumps(dict(az_config or {})))
+    return {
+        "AZ_DOUBLE_STATE": str(workdir / "az-state.json"),
+        "AZ_DOUBLE_LOG": str(workdir / "az-argv.log"),
+        "AZ_DOUBLE_CONFIG": str(config_path),
+    }
+
+
+def az_calls(workdir: Path, *words: str) -> list[list[str]]:
+    """The argv of every az call recorded in `workdir` whose command starts with `words`."""
+    calls = [entry["argv"] for entry in read_jsonl(workdir / "az-argv.log")]
+    return [argv for argv in calls if argv[: len(words)] == list(words)]
+
+
+def arc_pods(ready_after: float = 0.2) -> list[dict[str, Any]]:
+    """A small set of azure-arc agent pods for the az double to create on connect."""
+    names = ("clusterconnect-agent-6c8b", "config-agent-7b5c", "kube-aad-proxy-5b9d")
+    return [{"name": n, "ready_after": ready_after} for n in names]

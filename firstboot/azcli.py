@@ -1,0 +1,245 @@
+"""Running the Azure CLI for the arc and flux steps: environment, secrets off argv, error classification.
+
+- `AZURE_CONFIG_DIR` is `/var/lib/arcbake/azure` (0700, root-only): the sign-in token cache lives there,
+  not in root's home. Extensions baked into the image are found through `AZURE_EXTENSION_DIR` when the
+  unit's environment sets it (it is passed through).
+- `login()` passes the service principal secret as `--password @FILE` (az reads the value from the file)
+  and a certificate as `--certificate FILE`; the file is 0600 in the 0700 config dir and removed at once.
+  Nothing secret is ever on argv (`subp` refuses it anyway) and every output is redacted.
+- `classify()` turns a failed az call into PermanentFailure (rejected credentials, unknown tenant,
+  subscription or resource group, missing permission or provider registration, a missing extension, usage
+  errors) or TransientFailure (timeouts, throttling, 5xx, network), each with a remedy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firstboot import subp
+from firstboot.contract import ArcAuth, ArcConfig
+from firstboot.step import Context, PermanentFailure, StepFailure, TransientFailure
+
+LOG = logging.getLogger(__name__)
+
+AZ_CONFIG_DIR = "/var/lib/arcbake/azure"
+# Exit code of `az ... show` for a resource that does not exist.
+EXIT_NOT_FOUND = 3
+DEFAULT_TIMEOUT = 180.0
+
+REMEDY_REDEPLOY = "fix the fleet file's secrets and run `builder deploy` again, then `firstboot run`"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A permanent az error: the pattern in its output, what it means, what to do."""
+
+    pattern: re.Pattern[str]
+    meaning: str
+    remedy: str
+
+
+def _rule(pattern: str, meaning: str, remedy: str) -> Rule:
+    return Rule(re.compile(pattern, re.IGNORECASE), meaning, remedy)
+
+
+PERMANENT = (
+    _rule(
+        r"AADSTS7000215|AADSTS7000222|invalid client secret|client secret.*expired",
+        "the service principal secret was rejected",
+        "create a new client secret for arc.client_id, put it in the fleet's secrets (sp_secret); "
+        + REMEDY_REDEPLOY,
+    ),
+    _rule(
+        r"AADSTS700016|Application with identifier .* was not found",
+        "the service principal arc.client_id does not exist in tenant arc.tenant_id",
+        "check arc.client_id and arc.tenant_id in the fleet file; " + REMEDY_REDEPLOY,
+    ),
+    _rule(
+        r"AADSTS90002|AADSTS900023|Tenant .* not found",
+        "the tenant arc.tenant_id does not exist",
+        "check arc.tenant_id in the fleet file",
+    ),
+    _rule(
+        r"AADSTS700027|AADSTS700024|AADSTS50012|Client assertion|Could not deserialize key data",
+        "the service principal certificate was rejected",
+        "upload the certificate to the app registration or fix sp_certificate_pem (PEM with private key); "
+        + REMEDY_REDEPLOY,
+    ),
+    _rule(
+        r"ResourceGroupNotFound",
+        "the resource group arc.resource_group does not exist",
+        "create the resource group (`az group create`) or fix arc.resource_group in the fleet file",
+    ),
+    _rule(
+        r"AuthorizationFailed|does not have authorization|LinkedAuthorizationFailed",
+        "the service principal lacks permission on the resource group",
+        "grant arc.client_id the 'Kubernetes Cluster - Azure Arc Onboarding' role on the resource group "
+        "(and 'Contributor' for the Flux extension)",
+    ),
+    _rule(
+        r"SubscriptionNotFound|doesn't exist in cloud|subscription .* not found",
+        "the subscription arc.subscription_id is unknown or not visible to the service principal",
+        "check arc.subscription_id and the service principal's role assignments",
+    ),
+    _rule(
+        r"MissingSubscriptionRegistration|not registered to use namespace",
+        "an Azure resource provider is not registered in the subscription",
+        "run `az provider register --namespace Microsoft.Kubernetes`, `Microsoft.KubernetesConfiguration` "
+        "and `Microsoft.ExtendedLocation` once for the subscription",
+    ),
+    _rule(
+        r"group-readable|world-readable",
+        "the kubeconfig is readable by others and az refuses it",
+        "chmod 0600 /etc/rancher/k3s/k3s.yaml (and keep write-kubeconfig-mode: 0600)",
+    ),
+    _rule(
+        r"is misspelled or not recognized|is not in the 'az|extension .* not installed|No module named",
+        "an Azure CLI extension (connectedk8s, k8s-extension, k8s-configuration) is missing",
+        "the image must bake the az extensions: rebuild the template with `builder build`",
+    ),
+    _rule(
+        r"InvalidParameter|InvalidTemplate|BadRequest|ValidationError|usage error",
+        "Azure rejected the request as invalid",
+        "check the arc and flux sections of the fleet file against the message",
+    ),
+)
+
+
+def config_dir(ctx: Context) -> Path:
+    """`/var/lib/arcbake/azure` under the root, created 0700."""
+    path = ctx.path(AZ_CONFIG_DIR)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def environment(ctx: Context) -> dict[str, str]:
+    """The child environment for az: the context's (proxy, PATH) plus the config dir, no telemetry."""
+    env = dict(ctx.env)
+    env.update(
+        AZURE_CONFIG_DIR=str(config_dir(ctx)),
+        AZURE_CORE_COLLECT_TELEMETRY="false",
+        AZURE_CORE_NO_COLOR="true",
+        AZURE_CORE_SURVEY_MESSAGE="false",
+    )
+    return env
+
+
+def run(
+    ctx: Context, args: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, description: str = ""
+) -> subp.Result:
+    """`az ARGS --output json --only-show-errors`, never raising for an exit code (see `fail`).
+
+    Raises PermanentFailure when az is missing and TransientFailure when it times out.
+    """
+    argv = ["az", *args, "--output", "json", "--only-show-errors"]
+    what = description or "az " + " ".join(args[:2])
+    try:
+        return subp.run(
+            argv,
+            timeout=timeout,
+            env=environment(ctx),
+            secrets=ctx.secret_values(),
+            description=what,
+            check=False,
+        )
+    except subp.ProcessExecutionError as exc:
+        if exc.not_found:
+            raise PermanentFailure(
+                "the Azure CLI (az) is not installed", "the image must bake az: rebuild with `builder build`"
+            ) from None
+        raise TransientFailure(
+            f"{what} did not finish within {timeout:g} s",
+            "check the proxy and the connectivity link (`firstboot doctor`); the next attempt resumes",
+        ) from None
+
+
+def parse_json(result: subp.Result) -> Any:
+    """The JSON az printed (None when it printed nothing or not JSON)."""
+    try:
+        return json.loads(result.stdout) if result.stdout.strip() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def error_text(result: subp.Result) -> str:
+    """The ERROR lines of az's stderr (or its last line), for messages."""
+    lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("ERROR: ") for ln in lines if ln.startswith("ERROR")]
+    return " ".join(errors or lines[-1:])[:600] or f"exit code {result.exit_code}"
+
+
+def is_not_found(result: subp.Result) -> bool:
+    """`az ... show` of a resource that does not exist (exit 3, or ResourceNotFound in older releases)."""
+    return result.exit_code == EXIT_NOT_FOUND or bool(
+        re.search(r"ResourceNotFound|\(NotFound\)|was not found", result.stderr)
+    )
+
+
+def classify(result: subp.Result, what: str) -> StepFailure:
+    """A Permanent- or TransientFailure for a failed az call."""
+    text = f"{result.stderr}\n{result.stdout}"
+    for rule in PERMANENT:
+        if rule.pattern.search(text):
+            return PermanentFailure(f"{what} failed: {rule.meaning}: {error_text(result)}", rule.remedy)
+    if result.exit_code == 2:
+        return PermanentFailure(
+            f"{what} failed (usage error): {error_text(result)}",
+            "the baked az or its extensions do not match what firstboot expects: rebuild the template",
+        )
+    return TransientFailure(
+        f"{what} failed: {error_text(result)}",
+        "a transient Azure or network error: it is retried; if it persists check the proxy and the "
+        "connectivity link (`firstboot doctor`)",
+    )
+
+
+def check_ok(result: subp.Result, what: str) -> Any:
+    """The JSON of a successful call; the classified failure otherwise."""
+    if result.exit_code != 0:
+        raise classify(result, what)
+    return parse_json(result)
+
+
+@contextlib.contextmanager
+def secret_file(ctx: Context, name: str, content: str) -> Iterator[Path]:
+    """`content` in a 0600 file in the 0700 az config dir, removed afterwards."""
+    path = config_dir(ctx) / f".{name}"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def login(ctx: Context, arc: ArcConfig) -> None:
+    """Sign in the service principal and select the subscription."""
+    secrets = ctx.secrets
+    if arc.auth is ArcAuth.CERTIFICATE:
+        material = secrets.sp_certificate_pem if secrets else None
+        flag, prefix = "--certificate", ""
+    else:
+        material = secrets.sp_secret if secrets else None
+        flag, prefix = "--password", "@"
+    if material is None:
+        raise PermanentFailure(
+            f"no service principal {'certificate' if prefix == '' else 'secret'} in the secrets",
+            "add it to the fleet's secrets; " + REMEDY_REDEPLOY,
+        )
+    with secret_file(ctx, "sp-credential", material.get_secret_value()) as path:
+        args = ["login", "--service-principal", "--username", arc.client_id, flag, f"{prefix}{path}"]
+        result = run(ctx, [*args, "--tenant", arc.tenant_id], description="az login")
+    check_ok(result, "az login --service-principal")
+    result = run(ctx, ["account", "set", "--subscription", arc.subscription_id], description="az account set")
+    check_ok(result, "az account set")

@@ -1,0 +1,216 @@
+"""arc: connect the K3s cluster to Azure Arc, once, and wait for the Arc agents.
+
+1. `az login --service-principal` (secret as `@FILE`, or `--certificate FILE`), `az account set`.
+2. `az connectedk8s show` first: a cluster that is already connected is not connected twice (a re-run after
+   a crash or reboot); one still being created by an earlier, interrupted run is waited for (transient).
+3. `az connectedk8s connect --kube-config /etc/rancher/k3s/k3s.yaml --distribution k3s --infrastructure
+   vsphere --onboarding-timeout N --tags k=v ...` plus `--proxy-https/--proxy-http/--proxy-skip-range/
+   --proxy-cert` when a proxy is configured.
+4. Watch the `azure-arc` pods until all are Ready; the ones that are not are reported with the reason from
+   their container statuses and events (certificate and DNS failures named as such).
+
+Rejected credentials, an unknown resource group or missing permissions fail at once (see
+`firstboot.azcli`); timeouts, throttling and 5xx are retried by the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from firstboot import azcli, kube
+from firstboot.contract import OnboardingConfig
+from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
+
+LOG = logging.getLogger(__name__)
+
+META = StepMeta(
+    name="arc",
+    needs=("k3s",),
+    timeout_seconds=2700,
+    retry=RetryPolicy(deadline_seconds=2400, initial_wait=10, max_wait=120, max_attempts=6),
+    servers_only=True,
+    summary="connecting the cluster to Azure Arc",
+)
+
+NAMESPACE = "azure-arc"
+IN_PROGRESS = {"creating", "accepted", "provisioning", "updating", "running"}
+# az's own work beyond --onboarding-timeout (helm, ARM calls): the bound of the connect subprocess.
+CONNECT_MARGIN_SECONDS = 300.0
+
+
+def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
+    """The argv (after `az`) of `connectedk8s connect` for this config; no secret in it."""
+    from firstboot.steps.proxy import ca_file, proxy_skip_range
+
+    arc = _arc(config)
+    args = [
+        "connectedk8s",
+        "connect",
+        "--name",
+        arc.cluster_name,
+        "--resource-group",
+        arc.resource_group,
+        "--location",
+        arc.location,
+        "--kube-config",
+        str(ctx.path(kube.KUBECONFIG)),
+        "--distribution",
+        "k3s",
+        "--infrastructure",
+        "vsphere",
+        "--onboarding-timeout",
+        str(arc.onboarding_timeout_seconds),
+    ]
+    if arc.tags:
+        args += ["--tags", *(f"{k}={v}" for k, v in sorted(arc.tags.items()))]
+    proxy = config.proxy
+    if proxy.https_proxy:
+        args += ["--proxy-https", proxy.https_proxy]
+    if proxy.http_proxy:
+        args += ["--proxy-http", proxy.http_proxy]
+    if proxy.https_proxy or proxy.http_proxy:
+        args += ["--proxy-skip-range", proxy_skip_range(config)]
+        ca = ca_file(ctx)
+        if ca is not None:
+            args += ["--proxy-cert", str(ca)]
+    return args
+
+
+def _arc(config: OnboardingConfig) -> Any:
+    if config.arc is None:
+        raise PermanentFailure("the config has no arc section", "a server node needs arc: fix the fleet file")
+    return config.arc
+
+
+def show_cluster(ctx: Context, config: OnboardingConfig) -> dict[str, Any] | None:
+    """The connected cluster resource, or None when it does not exist."""
+    arc = _arc(config)
+    result = azcli.run(
+        ctx,
+        ["connectedk8s", "show", "--name", arc.cluster_name, "--resource-group", arc.resource_group],
+        description="az connectedk8s show",
+    )
+    if result.exit_code != 0 and azcli.is_not_found(result):
+        # Not found is also what a missing resource group looks like to some az releases: tell them apart.
+        if "ResourceGroupNotFound" in result.stderr:
+            raise azcli.classify(result, "az connectedk8s show")
+        return None
+    doc = azcli.check_ok(result, "az connectedk8s show")
+    return doc if isinstance(doc, dict) else {}
+
+
+def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
+    """Connect unless already connected; returns what was done (for the log)."""
+    arc = _arc(config)
+    cluster = show_cluster(ctx, config)
+    if cluster is not None:
+        state = str(cluster.get("provisioningState", "")).lower()
+        if state == "succeeded":
+            return f"already connected ({cluster.get('connectivityStatus', 'unknown')})"
+        if state in IN_PROGRESS:
+            raise TransientFailure(
+                f"connected cluster {arc.cluster_name} is still being created (provisioningState "
+                f"{cluster.get('provisioningState')}), by an earlier run",
+                "wait: the next attempt checks again",
+            )
+        raise PermanentFailure(
+            f"connected cluster {arc.cluster_name} exists in state {cluster.get('provisioningState')}",
+            f"delete it (`az connectedk8s delete -n {arc.cluster_name} -g {arc.resource_group}`), "
+            "then `firstboot run`",
+        )
+    ctx.progress(f"az connectedk8s connect {arc.cluster_name} (up to {arc.onboarding_timeout_seconds} s)")
+    timeout = (arc.onboarding_timeout_seconds + CONNECT_MARGIN_SECONDS) * ctx.time_scale
+    result = azcli.run(ctx, connect_args(ctx, config), timeout=timeout, description="az connectedk8s connect")
+    if result.exit_code != 0 and "already onboarded" in result.stderr:
+        return "already connected (connect raced an earlier run)"
+    azcli.check_ok(result, "az connectedk8s connect")
+    return "connected"
+
+
+def wait_pods(ctx: Context, namespace: str, timeout: float, what: str) -> None:
+    """Watch `namespace` until it has pods and all are Ready; TransientFailure naming those that are not."""
+    try:
+        api = kube.client_from(ctx.path(kube.KUBECONFIG))
+    except kube.KubeUnavailable as exc:
+        raise TransientFailure(str(exc), "check k3s: `firstboot doctor`") from None
+    with api:
+        core = client.CoreV1Api(api)
+        ctx.progress(f"waiting for the {namespace} pods to be Ready")
+        result = kube.wait_until(
+            core.list_namespaced_pod,
+            lambda pods: bool(pods) and all(kube.pod_ready(p) for p in pods.values()),
+            timeout=timeout,
+            cancel=ctx.cancel,
+            args=(namespace,),
+        )
+        if result.ok:
+            return
+        if not result.objects:
+            detail = result.error or "no pods were created"
+            raise TransientFailure(
+                f"{what}: no pods in {namespace} ({detail})",
+                f"check `kubectl -n {namespace} get deploy,pods` and `kubectl get events -n {namespace}`",
+            )
+        problems = kube.diagnose_pods(core, namespace, result.objects.values())
+    lines = "; ".join(p.line() for p in problems)
+    raise TransientFailure(f"{what}: {len(problems)} pod(s) not Ready: {lines}", kube.remedy_for(problems))
+
+
+def run(ctx: Context) -> None:
+    """Sign in, connect once, wait for the Arc agents."""
+    config = ctx.require_config()
+    arc = _arc(config)
+    kube.prewarm()
+    kubeconfig = ctx.path(kube.KUBECONFIG)
+    if not kubeconfig.exists():
+        raise TransientFailure(
+            f"{kubeconfig} is missing", "the k3s step must succeed first: `firstboot doctor`"
+        )
+    azcli.login(ctx, arc)
+    done = ensure_connected(ctx, config)
+    LOG.info("arc: %s %s/%s", done, arc.resource_group, arc.cluster_name)
+    started = time.monotonic()
+    wait_pods(ctx, NAMESPACE, arc.onboarding_timeout_seconds * ctx.time_scale, "Arc agents")
+    LOG.info("arc: agents Ready after %.1f s", time.monotonic() - started)
+
+
+def check(ctx: Context) -> CheckResult:
+    """Read-only: Arc resource connected (`az connectedk8s show`) and the azure-arc pods Ready."""
+    config = ctx.require_config()
+    if config.arc is None:
+        return CheckResult(True, "no Arc onboarding (agent node)")
+    try:
+        cluster = show_cluster(ctx, config)
+    except (PermanentFailure, TransientFailure) as exc:
+        return CheckResult(False, exc.message, exc.remedy)
+    if cluster is None:
+        return CheckResult(
+            False, f"cluster {config.arc.cluster_name} is not connected to Arc", "run `firstboot run`"
+        )
+    status = cluster.get("connectivityStatus")
+    try:
+        with kube.client_from(ctx.path(kube.KUBECONFIG)) as api:
+            core = client.CoreV1Api(api)
+            pods = core.list_namespaced_pod(NAMESPACE, _request_timeout=10).items
+            problems = kube.diagnose_pods(core, NAMESPACE, pods)
+    except (kube.KubeUnavailable, ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        return CheckResult(
+            False, f"cannot list the {NAMESPACE} pods: {exc}", "check k3s (`firstboot doctor`)"
+        )
+    if problems:
+        lines = "; ".join(p.line() for p in problems)
+        return CheckResult(False, f"Arc {status}; pods not Ready: {lines}", kube.remedy_for(problems))
+    if status != "Connected":
+        return CheckResult(
+            False,
+            f"Arc connectivityStatus is {status}",
+            "the agents cannot reach Azure: check the proxy, DNS and "
+            "`kubectl -n azure-arc logs deploy/clusterconnect-agent`",
+        )
+    return CheckResult(True, f"Arc cluster {config.arc.cluster_name} Connected, {len(pods)} agent pods Ready")

@@ -1,0 +1,239 @@
+"""The arc step against the az double (on PATH) and the Kubernetes API double."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from doubles.harness import (
+    GUID_CLIENT,
+    SP_SECRET,
+    arc_pods,
+    az_calls,
+    az_env,
+    cluster_scenario,
+    kube_double,
+    make_config,
+    make_ctx,
+    make_secrets,
+)
+from doubles.kube_api import KubeServer
+
+from firstboot import azcli, kube, steps
+from firstboot.contract import OnboardingConfig, OnboardingSecrets
+from firstboot.engine import Engine
+from firstboot.step import Context, PermanentFailure, TransientFailure
+from firstboot.steps import arc
+from firstboot.steps.proxy import proxy_skip_range
+
+pytestmark = pytest.mark.allow_subp("az")
+kube._import_apis()
+
+CERT_PEM = (
+    "-----BEGIN CERTIFICATE-----\nMIIBplanted\n-----END CERTIFICATE-----\n"
+    "-----BEGIN PRIVATE KEY-----\nMIIEplanted-key-Wq2\n-----END PRIVATE KEY-----\n"
+)
+
+
+@pytest.fixture
+def cluster() -> Iterator[KubeServer]:
+    with kube_double(cluster_scenario(0, 0)) as server:
+        yield server
+
+
+def arc_ctx(
+    tmp_path: Path,
+    server: KubeServer,
+    az_config: dict[str, Any] | None = None,
+    config: OnboardingConfig | None = None,
+    secrets: OnboardingSecrets | None = None,
+    scale: float = 1.0,
+) -> Context:
+    root = tmp_path / "root"
+    server.write_kubeconfig(root / kube.KUBECONFIG.lstrip("/"))
+    base = {"secret": SP_SECRET, "client_id": GUID_CLIENT, "arc_pods": arc_pods(), **(az_config or {})}
+    env = az_env(tmp_path / "az", base)
+    return make_ctx(root, config or make_config(), secrets or make_secrets(), env, time_scale=scale)
+
+
+def test_connects_once_with_the_documented_flags(tmp_path: Path, cluster: KubeServer) -> None:
+    ctx = arc_ctx(tmp_path, cluster)
+    arc.run(ctx)
+    connects = az_calls(tmp_path / "az", "connectedk8s", "connect")
+    assert len(connects) == 1
+    argv = connects[0]
+    for flag, value in [
+        ("--kube-config", str(ctx.path(kube.KUBECONFIG))),
+        ("--distribution", "k3s"),
+        ("--infrastructure", "vsphere"),
+        ("--onboarding-timeout", "300"),
+        ("--resource-group", "rg-edge"),
+        ("--location", "westeurope"),
+    ]:
+        assert argv[argv.index(flag) + 1] == value
+    assert argv[argv.index("--tags") + 1 : argv.index("--tags") + 3] == ["owner=ops", "site=lab"]
+    assert "--proxy-https" not in argv
+    # The secret travelled as @FILE, the file is gone, and the az config dir is root-only.
+    login = az_calls(tmp_path / "az", "login")[0]
+    password = login[login.index("--password") + 1]
+    assert password.startswith("@")
+    assert not Path(password[1:]).exists()
+    assert SP_SECRET not in json.dumps(az_calls(tmp_path / "az"))
+    assert stat.S_IMODE(ctx.path(azcli.AZ_CONFIG_DIR).stat().st_mode) == 0o700
+    assert arc.check(ctx).ok
+
+    # A second run (a reboot after success) shows the cluster and does not connect again.
+    arc.run(ctx)
+    assert len(az_calls(tmp_path / "az", "connectedk8s", "connect")) == 1
+    assert len(az_calls(tmp_path / "az", "connectedk8s", "show")) == 3  # run, check, run
+
+
+def test_proxy_flags(tmp_path: Path, cluster: KubeServer) -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBproxyca\n-----END CERTIFICATE-----\n"
+    config = make_config(
+        proxy={
+            "https_proxy": "http://proxy.lab:3128",
+            "http_proxy": "http://proxy.lab:3128",
+            "ca_bundle_pem": pem,
+        }
+    )
+    ctx = arc_ctx(tmp_path, cluster, config=config)
+    arc.run(ctx)
+    argv = az_calls(tmp_path / "az", "connectedk8s", "connect")[0]
+    assert argv[argv.index("--proxy-https") + 1] == "http://proxy.lab:3128"
+    assert argv[argv.index("--proxy-http") + 1] == "http://proxy.lab:3128"
+    assert argv[argv.index("--proxy-skip-range") + 1] == proxy_skip_range(config)
+    assert "10.43.0.0/16" in proxy_skip_range(config)
+    assert argv[argv.index("--proxy-cert") + 1].endswith("arcbake-proxy-ca.pem")
+
+
+def test_certificate_login(tmp_path: Path, cluster: KubeServer) -> None:
+    config = make_config(arc={**make_config().model_dump(mode="json")["arc"], "auth": "certificate"})
+    secrets = OnboardingSecrets.model_validate({"sp_certificate_pem": CERT_PEM})
+    ctx = arc_ctx(
+        tmp_path, cluster, {"certificate": CERT_PEM, "secret": None}, config=config, secrets=secrets
+    )
+    arc.run(ctx)
+    login = az_calls(tmp_path / "az", "login")[0]
+    assert "--certificate" in login and "--password" not in login
+    assert "planted-key" not in json.dumps(login)
+
+
+@pytest.mark.parametrize(
+    ("az_config", "meaning", "remedy"),
+    [
+        ({"secret": "another-secret"}, "AADSTS7000215", "sp_secret"),
+        ({"client_id": "00000000-0000-0000-0000-000000000009"}, "does not exist in tenant", "arc.client_id"),
+        (
+            {"resource_groups": ["rg-other"]},
+            "resource group arc.resource_group does not exist",
+            "az group create",
+        ),
+        (
+            {
+                "faults": [
+                    {"command": "connectedk8s connect", "mode": "permanent", "code": "AuthorizationFailed"}
+                ]
+            },
+            "lacks permission",
+            "Arc Onboarding",
+        ),
+    ],
+)
+def test_permanent_errors_fail_at_once(
+    tmp_path: Path, cluster: KubeServer, az_config: dict[str, Any], meaning: str, remedy: str
+) -> None:
+    ctx = arc_ctx(tmp_path, cluster, az_config)
+    with pytest.raises(PermanentFailure) as info:
+        arc.run(ctx)
+    assert meaning in info.value.message
+    assert remedy in info.value.remedy
+    assert SP_SECRET not in info.value.message
+
+
+def test_transient_connect_failures_are_retried_by_the_engine(tmp_path: Path, cluster: KubeServer) -> None:
+    faults = [{"command": "connectedk8s connect", "mode": "transient", "times": 2}]
+    ctx = arc_ctx(tmp_path, cluster, {"faults": faults})
+    waits: list[float] = []
+    engine = Engine(ctx, [steps.Step(arc.META, arc.check, arc.run)], time_scale=0.01, sleep=waits.append)
+    result = engine.run()
+    assert result.ok, result.status
+    assert len(az_calls(tmp_path / "az", "connectedk8s", "connect")) == 3
+    assert len(waits) == 2
+
+
+def test_hanging_connect_is_bounded(tmp_path: Path, cluster: KubeServer) -> None:
+    config = make_config(
+        arc={**make_config().model_dump(mode="json")["arc"], "onboarding_timeout_seconds": 60}
+    )
+    ctx = arc_ctx(
+        tmp_path,
+        cluster,
+        {"faults": [{"command": "connectedk8s connect", "mode": "hang"}]},
+        config,
+        scale=0.005,
+    )
+    started = time.monotonic()
+    with pytest.raises(TransientFailure) as info:
+        arc.run(ctx)
+    assert time.monotonic() - started < 6
+    assert "az connectedk8s connect did not finish within 1.8 s" in info.value.message
+    assert "proxy" in info.value.remedy
+
+
+def test_agent_pods_not_ready_are_named_with_reasons(tmp_path: Path, cluster: KubeServer) -> None:
+    pods = [
+        {"name": "config-agent-7b5c", "ready_after": 0.1},
+        {
+            "name": "clusterconnect-agent-6c8b",
+            "fail": {"reason": "CrashLoopBackOff", "message": "exit status 1"},
+            "events": [{"reason": "BackOff", "message": "x509: certificate signed by unknown authority"}],
+        },
+        {
+            "name": "kube-aad-proxy-5b9d",
+            "fail": {
+                "reason": "ImagePullBackOff",
+                "message": "dial tcp: lookup mcr.microsoft.com: no such host",
+            },
+        },
+    ]
+    config = make_config(
+        arc={**make_config().model_dump(mode="json")["arc"], "onboarding_timeout_seconds": 60}
+    )
+    ctx = arc_ctx(tmp_path, cluster, {"arc_pods": pods}, config, scale=0.02)
+    with pytest.raises(TransientFailure) as info:
+        arc.run(ctx)
+    message = info.value.message
+    assert "2 pod(s) not Ready" in message
+    assert "azure-arc/clusterconnect-agent-6c8b: CrashLoopBackOff (certificate failure: x509" in message
+    assert "azure-arc/kube-aad-proxy-5b9d: ImagePullBackOff (DNS failure" in message
+    assert "config-agent" not in message
+    assert "proxy.ca_bundle_pem" in info.value.remedy
+    result = arc.check(ctx)
+    assert not result.ok and "certificate failure" in result.message
+
+
+def test_waits_for_a_connect_still_in_progress(tmp_path: Path, cluster: KubeServer) -> None:
+    ctx = arc_ctx(tmp_path, cluster)
+    state = {
+        "login": {},
+        "clusters": {"rg-edge/arc-node-a": {"name": "arc-node-a", "provisioningState": "Creating"}},
+    }
+    (tmp_path / "az" / "az-state.json").write_text(json.dumps(state))
+    with pytest.raises(TransientFailure) as info:
+        arc.run(ctx)
+    assert "still being created" in info.value.message
+    assert az_calls(tmp_path / "az", "connectedk8s", "connect") == []
+
+
+def test_check_before_connect(tmp_path: Path, cluster: KubeServer) -> None:
+    ctx = arc_ctx(tmp_path, cluster)
+    azcli.login(ctx, ctx.require_config().arc)  # type: ignore[arg-type]
+    result = arc.check(ctx)
+    assert not result.ok
+    assert "is not connected to Arc" in result.message
