@@ -44,7 +44,11 @@ EXPECT_NAME = "image-expect.json"
 # Marks a directory as ours, so re-rendering may replace it but a random directory is never deleted.
 MARKER = Path("packer") / PKRVARS_NAME
 
-REPO_IMAGE_TESTS = Path(__file__).resolve().parent.parent / "tests" / "image"
+# A checkout has the suite at tests/image; a wheel carries it under builder/_data (pyproject force-include).
+IMAGE_TESTS_DIRS = (
+    Path(__file__).resolve().parent / "_data" / "image-tests",
+    Path(__file__).resolve().parent.parent / "tests" / "image",
+)
 
 
 class RenderError(Exception):
@@ -150,12 +154,13 @@ def _copy_packer(stage: Path, include_plugins: bool) -> list[Path]:
 
 
 def _copy_image_tests(stage: Path) -> list[Path]:
-    if not REPO_IMAGE_TESTS.is_dir():
+    found = [d for d in IMAGE_TESTS_DIRS if (d / "test_image.py").is_file()]
+    if not found:
         return []
     dest = stage / "tests" / "image"
     dest.mkdir(parents=True, exist_ok=True)
     out = []
-    for src in sorted(REPO_IMAGE_TESTS.glob("*.py")):
+    for src in sorted(found[0].glob("*.py")):
         shutil.copyfile(src, dest / src.name)
         out.append(dest / src.name)
     return out
