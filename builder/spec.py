@@ -51,7 +51,10 @@ PLACEHOLDERS = {"date", "timestamp", "k3s", "os"}
 Sha256 = Annotated[str, Field(pattern=SHA256_RE, description="lowercase hex sha256 (64 characters)")]
 SemVer = Annotated[str, Field(pattern=SEMVER_RE, description="exact version X.Y.Z")]
 InventoryName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_RE)]
-SshPublicKey = Annotated[str, Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) \S+( .*)?$")]
+# The key is written inside double quotes of the kickstart's sshkey command: no quotes or backslashes.
+SshPublicKey = Annotated[
+    str, Field(pattern=r'^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( [^"\\\n]*)?$')
+]
 HostOrIp = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")]
 
 # Keys that people paste into specs by habit; they get a pointed message instead of "unknown key".
