@@ -100,6 +100,7 @@ class Engine:
         self.sleep = sleep
         self.state = StateStore(ctx.root)
         self._current: str | None = None
+        self._last_failure: StepFailure | None = None
 
     # -- status -----------------------------------------------------------------------------------
     def report(self, state: State, step: str | None, message: str, remedy: str | None = None) -> Status:
@@ -202,6 +203,7 @@ class Engine:
     def _run_step(self, step: steps.Step) -> Status | None:
         """Run one step to success (stamp, return None) or failure (report, return the status)."""
         self._current = step.name
+        self._last_failure = None
         self.ctx.cancel = threading.Event()
         self.report(State.RUNNING, step.name, step.meta.summary or f"running {step.name}")
         started = time.monotonic()
@@ -214,6 +216,15 @@ class Engine:
         worker.join(timeout)
         if worker.is_alive():
             self.ctx.cancel.set()
+            last = self._last_failure
+            if last is not None:
+                # Still retrying at the timeout: the last failure says which link is broken.
+                return self.report(
+                    State.FAILED,
+                    step.name,
+                    f"{last.message} (step {step.name} gave up after {timeout:g} s)",
+                    last.remedy,
+                )
             return self.report(
                 State.FAILED,
                 step.name,
@@ -249,6 +260,8 @@ class Engine:
             if self.ctx.cancel.is_set():
                 return
             exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, StepFailure):
+                self._last_failure = exc
             wait = state.next_action.sleep if state.next_action else 0.0
             message = exc.message if isinstance(exc, StepFailure) else str(exc)
             self.report(

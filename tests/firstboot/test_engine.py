@@ -302,3 +302,18 @@ def test_missing_instance_id_fails_metadata(tmp_path: Path) -> None:
     ctx = build_context(tmp_path, DictSource(), env={})
     result = Engine(ctx, []).run()
     assert not result.ok and result.status.step == "metadata" and "product_uuid" in result.status.message
+
+
+def test_timeout_while_retrying_reports_the_last_failure(tmp_path: Path) -> None:
+    rec = Recorder()
+
+    def slow_fail(ctx: Context) -> None:
+        time.sleep(0.1)
+        raise TransientFailure("no NTP server answered: 10.0.0.1:123", "open UDP 123")
+
+    policy = RetryPolicy(deadline_seconds=100, initial_wait=0.01, max_wait=0.02, max_attempts=100)
+    ctx, _ = make(tmp_path)
+    result = Engine(ctx, [rec.step("time", slow_fail, retry=policy, timeout=0.35)]).run()
+    assert not result.ok
+    assert result.status.message == "no NTP server answered: 10.0.0.1:123 (step time gave up after 0.35 s)"
+    assert result.status.remedy == "open UDP 123"

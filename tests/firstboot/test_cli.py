@@ -1,0 +1,91 @@
+"""CLI exit codes and output without network: status, run failures, usage, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fixtures.guestinfo import onboarding_config, write_metadata
+
+from firstboot import cli
+from firstboot.contract import State, Status
+from firstboot.state import StateStore
+
+
+def test_status_before_any_run_is_not_finished(guest_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["status", "--root", str(guest_root)]) == 2
+    assert "firstboot has not run yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("state", "code"), [(State.DONE, 0), (State.FAILED, 1), (State.RUNNING, 2), (State.PENDING, 2)]
+)
+def test_status_exit_codes_and_json(
+    guest_root: Path, capsys: pytest.CaptureFixture[str], state: State, code: int
+) -> None:
+    StateStore(guest_root).write_status(Status(state=state, step="dns", message="m", remedy="r"))
+    assert cli.main(["status", "--root", str(guest_root), "--format", "json"]) == code
+    data = json.loads(capsys.readouterr().out)
+    assert data["state"] == state.value and data["step"] == "dns" and data["updated"].endswith("Z")
+
+
+def test_status_wait_times_out_then_sees_done(guest_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = StateStore(guest_root)
+    store.write_status(Status(state=State.RUNNING, step="k3s", message="waiting"))
+    started = time.monotonic()
+    assert cli.main(["status", "--root", str(guest_root), "--wait", "--timeout", "0.6"]) == 2
+    assert 0.5 < time.monotonic() - started < 3
+    timer = threading.Timer(0.4, lambda: store.write_status(Status(state=State.DONE, message="onboarded")))
+    timer.start()
+    assert cli.main(["status", "--root", str(guest_root), "--wait", "--timeout", "10"]) == 0
+    assert "state:   done" in capsys.readouterr().out
+
+
+def test_run_with_invalid_metadata_fails_listing_every_problem(
+    guest_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = onboarding_config()
+    bad["hostname"] = "Bad_Name"
+    bad["time"] = {"ntp_servers": [], "max_offset_seconds": -1}
+    meta = write_metadata(tmp_path / "meta.json", bad)
+    assert cli.main(["run", "--root", str(guest_root), "--source", f"file:{meta}"]) == 1
+    out, err = capsys.readouterr()
+    assert "step:    metadata" in out
+    for path in ("hostname", "time.ntp_servers", "time.max_offset_seconds"):
+        assert path in out
+    assert "builder deploy" in out
+    assert "Traceback" not in err
+    status = json.loads((guest_root / "var/lib/arcbake/status.json").read_text())
+    assert status["state"] == "failed" and status["step"] == "metadata"
+    # The failure was written back to the file source too (guestinfo.arcbake.status).
+    assert json.loads(json.loads(meta.read_text())["guestinfo.arcbake.status"])["state"] == "failed"
+    assert not (guest_root / "var/lib/arcbake/instances/vm-1/metadata.done").exists()
+
+
+def test_run_with_missing_source_file(guest_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run", "--root", str(guest_root), "--source", "file:/nonexistent/meta.yaml"]) == 1
+    out = capsys.readouterr().out
+    assert "metadata file not found" in out and "state:   failed" in out
+
+
+def test_usage_errors_exit_2(guest_root: Path) -> None:
+    for argv in (["run", "--only", "nope"], ["status", "--format", "xml"], ["bogus"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main([*argv, "--root", str(guest_root)])
+        assert info.value.code == 2
+
+
+def test_cli_does_not_import_builder_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, firstboot.cli, firstboot.engine, firstboot.doctor, firstboot.steps as s; s.load();"
+        "bad = [m for m in ('click', 'rich', 'jinja2', 'pyVmomi', 'builder') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == ""
