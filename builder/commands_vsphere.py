@@ -198,7 +198,8 @@ def build(
         lib = tpl["content_library"]
         click.echo(f"library    {lib['library']} / {lib['item']}")
     click.echo(f"spec       sha256 {manifest['spec']['sha256'][:16]}  K3s {manifest['k3s']['version']}")
-    click.echo(f"packer     {manifest['packer']['version']}  in {manifest['duration_seconds']:.1f}s")
+    took = manifest["duration_seconds"]
+    click.echo(f"built      in {took:.1f}s with Packer {manifest['packer']['version']}")
     click.echo(f"retention  kept {', '.join(ret['kept']) or '-'}; removed {', '.join(ret['removed']) or '-'}")
     for name, vms in ret["kept_linked"].items():
         click.echo(f"           kept {name}: linked VMs {', '.join(vms)}")

@@ -295,7 +295,8 @@ class FleetVM:
             "ssh_pwauth": False,
             "disable_root": True,
         }
-        return "#cloud-config\n" + yaml.safe_dump(cloud_config, sort_keys=False)
+        # No line folding: an SSH key stays on one line, as people grep for it.
+        return "#cloud-config\n" + yaml.safe_dump(cloud_config, sort_keys=False, width=1 << 16)
 
     def config_json(self) -> str:
         """`guestinfo.arcbake.config` as JSON."""
