@@ -18,7 +18,7 @@ import string
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -570,6 +570,30 @@ def _trim_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     return tuple(out)
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    # Unwrap Optional[...] / list[...] / Annotated[...] down to a model class, if there is one.
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
+    """The keys the model at `parent` accepts (for "unknown key" messages)."""
+    model: type[BaseModel] | None = ImageSpec
+    for part in parent:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field else None
+    return list(model.model_fields) if model is not None else []
+
+
 def _message(err: Any, path: tuple[str | int, ...]) -> str:
     kind = err.get("type", "")
     msg = str(err.get("msg", "invalid"))
@@ -580,7 +604,8 @@ def _message(err: Any, path: tuple[str | int, ...]) -> str:
                 "unknown key; credentials never go into the spec (vSphere: VSPHERE_* environment; "
                 "RHEL: rhsm.org_env / rhsm.activation_key_env name environment variables)"
             )
-        return "unknown key"
+        allowed = _allowed_keys(path[:-1])
+        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
     if kind == "missing":
         return "required key is missing"
     if kind == "string_type":

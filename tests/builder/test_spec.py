@@ -93,7 +93,7 @@ ERRORS = [
         variant("  network: VM Network\n", "  network: VM Network\n  netwrk: x\n"),
         "vsphere.netwrk",
         12,
-        "unknown key",
+        "unknown key (allowed: datacenter, cluster, host, resource_pool, datastore",
     ),
     (
         "vsphere-password",
