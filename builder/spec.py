@@ -599,7 +599,9 @@ def _message(err: Any, path: tuple[str | int, ...]) -> str:
     msg = str(err.get("msg", "invalid"))
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else ""
-        if key.lower() in _CREDENTIAL_KEYS or any(w in key.lower() for w in ("password", "secret", "token")):
+        if key.lower() in _CREDENTIAL_KEYS or any(
+            w in key.lower() for w in ("password", "secret", "token", "private_key", "credential")
+        ):
             return (
                 "unknown key; credentials never go into the spec (vSphere: VSPHERE_* environment; "
                 "RHEL: rhsm.org_env / rhsm.activation_key_env name environment variables)"

@@ -279,6 +279,13 @@ ERRORS = [
         "credentials never go into the spec",
     ),
     (
+        "private-key-in-build",
+        variant("  communicator: none\n", "  communicator: none\n  ssh_private_key: abc\n"),
+        "build.ssh_private_key",
+        29,
+        "credentials never go into the spec",
+    ),
+    (
         "az-not-exact",
         variant("cli_version: 2.67.0", "cli_version: latest"),
         "azure.cli_version",
