@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ AZ_CONFIG_DIR = "/var/lib/arcbake/azure"
 # Exit code of `az ... show` for a resource that does not exist.
 EXIT_NOT_FOUND = 3
 DEFAULT_TIMEOUT = 180.0
+
+# provisioningState values of a resource that an earlier (interrupted) run is still creating.
+IN_PROGRESS = frozenset({"creating", "accepted", "provisioning", "updating", "running", "pending"})
+SETTLE_POLL_SECONDS = 1.0
 
 REMEDY_REDEPLOY = "fix the fleet file's secrets and run `builder deploy` again, then `firstboot run`"
 
@@ -243,3 +248,22 @@ def login(ctx: Context, arc: ArcConfig) -> None:
     check_ok(result, "az login --service-principal")
     result = run(ctx, ["account", "set", "--subscription", arc.subscription_id], description="az account set")
     check_ok(result, "az account set")
+
+
+def wait_settled(
+    ctx: Context, show: Callable[[], dict[str, Any] | None], what: str, timeout: float
+) -> dict[str, Any] | None:
+    """`show()` until the resource is absent or no longer in progress (an interrupted run's az may still be
+    creating it: its result is waited for, never created twice). TransientFailure at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = show()
+        state = str((doc or {}).get("provisioningState", "")).lower()
+        if doc is None or state not in IN_PROGRESS:
+            return doc
+        ctx.progress(f"{what} is being created by an earlier run (provisioningState {state}); waiting")
+        if time.monotonic() >= deadline or ctx.cancel.wait(SETTLE_POLL_SECONDS * ctx.time_scale):
+            raise TransientFailure(
+                f"{what} is still being created (provisioningState {doc.get('provisioningState')})",
+                "wait: the next attempt checks again",
+            )

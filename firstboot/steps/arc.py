@@ -39,7 +39,6 @@ META = StepMeta(
 )
 
 NAMESPACE = "azure-arc"
-IN_PROGRESS = {"creating", "accepted", "provisioning", "updating", "running"}
 # az's own work beyond --onboarding-timeout (helm, ARM calls): the bound of the connect subprocess.
 CONNECT_MARGIN_SECONDS = 300.0
 
@@ -108,17 +107,16 @@ def show_cluster(ctx: Context, config: OnboardingConfig) -> dict[str, Any] | Non
 def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
     """Connect unless already connected; returns what was done (for the log)."""
     arc = _arc(config)
-    cluster = show_cluster(ctx, config)
+    cluster = azcli.wait_settled(
+        ctx,
+        lambda: show_cluster(ctx, config),
+        f"connected cluster {arc.cluster_name}",
+        (arc.onboarding_timeout_seconds + CONNECT_MARGIN_SECONDS) * ctx.time_scale,
+    )
     if cluster is not None:
         state = str(cluster.get("provisioningState", "")).lower()
         if state == "succeeded":
             return f"already connected ({cluster.get('connectivityStatus', 'unknown')})"
-        if state in IN_PROGRESS:
-            raise TransientFailure(
-                f"connected cluster {arc.cluster_name} is still being created (provisioningState "
-                f"{cluster.get('provisioningState')}), by an earlier run",
-                "wait: the next attempt checks again",
-            )
         raise PermanentFailure(
             f"connected cluster {arc.cluster_name} exists in state {cluster.get('provisioningState')}",
             f"delete it (`az connectedk8s delete -n {arc.cluster_name} -g {arc.resource_group}`), "

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from firstboot import azcli, kube
 from firstboot.contract import ArcConfig, FluxConfiguration, GitCredential, OnboardingConfig
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
-from firstboot.steps.arc import IN_PROGRESS, wait_pods
+from firstboot.steps.arc import wait_pods
 
 LOG = logging.getLogger(__name__)
 
@@ -73,15 +73,10 @@ def _show(ctx: Context, args: list[str], what: str) -> dict[str, Any] | None:
 
 
 def _settled(resource: dict[str, Any], what: str, delete_hint: str) -> bool:
-    """True when the resource exists and succeeded; raise while it is in progress or failed."""
+    """True when the resource succeeded; PermanentFailure when it failed (in progress: see wait_settled)."""
     state = str(resource.get("provisioningState", "")).lower()
-    if state == "succeeded":
+    if state == "succeeded" or state in azcli.IN_PROGRESS:
         return True
-    if state in IN_PROGRESS:
-        raise TransientFailure(
-            f"{what} is still being created (provisioningState {resource.get('provisioningState')})",
-            "wait: the next attempt checks again",
-        )
     error = resource.get("errorMessage")
     raise PermanentFailure(
         f"{what} is in state {resource.get('provisioningState')}" + (f": {error}" if error else ""),
@@ -94,7 +89,12 @@ def ensure_extension(ctx: Context, config: OnboardingConfig) -> str:
     arc = _arc(config)
     base = ["k8s-extension"]
     ident = ["--name", EXTENSION_NAME, *_cluster_args(arc)]
-    existing = _show(ctx, [*base, "show", *ident], "az k8s-extension show")
+    existing = azcli.wait_settled(
+        ctx,
+        lambda: _show(ctx, [*base, "show", *ident], "az k8s-extension show"),
+        "the Flux extension",
+        EXTENSION_TIMEOUT * ctx.time_scale,
+    )
     delete = f"az k8s-extension delete --name {EXTENSION_NAME} " + " ".join(_cluster_args(arc))
     if existing is not None:
         _settled(existing, "the Flux extension", delete)
@@ -212,7 +212,12 @@ def ensure_configuration(ctx: Context, config: OnboardingConfig, cfg: FluxConfig
     """Create one Flux configuration unless it exists."""
     arc = _arc(config)
     delete = f"az k8s-configuration flux delete --name {cfg.name} " + " ".join(_cluster_args(arc))
-    existing = _show_config(ctx, arc, cfg)
+    existing = azcli.wait_settled(
+        ctx,
+        lambda: _show_config(ctx, arc, cfg),
+        f"Flux configuration {cfg.name}",
+        EXTENSION_TIMEOUT * ctx.time_scale,
+    )
     if existing is not None:
         _settled(existing, f"Flux configuration {cfg.name}", delete)
         return "present"

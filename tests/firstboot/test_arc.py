@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,16 +220,32 @@ def test_agent_pods_not_ready_are_named_with_reasons(tmp_path: Path, cluster: Ku
 
 
 def test_waits_for_a_connect_still_in_progress(tmp_path: Path, cluster: KubeServer) -> None:
-    ctx = arc_ctx(tmp_path, cluster)
-    state = {
-        "login": {},
-        "clusters": {"rg-edge/arc-node-a": {"name": "arc-node-a", "provisioningState": "Creating"}},
-    }
-    (tmp_path / "az" / "az-state.json").write_text(json.dumps(state))
+    """An earlier run's az is still creating the cluster: wait for it, never connect a second time."""
+    ctx = arc_ctx(tmp_path, cluster, scale=0.002)  # settle wait: (300 + 300) s x 0.002 = 1.2 s
+    state_file = tmp_path / "az" / "az-state.json"
+    creating = {"name": "arc-node-a", "provisioningState": "Creating", "connectivityStatus": "Connecting"}
+    state_file.write_text(json.dumps({"clusters": {"rg-edge/arc-node-a": creating}}))
     with pytest.raises(TransientFailure) as info:
         arc.run(ctx)
     assert "still being created" in info.value.message
+
+    # The earlier az finishes while this run waits: the run goes on without connecting.
+    ctx.time_scale = 1.0
+    finished = threading.Timer(0.8, _finish_connect, args=(state_file, cluster))
+    finished.start()
+    try:
+        arc.run(ctx)
+    finally:
+        finished.join()
     assert az_calls(tmp_path / "az", "connectedk8s", "connect") == []
+    assert len(az_calls(tmp_path / "az", "connectedk8s", "show")) >= 3
+
+
+def _finish_connect(state_file: Path, cluster: KubeServer) -> None:
+    cluster.store.load({"pods": [{"namespace": "azure-arc", **p} for p in arc_pods(0)]})
+    doc = json.loads(state_file.read_text())
+    doc["clusters"]["rg-edge/arc-node-a"]["provisioningState"] = "Succeeded"
+    state_file.write_text(json.dumps(doc))
 
 
 def test_check_before_connect(tmp_path: Path, cluster: KubeServer) -> None:
