@@ -32,6 +32,7 @@ from builder.spec import ImageSpec, load_spec
 from builder.vsphere import inventory, retention
 from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Credentials, NotFoundError, Session, VSphereError, connect
+from builder.vsphere.library import RestClient
 from firstboot import subp
 
 LOG = logging.getLogger(__name__)
@@ -237,7 +238,11 @@ def _preflight(session: Session, spec: ImageSpec) -> Any:
     if spec.source.clone is not None:
         inventory.vm(session, where.datacenter, spec.source.clone.template, kind="source template")
     if spec.publish.content_library is not None:
-        LOG.info("content library %s: Packer imports the template into it", spec.publish.content_library.name)
+        rest = RestClient(session.creds)
+        try:
+            rest.library_id(spec.publish.content_library.name)
+        finally:
+            rest.close()
     return where.datacenter
 
 
@@ -260,9 +265,22 @@ def _published(session: Session, dc: Any, spec: ImageSpec, vm_name: str) -> dict
         raise VSphereError(f"Packer finished but {vm_name!r} is not a template")
     library = spec.publish.content_library
     if library is not None:
+        item = library.item or vm_name
+        rest = RestClient(session.creds)
+        try:
+            lib_id = rest.library_id(library.name)
+            ids = rest.item_ids(lib_id, item)
+        finally:
+            rest.close()
+        if not ids:
+            raise NotFoundError(
+                f"Packer finished but item {item!r} is not in content library {library.name!r}"
+            )
         info["content_library"] = {
             "library": library.name,
-            "item": library.item or vm_name,
+            "library_id": lib_id,
+            "item": item,
+            "item_id": ids[-1],
             "ovf": library.ovf,
         }
     return info

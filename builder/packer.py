@@ -225,6 +225,10 @@ def validate(packer: str, workdir: Path, only: str, env: Mapping[str, str], secr
 def _last_line(exc: subp.ProcessExecutionError) -> str:
     for text in (exc.stderr, exc.stdout):
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        # HCL diagnostics: "* the problem" lines carry the message, "(source code not available)" does not.
+        problems = [ln[2:] for ln in lines if ln.startswith("* ")]
+        if problems:
+            return "; ".join(problems)
         for line in reversed(lines):
             event = parse_line(line)
             if event is None:
