@@ -222,6 +222,7 @@ def _builder(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
         ("datastore", "datastore 'NoSuchDS' not found in datacenter 'DC0'"),
         ("network", "network 'No Such Net' not found in datacenter 'DC0'"),
         ("datacenter", "datacenter 'DC9' not found on 127.0.0.1:"),
+        ("tls", "TLS certificate not trusted"),
     ],
 )
 def test_vsphere_failures_are_one_line(vcsim: VcsimHandle, tmp_path: Path, case: str, expected: str) -> None:
@@ -244,6 +245,8 @@ def test_vsphere_failures_are_one_line(vcsim: VcsimHandle, tmp_path: Path, case:
         subst["datastore: LocalDS_0"] = "datastore: NoSuchDS"
     elif case == "network":
         subst["network: VM Network"] = "network: No Such Net"
+    elif case == "tls":
+        del env["VSPHERE_INSECURE"]  # verified by default: the simulator's certificate is self-signed
     elif case == "datacenter":
         subst["datacenter: DC0"] = "datacenter: DC9"
     fleet = fleet_file(tmp_path, f"ci-f{case[:4]}", template=template, subst=subst)
