@@ -15,7 +15,7 @@ import pytest
 from fixtures.firstboot_plugin import Pki
 from fixtures.guestinfo import DictSource, onboarding_config
 from fixtures.httpproxy import ConnectProxy
-from fixtures.netutil import free_port
+from fixtures.netutil import free_port, wait_until
 from fixtures.tls import TlsServer
 
 from firstboot.contract import OnboardingConfig
@@ -51,7 +51,8 @@ def routed_proxy(tls_server: TlsServer) -> Iterator[ConnectProxy]:
 def test_healthy_direct(guest_root: Path, monkeypatch: pytest.MonkeyPatch, tls_server: TlsServer) -> None:
     ctx = ctx_for(guest_root, monkeypatch, [f"localhost:{tls_server.port}", f"127.0.0.1:{tls_server.port}"])
     connectivity.run(ctx)
-    assert tls_server.handshakes >= 2
+    # The server counts in its own thread, just after the client's handshake returns.
+    wait_until(lambda: tls_server.handshakes >= 2, 5, "both handshakes counted")
     assert connectivity.check(ctx).ok
 
 
