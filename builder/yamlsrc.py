@@ -62,7 +62,32 @@ class LocatedYaml:
         return self.lines.get((), None)
 
 
-def _walk(node: yaml.Node, path: PathKey, out: dict[PathKey, int], dups: list[tuple[PathKey, int]]) -> None:
+# A spec or fleet file is a few hundred nodes. YAML aliases let a 1 KB document stand for billions of
+# nodes ("billion laughs"): walking or validating that expanded tree never ends, so the walk (which sees
+# every alias expanded, exactly as validation would) stops at a node budget and a depth cap.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
+class _TooLarge(Exception):
+    def __init__(self, message: str, path: PathKey = ()) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _walk(
+    node: yaml.Node,
+    path: PathKey,
+    out: dict[PathKey, int],
+    dups: list[tuple[PathKey, int]],
+    budget: list[int] | None = None,
+) -> None:
+    budget = budget if budget is not None else [MAX_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(f"the document expands to more than {MAX_NODES} nodes (YAML aliases?)")
+    if len(path) > MAX_DEPTH:
+        raise _TooLarge(f"nested deeper than {MAX_DEPTH} levels", path[:4])
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -73,18 +98,51 @@ def _walk(node: yaml.Node, path: PathKey, out: dict[PathKey, int], dups: list[tu
                 dups.append((child, line))
             seen.add(key)
             out[child] = line
-            _walk(value_node, child, out, dups)
+            _walk(value_node, child, out, dups, budget)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = (*path, index)
             out[child] = item.start_mark.line + 1
-            _walk(item, child, out, dups)
+            _walk(item, child, out, dups, budget)
+
+
+def _flow_depth_exceeds(text: str, limit: int) -> bool:
+    """True when `[`/`{` nest deeper than `limit` (quotes and comments skipped, approximately).
+
+    PyYAML's scanner is quadratic in flow nesting depth (seconds at 1000 levels) before its composer
+    hits the recursion limit, so deep flow nesting is refused before PyYAML sees it.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    quote = ""
+    comment = False
+    for char in text:
+        if comment:
+            comment = char != "\n"
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return False
 
 
 def load_located(text: str, file: str) -> LocatedYaml:
     """Parse `text` (named `file` in messages); raise InputError on a syntax error or duplicate key."""
-    loader = yaml.SafeLoader(text)
+    if _flow_depth_exceeds(text, MAX_DEPTH):
+        raise InputError([Issue(file, None, "", f"nested deeper than {MAX_DEPTH} levels")])
+    loader = None
     try:
+        # Inside the try: the reader rejects NUL and other non-printable characters in the constructor.
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return LocatedYaml(None, file, {(): 1})
@@ -97,10 +155,17 @@ def load_located(text: str, file: str) -> LocatedYaml:
         line = mark.line + 1 if mark else None
         message = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         raise InputError([Issue(file, line, "", f"YAML syntax error: {message}")]) from None
+    except _TooLarge as exc:
+        where = dotted(exc.path) + (".(...)" if exc.path else "")
+        raise InputError([Issue(file, None, where, str(exc))]) from None
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level.
+        raise InputError([Issue(file, None, "", "nested too deeply to parse")]) from None
     except yaml.YAMLError as exc:
         raise InputError([Issue(file, None, "", f"YAML error: {exc}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if dups:
         raise InputError([Issue(file, line, dotted(p), "duplicate key") for p, line in dups])
     return LocatedYaml(data, file, lines)
