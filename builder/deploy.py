@@ -148,17 +148,22 @@ def _plan(session: Session, dc: Any, fleet: Fleet, replace: bool) -> list[_Plan]
         if len(found) > 1:
             plans.append(_Plan(vm, identity, None, "conflict", f"{len(found)} VMs are named {vm.name!r}"))
             continue
-        stored = vmops.extra_config(found[0]).get(KEY_IDENTITY)
+        extra = vmops.extra_config(found[0])
+        stored = extra.get(KEY_IDENTITY)
         if stored == identity:
             plans.append(_Plan(vm, identity, found[0], "unchanged"))
         elif replace:
             plans.append(_Plan(vm, identity, found[0], "replace"))
         else:
-            why = (
-                "exists with a different configuration"
-                if stored
-                else "exists but was not deployed by arcbake (or an earlier deploy stopped half-way)"
-            )
+            source = extra.get(KEY_SOURCE_TEMPLATE)
+            if not stored:
+                why = "exists but was not deployed by arcbake (or an earlier deploy stopped half-way)"
+            elif source and source != fleet.template:
+                why = (
+                    f"exists, cloned from template {source!r} (the fleet now resolves to {fleet.template!r})"
+                )
+            else:
+                why = "exists with a different configuration"
             plans.append(_Plan(vm, identity, found[0], "conflict", why))
     return plans
 
