@@ -128,7 +128,8 @@ def test_redeploy_changes_nothing_and_changed_config_needs_replace(
     assert "--replace" in conflict.stderr and "nothing was changed" in conflict.stderr
     assert {n: (vm_info(vcsim, n), vm_raw_keys(vcsim, n)) for n in before} == before
 
-    other_template = fleet_file(tmp_path, "ci-idem", template="DC0_H0_VM1")
+    (tmp_path / "other").mkdir()
+    other_template = fleet_file(tmp_path / "other", "ci-idem", template="DC0_H0_VM1")
     moved = run_cli(vcsim, "deploy", str(other_template))
     assert moved.exit_code == 1
     assert "cloned from template 'DC0_H0_VM0' (the fleet now resolves to 'DC0_H0_VM1')" in moved.stderr
