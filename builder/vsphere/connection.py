@@ -111,10 +111,6 @@ class Session:
     ) -> None:
         self.close()
 
-    def is_vcenter(self) -> bool:
-        """True for a vCenter (VPX); False for a standalone ESXi."""
-        return str(self.content.about.apiType) == "VirtualCenter"
-
 
 def connect(creds: Credentials, timeout: int = CONNECT_TIMEOUT) -> Session:
     """Log in to vSphere; every failure is a one-line VSphereError naming the server (and user)."""

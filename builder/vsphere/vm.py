@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from builder.vsphere._vmomi import vim, vmodl
+from builder.vsphere._vmomi import vim
 from builder.vsphere.connection import VSphereError, fault_message
 from builder.vsphere.inventory import Placement
 
@@ -81,15 +81,6 @@ def destroy(vm: Any, name: str) -> None:
     if not vm.config or not vm.config.template:
         power_off(vm, name)
     wait(vm.Destroy_Task(), f"deleting VM {name!r}")
-
-
-def mark_as_template(vm: Any, name: str) -> None:
-    """Convert a powered-off VM into a template."""
-    power_off(vm, name)
-    try:
-        vm.MarkAsTemplate()
-    except vmodl.MethodFault as exc:
-        raise VSphereError(f"converting VM {name!r} to a template: {fault_message(exc)}") from None
 
 
 def _nic_change(source: Any, network: Any) -> list[Any]:
