@@ -126,7 +126,16 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
         with _session() as session:
             simulator = st.is_simulator(session)
             if wait:
-                rows, finished = st.wait_status(session, fleet, timeout, interval)
+
+                def on_poll(rows: list[st.VmStatus]) -> None:
+                    counts: dict[str, int] = {}
+                    for row in rows:
+                        counts[row.state] = counts.get(row.state, 0) + 1
+                    click.echo(
+                        "waiting: " + ", ".join(f"{n} {state}" for state, n in counts.items()), err=True
+                    )
+
+                rows, finished = st.wait_status(session, fleet, timeout, interval, on_poll=on_poll)
             else:
                 rows, finished = st.read_status(session, fleet), True
     no_report = sum(r.state == st.NO_REPORT for r in rows)
