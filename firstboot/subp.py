@@ -102,6 +102,41 @@ def _spawn(
     return proc.returncode, out, err
 
 
+def _spawn_to_files(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    timeout: float,
+    output_dir: Path,
+) -> tuple[int, bytes, bytes]:
+    # stdout/stderr in files, not pipes: a child that outlives a crashed caller (SIGKILL of firstboot
+    # during `az connectedk8s connect`) must not die of SIGPIPE on its next progress line.
+    output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out_path, err_path = output_dir / "stdout", output_dir / "stderr"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    with (
+        os.fdopen(os.open(out_path, flags, 0o600), "wb") as out_f,
+        os.fdopen(os.open(err_path, flags, 0o600), "wb") as err_f,
+    ):
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out_f,
+            stderr=err_f,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return proc.returncode, out_path.read_bytes(), err_path.read_bytes()
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -120,11 +155,14 @@ def run(
     secrets: Iterable[str] = (),
     check: bool = True,
     ok_codes: Iterable[int] = (0,),
+    output_dir: Path | None = None,
 ) -> Result:
     """Run `argv` and return its redacted result.
 
     Raises ProcessExecutionError when the command cannot start, times out, or (with `check`) exits with
-    a code not in `ok_codes`. Raises ValueError when a secret appears in argv.
+    a code not in `ok_codes`. Raises ValueError when a secret appears in argv. With `output_dir`, the
+    child's stdout and stderr go to files there (0600) instead of pipes, so a long operation survives a
+    crash of the caller (no stdin then).
     """
     argv = [os.fspath(a) for a in argv]
     secret_list = [s for s in secrets if s]
@@ -136,7 +174,12 @@ def run(
     stdin_data = input.encode() if isinstance(input, str) else input
     LOG.debug("exec %s (timeout %ss)", shown, timeout)
     try:
-        code, out_b, err_b = _spawn(argv, stdin_data=stdin_data, env=env, cwd=cwd, timeout=timeout)
+        if output_dir is not None:
+            code, out_b, err_b = _spawn_to_files(
+                argv, env=env, cwd=cwd, timeout=timeout, output_dir=output_dir
+            )
+        else:
+            code, out_b, err_b = _spawn(argv, stdin_data=stdin_data, env=env, cwd=cwd, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise ProcessExecutionError(description, shown, reason=f"timed out after {timeout:g}s") from exc
     except (FileNotFoundError, PermissionError) as exc:

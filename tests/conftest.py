@@ -48,6 +48,22 @@ def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         return real_spawn(argv, stdin_data=stdin_data, env=env, cwd=cwd, timeout=timeout)
 
     monkeypatch.setattr(subp, "_spawn", guarded)
+    real_spawn_to_files = subp._spawn_to_files
+
+    def guarded_to_files(
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None,
+        cwd: Path | None,
+        timeout: float,
+        output_dir: Path,
+    ) -> tuple[int, bytes, bytes]:
+        name = os.path.basename(argv[0])
+        if not allow_all and name not in allowed:
+            raise AssertionError(f"test ran {name!r} through subp without @pytest.mark.allow_subp({name!r})")
+        return real_spawn_to_files(argv, env=env, cwd=cwd, timeout=timeout, output_dir=output_dir)
+
+    monkeypatch.setattr(subp, "_spawn_to_files", guarded_to_files)
     real_open_stream = subp._open_stream
 
     def guarded_stream(
