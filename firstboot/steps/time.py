@@ -187,13 +187,35 @@ def run(ctx: Context) -> None:
     ctx.progress(f"clock offset {best.offset:+.3f} s against {best.server}")
 
 
+def chrony_leap_status(ctx: Context) -> str | None:
+    """`Leap status` of `chronyc -n tracking` on a real root (None under --root or without chronyc)."""
+    if ctx.root != Path("/") or not shutil.which("chronyc"):
+        return None
+    try:
+        out = subp.run(["chronyc", "-n", "tracking"], timeout=5, description="chronyc tracking").stdout
+    except subp.ProcessExecutionError as exc:
+        return f"unknown ({exc.reason or exc.exit_code})"
+    for line in out.splitlines():
+        if line.startswith("Leap status"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def check(ctx: Context) -> CheckResult:
-    """Read-only: measure the offset now."""
+    """Read-only: the offset measured now, then chrony's own sync state (real root only)."""
     cfg = ctx.require_config().time
     samples = measure(cfg)
     verdict = judge(cfg, samples)
     if verdict is not None:
         return CheckResult(False, *verdict)
+    leap = chrony_leap_status(ctx)
+    if leap is not None and leap != "Normal":
+        return CheckResult(
+            False,
+            f"chronyd is not synchronised (leap status: {leap}) although the servers answer",
+            "check `chronyc sources -v`: chronyd may not use the configured servers; "
+            "`systemctl restart chronyd`",
+        )
     best = min((s for s in samples if s.synchronised), key=lambda s: abs(s.offset or 0.0))
     return CheckResult(
         True, f"clock offset {best.offset:+.3f} s against {best.server} (stratum {best.stratum})"
