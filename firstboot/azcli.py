@@ -139,10 +139,18 @@ def environment(ctx: Context) -> dict[str, str]:
 
 
 def run(
-    ctx: Context, args: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, description: str = ""
+    ctx: Context,
+    args: Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    description: str = "",
+    detach_as: str | None = None,
 ) -> subp.Result:
-    """`az ARGS --output json --only-show-errors`, never raising for an exit code (see `fail`).
+    """`az ARGS --output json --only-show-errors`, never raising for an exit code (see `check_ok`).
 
+    `detach_as` (for the long creating calls): az writes its output to files under
+    `/var/lib/arcbake/azure/ops/NAME/` instead of pipes, so when firstboot is killed mid-call az finishes
+    its work and the next run finds the result through `show` (never a second create).
     Raises PermanentFailure when az is missing and TransientFailure when it times out.
     """
     argv = ["az", *args, "--output", "json", "--only-show-errors"]
@@ -155,6 +163,7 @@ def run(
             secrets=ctx.secret_values(),
             description=what,
             check=False,
+            output_dir=config_dir(ctx) / "ops" / detach_as if detach_as else None,
         )
     except subp.ProcessExecutionError as exc:
         if exc.not_found:

@@ -124,7 +124,13 @@ def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
         )
     ctx.progress(f"az connectedk8s connect {arc.cluster_name} (up to {arc.onboarding_timeout_seconds} s)")
     timeout = (arc.onboarding_timeout_seconds + CONNECT_MARGIN_SECONDS) * ctx.time_scale
-    result = azcli.run(ctx, connect_args(ctx, config), timeout=timeout, description="az connectedk8s connect")
+    result = azcli.run(
+        ctx,
+        connect_args(ctx, config),
+        timeout=timeout,
+        description="az connectedk8s connect",
+        detach_as="connectedk8s-connect",
+    )
     if result.exit_code != 0 and "already onboarded" in result.stderr:
         return "already connected (connect raced an earlier run)"
     azcli.check_ok(result, "az connectedk8s connect")

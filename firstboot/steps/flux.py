@@ -104,7 +104,11 @@ def ensure_extension(ctx: Context, config: OnboardingConfig) -> str:
         args += ["--version", config.flux.extension_version, "--auto-upgrade-minor-version", "false"]
     ctx.progress("az k8s-extension create microsoft.flux")
     result = azcli.run(
-        ctx, args, timeout=EXTENSION_TIMEOUT * ctx.time_scale, description="az k8s-extension create"
+        ctx,
+        args,
+        timeout=EXTENSION_TIMEOUT * ctx.time_scale,
+        description="az k8s-extension create",
+        detach_as="k8s-extension-create",
     )
     if result.exit_code != 0 and "already exists" in result.stderr.lower():
         return "extension present (created by an earlier run)"
@@ -229,6 +233,7 @@ def ensure_configuration(ctx: Context, config: OnboardingConfig, cfg: FluxConfig
         create_args(arc, cfg, local_ref),
         timeout=EXTENSION_TIMEOUT * ctx.time_scale,
         description="az flux create",
+        detach_as=f"flux-create-{cfg.name}",
     )
     if result.exit_code != 0 and "already exists" in result.stderr.lower():
         return "present (created by an earlier run)"

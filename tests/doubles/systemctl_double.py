@@ -4,7 +4,9 @@ Records every argv (one JSON line) in `SYSTEMCTL_DOUBLE_LOG`. `enable --now UNIT
 unit active (state in `SYSTEMCTL_DOUBLE_STATE`) and, for `k3s`, copies `SYSTEMCTL_DOUBLE_KUBECONFIG` (a
 kubeconfig the Kubernetes API double wrote) to `SYSTEMCTL_DOUBLE_ROOT/etc/rancher/k3s/k3s.yaml` with mode
 `SYSTEMCTL_DOUBLE_KUBECONFIG_MODE` (octal, default 600), after `SYSTEMCTL_DOUBLE_DELAY` seconds (in a
-detached child, like K3s writing it once its API is up). `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting that
+detached child, like K3s writing it once its API is up). When `SYSTEMCTL_DOUBLE_SCENARIO` names a JSON
+scenario, it is posted to the API double (`/_double/objects`) when k3s goes from inactive to active, so
+"node Ready after N s" counts from the start of k3s. `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting that
 unit the way systemd does. `is-active UNIT` answers from the state.
 """
 
@@ -33,13 +35,33 @@ def _state() -> tuple[Path | None, dict[str, str]]:
     return path, json.loads(path.read_text()) if path.exists() else {}
 
 
-def _place_kubeconfig() -> None:
+def _post_scenario(kubeconfig: str) -> None:
+    scenario = os.environ.get("SYSTEMCTL_DOUBLE_SCENARIO")
+    if not scenario:
+        return
+    import re
+    import urllib.request
+
+    match = re.search(r"server:\s*(\S+)", Path(kubeconfig).read_text())
+    if not match:
+        return
+    req = urllib.request.Request(  # noqa: S310 - the loopback URL of the API double
+        match[1].rstrip("/") + "/_double/objects", data=Path(scenario).read_bytes(), method="POST"
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=5) as resp:
+        resp.read()
+
+
+def _start_k3s(first_start: bool) -> None:
     src = os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG")
     root = os.environ.get("SYSTEMCTL_DOUBLE_ROOT")
     if not src or not root:
         return
     delay = float(os.environ.get("SYSTEMCTL_DOUBLE_DELAY", "0") or 0)
     mode = int(os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG_MODE", "600"), 8)
+    if first_start:
+        _post_scenario(src)
     if delay > 0 and os.fork() != 0:
         return
     time.sleep(delay)
@@ -72,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
+            first_start = state.get(unit) != "active"
             state[unit] = "active"
             if unit == "k3s":
-                _place_kubeconfig()
+                _start_k3s(first_start)
     elif verb == "is-active":
         active = all(state.get(u) == "active" for u in units)
         print("\n".join(state.get(u, "inactive") for u in units))
