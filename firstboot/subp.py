@@ -134,7 +134,11 @@ def _spawn_to_files(
         _kill_group(proc)
         proc.wait()
         raise
-    return proc.returncode, out_path.read_bytes(), err_path.read_bytes()
+    out, err = out_path.read_bytes(), err_path.read_bytes()
+    # Raw (unredacted) output must not stay on disk once it has been read.
+    out_path.unlink(missing_ok=True)
+    err_path.unlink(missing_ok=True)
+    return proc.returncode, out, err
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
