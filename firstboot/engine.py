@@ -42,6 +42,7 @@ from firstboot.subp import redact
 LOG = logging.getLogger(__name__)
 
 TIME_SCALE_ENV = "ARCBAKE_TIME_SCALE"
+GUESTINFO_PROGRESS_SECONDS = 2.0
 
 
 def default_time_scale() -> float:
@@ -101,10 +102,23 @@ class Engine:
         self.state = StateStore(ctx.root)
         self._current: str | None = None
         self._last_failure: StepFailure | None = None
+        self._pushed = float("-inf")
 
     # -- status -----------------------------------------------------------------------------------
-    def report(self, state: State, step: str | None, message: str, remedy: str | None = None) -> Status:
-        """Write a status to status.json, guestinfo and the journal; return it."""
+    def report(
+        self,
+        state: State,
+        step: str | None,
+        message: str,
+        remedy: str | None = None,
+        *,
+        progress: bool = False,
+    ) -> Status:
+        """Write a status to status.json, guestinfo and the journal; return it.
+
+        `progress` lines (a step's own updates) reach guestinfo at most every GUESTINFO_PROGRESS_SECONDS:
+        each write is a vmware-rpctool call, and vCenter only needs to see that the step is alive.
+        """
         secrets = self.ctx.secret_values()
         status = Status(
             state=state,
@@ -121,6 +135,10 @@ class Engine:
             self.state.write_status(status)
         except OSError as exc:
             LOG.error("cannot write %s: %s", self.state.status_path, exc)
+        now = time.monotonic()
+        if progress and now - self._pushed < GUESTINFO_PROGRESS_SECONDS:
+            return status
+        self._pushed = now
         try:
             self.ctx.source.set(KEY_STATUS, status.to_json())
         except (OSError, SourceError) as exc:
@@ -130,7 +148,7 @@ class Engine:
     def _progress(self, message: str) -> None:
         # An abandoned step must not overwrite the failure reported for it.
         if not self.ctx.cancel.is_set():
-            self.report(State.RUNNING, self._current, message)
+            self.report(State.RUNNING, self._current, message, progress=True)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, only: str | None = None) -> RunResult:

@@ -317,3 +317,20 @@ def test_timeout_while_retrying_reports_the_last_failure(tmp_path: Path) -> None
     assert not result.ok
     assert result.status.message == "no NTP server answered: 10.0.0.1:123 (step time gave up after 0.35 s)"
     assert result.status.remedy == "open UDP 123"
+
+
+def test_progress_reaches_status_json_always_and_guestinfo_throttled(tmp_path: Path) -> None:
+    rec = Recorder()
+
+    def chatty(ctx: Context) -> None:
+        for i in range(50):
+            ctx.progress(f"waiting for node ({i})")
+
+    ctx, src = make(tmp_path)
+    result = Engine(ctx, [rec.step("k3s", chatty)]).run()
+    assert result.ok
+    progress_writes = [v for k, v in src.writes if k == KEY_STATUS and "waiting for node" in v]
+    assert 1 <= len(progress_writes) <= 2
+    assert "waiting for node (0)" in progress_writes[0]
+    # Transitions are never throttled: running k3s, then done.
+    assert statuses(src)[-1] == ("done", None) and ("running", "k3s") in statuses(src)
