@@ -102,7 +102,7 @@ class Engine:
         self.state = StateStore(ctx.root)
         self._current: str | None = None
         self._last_failure: StepFailure | None = None
-        self._pushed = float("-inf")
+        self._progress_pushed = float("-inf")
 
     # -- status -----------------------------------------------------------------------------------
     def report(
@@ -135,10 +135,11 @@ class Engine:
             self.state.write_status(status)
         except OSError as exc:
             LOG.error("cannot write %s: %s", self.state.status_path, exc)
-        now = time.monotonic()
-        if progress and now - self._pushed < GUESTINFO_PROGRESS_SECONDS:
-            return status
-        self._pushed = now
+        if progress:
+            now = time.monotonic()
+            if now - self._progress_pushed < GUESTINFO_PROGRESS_SECONDS:
+                return status
+            self._progress_pushed = now
         try:
             self.ctx.source.set(KEY_STATUS, status.to_json())
         except (OSError, SourceError) as exc:
