@@ -55,6 +55,8 @@ def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
         arc.cluster_name,
         "--resource-group",
         arc.resource_group,
+        "--subscription",
+        arc.subscription_id,
         "--location",
         arc.location,
         "--kube-config",
@@ -92,7 +94,16 @@ def show_cluster(ctx: Context, config: OnboardingConfig) -> dict[str, Any] | Non
     arc = _arc(config)
     result = azcli.run(
         ctx,
-        ["connectedk8s", "show", "--name", arc.cluster_name, "--resource-group", arc.resource_group],
+        [
+            "connectedk8s",
+            "show",
+            "--name",
+            arc.cluster_name,
+            "--resource-group",
+            arc.resource_group,
+            "--subscription",
+            arc.subscription_id,
+        ],
         description="az connectedk8s show",
     )
     if result.exit_code != 0 and azcli.is_not_found(result):

@@ -61,6 +61,8 @@ def _cluster_args(arc: ArcConfig) -> list[str]:
         arc.resource_group,
         "--cluster-type",
         CLUSTER_TYPE,
+        "--subscription",
+        arc.subscription_id,
     ]
 
 

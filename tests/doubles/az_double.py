@@ -383,11 +383,15 @@ def _scope(d: Double, opts: dict[str, list[str]], context_cmd: str) -> tuple[JSO
     login = require_login(d)
     rg = one(opts, "--resource-group") or ""
     known = d.config.get("resource_groups")
-    context = {"client_id": login["client_id"], "rg": rg, "sub": login["current"]}
+    sub = one(opts, "--subscription", required=False) or login["current"]
+    subs = d.config.get("subscriptions")
+    if subs is not None and sub not in subs:
+        raise arm_error("SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+    context = {"client_id": login["client_id"], "rg": rg, "sub": sub}
     d.inject(context_cmd, context)
     if known is not None and rg not in known:
         raise arm_error("ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
-    return login, rg, login["current"]
+    return login, rg, sub
 
 
 def _cluster_id(sub: str, rg: str, name: str) -> str:
