@@ -60,7 +60,8 @@ REGIONAL_ENDPOINTS: tuple[str, ...] = (
     "{region}.dp.kubernetesconfiguration.azure.com",
     "{region}.login.microsoft.com",
     "{region}.data.mcr.microsoft.com",
-    "{region}.obo.arc.azure.com",
+    # Cluster connect (az connectedk8s proxy) reaches this one on 8084, not 443.
+    "{region}.obo.arc.azure.com:8084",
 )
 ENDPOINTS_OVERRIDE_ENV = "ARCBAKE_ENDPOINTS_OVERRIDE"
 DNS_PORT_ENV = "ARCBAKE_DNS_PORT"
@@ -83,16 +84,20 @@ def endpoints(config: OnboardingConfig, environ: dict[str, str] | None = None) -
     """The endpoints to check: the override when set, else the Arc list for the config's region."""
     raw = (environ if environ is not None else os.environ).get(ENDPOINTS_OVERRIDE_ENV, "").strip()
     if raw:
-        out = []
-        for item in filter(None, (part.strip() for part in raw.split(","))):
-            host, _, port = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
-            out.append(Endpoint(host, int(port)) if port else Endpoint(item))
-        return out
+        return [parse_endpoint(item) for item in filter(None, (part.strip() for part in raw.split(",")))]
     region = config.arc.location if config.arc is not None else None
     names = list(ARC_ENDPOINTS)
     if region:
         names += [pattern.format(region=region) for pattern in REGIONAL_ENDPOINTS]
-    return [Endpoint(n) for n in names]
+    return [parse_endpoint(n) for n in names]
+
+
+def parse_endpoint(item: str) -> Endpoint:
+    """`host` or `host:port` (port 443 when absent)."""
+    host, sep, port = item.rpartition(":")
+    if sep and port.isdigit() and host and ":" not in host:
+        return Endpoint(host, int(port))
+    return Endpoint(item)
 
 
 @dataclass(frozen=True)

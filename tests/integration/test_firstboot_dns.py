@@ -79,6 +79,8 @@ def test_region_specific_names_come_from_arc_location() -> None:
     names = {e.host for e in dns_step.endpoints(cfg, {})}
     assert "westeurope.dp.kubernetesconfiguration.azure.com" in names
     assert "westeurope.obo.arc.azure.com" in names and "management.azure.com" in names
+    ports = {e.host: e.port for e in dns_step.endpoints(cfg, {})}
+    assert ports["westeurope.obo.arc.azure.com"] == 8084 and ports["management.azure.com"] == 443
     override = dns_step.endpoints(cfg, {"ARCBAKE_ENDPOINTS_OVERRIDE": "a.test:8443, b.test"})
     assert override == [dns_step.Endpoint("a.test", 8443), dns_step.Endpoint("b.test", 443)]
 
