@@ -89,3 +89,26 @@ def test_cli_does_not_import_builder_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == ""
+
+
+def test_doctor_with_invalid_metadata_reports_and_writes_nothing(
+    guest_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from firstboot import steps
+
+    bad = onboarding_config()
+    bad["arc"]["location"] = "West Europe"
+    meta = write_metadata(tmp_path / "meta.json", bad, secrets={"k3s_token": "tok-abcdef"})
+    before = meta.read_text()
+    only_local = steps.load(["metadata", "hostname", "resources"])
+    monkeypatch.setattr("firstboot.doctor.steps.load", lambda *a: only_local)
+    code = cli.main(["doctor", "--root", str(guest_root), "--source", f"file:{meta}", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["healthy"] is False
+    checks = {c["step"]: c for c in report["checks"]}
+    assert not checks["metadata"]["ok"] and "arc.location" in checks["metadata"]["message"]
+    assert checks["hostname"]["conclusive"] is False
+    assert checks["hostname"]["message"].startswith("not checked")
+    # Read-only: the metadata file (secrets included) and the root are untouched.
+    assert meta.read_text() == before
+    assert list(guest_root.iterdir()) == []

@@ -327,3 +327,32 @@ def test_auto_source_falls_back_to_env_then_fails_clearly() -> None:
         sources.make_source("auto", {})
     with pytest.raises(sources.SourceError, match="unknown --source"):
         sources.make_source("vmx", {})
+
+
+def test_git_credentials_roundtrip_through_the_secrets_file(tmp_path: Path) -> None:
+    payload = {
+        "sp_certificate_pem": "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n",
+        "git": {"cluster-config": {"https_user": "git", "https_key": "ghp_tokenvalue123"}},
+    }
+    src = DictSource({KEY_SECRETS: json.dumps(payload)})
+    metadata.load_secrets(src, tmp_path, persist=True)
+    again = metadata.load_secrets(DictSource(), tmp_path, persist=True)
+    cred = again.git["cluster-config"]
+    assert cred.https_key is not None and cred.https_key.get_secret_value() == "ghp_tokenvalue123"
+    assert again.sp_certificate_pem is not None
+    assert sorted(again.values()) == sorted([payload["sp_certificate_pem"], "ghp_tokenvalue123"])
+
+
+def test_secrets_the_config_needs_are_checked() -> None:
+    from firstboot.contract import OnboardingConfig, OnboardingSecrets
+
+    agent = OnboardingConfig.model_validate(onboarding_config(role="agent"))
+    server = OnboardingConfig.model_validate(onboarding_config())
+    assert metadata.check_secrets(agent, OnboardingSecrets()) == [
+        "guestinfo.arcbake.secrets.k3s_token: required for an agent (the server's join token)"
+    ]
+    problems = metadata.check_secrets(server, OnboardingSecrets.model_validate({"git": {"nope": {}}}))
+    assert problems == [
+        "guestinfo.arcbake.secrets.sp_secret: required by arc.auth=secret",
+        "guestinfo.arcbake.secrets.git.nope: no flux configuration named 'nope'",
+    ]
