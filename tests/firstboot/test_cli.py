@@ -112,3 +112,28 @@ def test_doctor_with_invalid_metadata_reports_and_writes_nothing(
     # Read-only: the metadata file (secrets included) and the root are untouched.
     assert meta.read_text() == before
     assert list(guest_root.iterdir()) == []
+
+
+@pytest.mark.allow_subp("vmware-rpctool")
+def test_run_through_guestinfo_redacts_and_reports_status(
+    guest_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--source auto` with a vmware-rpctool stand-in: secrets redacted with info-set, status pushed."""
+    import os
+
+    from fixtures.guestinfo import fake_rpctool
+
+    secrets = {"sp_secret": "rpc-secret-4471"}
+    meta = write_metadata(tmp_path / "seed.json", onboarding_config(), secrets=secrets)
+    store = tmp_path / "guestinfo.json"
+    store.write_text(meta.read_text())
+    monkeypatch.setenv("PATH", f"{fake_rpctool(tmp_path / 'bin', store)}:{os.environ['PATH']}")
+    assert cli.main(["run", "--root", str(guest_root), "--only", "hostname"]) == 0
+    keys = json.loads(store.read_text())
+    assert keys["guestinfo.arcbake.secrets"] == "---"
+    assert keys["guestinfo.arcbake.secrets.encoding"] == " "
+    assert json.loads(keys["guestinfo.arcbake.status"])["state"] == "pending"
+    calls = [json.loads(line)[0] for line in (tmp_path / "guestinfo.json.log").read_text().splitlines()]
+    assert any(c.startswith("info-set guestinfo.arcbake.status ") for c in calls)
+    assert not any("rpc-secret-4471" in c for c in calls)
+    assert (guest_root / "etc/hostname").read_text() == "node1\n"
