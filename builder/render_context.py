@@ -247,8 +247,11 @@ def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> d
         "run_image_tests": spec.build.run_image_tests and run_image_tests,
         "convert_to_template": spec.publish.convert_to_template,
         "content_library": spec.publish.content_library.name if spec.publish.content_library else "",
+        # Packer refuses a library item named like the VM it is made from, hence the suffix.
         "content_library_item": (
-            (spec.publish.content_library.item or ctx["vm_name"]) if spec.publish.content_library else ""
+            (spec.publish.content_library.item or f"{ctx['vm_name']}-item")
+            if spec.publish.content_library
+            else ""
         ),
         "content_library_ovf": bool(spec.publish.content_library and spec.publish.content_library.ovf),
     }

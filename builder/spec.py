@@ -407,7 +407,10 @@ class ContentLibrary(_Model):
     """Publish the template as an item of a content library."""
 
     name: InventoryName
-    item: InventoryName | None = Field(default=None, description="item name; default: the template name")
+    item: InventoryName | None = Field(
+        default=None,
+        description="item name; default: the template name + '-item' (Packer needs them different)",
+    )
     ovf: bool = False
 
 

@@ -211,3 +211,20 @@ def test_missing_tool_is_reported_as_skipped(tmp_path: Path, monkeypatch: pytest
     assert code == RC.OK
     assert re.search(r"^skipped\s+chrony\s+chronyd is not installed", out, re.M), out
     assert re.search(r"^passed\s+shellcheck\s", out, re.M), out
+
+
+def test_content_library_default_item_name_passes_packer_validate(tmp_path: Path) -> None:
+    # Packer refuses a library item named like the VM it is made from; the default must differ.
+    text = (REPO / "examples/demo-image.yaml").read_text()
+    assert "  convert_to_template: true\n" in text
+    text = text.replace(
+        "  convert_to_template: true\n", "  convert_to_template: true\n  content_library: {name: lib1}\n"
+    )
+    spec_path = tmp_path / "cl.yaml"
+    spec_path.write_text(text)
+    result = render(load_spec(spec_path), tmp_path / "build")
+    pkrvars = json.loads((result.out_dir / "packer" / "arcbake.auto.pkrvars.json").read_text())
+    assert pkrvars["content_library"] == "lib1"
+    assert pkrvars["content_library_item"] == f"{pkrvars['vm_name']}-item"
+    outcomes = {o.name: o for o in run_validators(result.out_dir, only=["packer"])}
+    assert outcomes["packer"].status is Status.PASSED, outcomes["packer"].message
