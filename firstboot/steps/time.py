@@ -2,11 +2,11 @@
 
 Azure sign-in fails when the clock is off, so this link is checked before anything talks to Azure.
 
-1. Sources: when `<root>/etc/chrony.conf` reads `/etc/chrony.d` (`sourcedir`/`confdir`, chrony 4), the
-   servers go to `/etc/chrony.d/arcbake.sources`; otherwise the `server`/`pool` lines of chrony.conf are
-   replaced by ours (chrony 3 on EL8 has no sourcedir). A port other than 123 is written as `port N`.
-2. On a real root (`/`) with chronyc: `chronyc reload sources` when they changed, then
-   `chronyc waitsync` bounded by `time.sync_timeout_seconds`.
+1. Sources: when `<root>/etc/chrony.conf` has `sourcedir /etc/chrony.d` (chrony 4), the servers go to
+   `/etc/chrony.d/arcbake.sources`; otherwise (arcbake's own chrony.conf, chrony 3) the `server`/`pool`
+   lines of chrony.conf are replaced by ours. A port other than 123 is written as `port N`.
+2. On a real root (`/`) with chronyc: `chronyc reload sources` when the sources file changed, a restart
+   of chronyd when chrony.conf did; then `chronyc waitsync` bounded by `time.sync_timeout_seconds`.
 3. ntplib asks every configured server (on `time.ntp_port`) in parallel: the step fails (transient, so
    retried until the step's deadline) when none answers, when the answering servers are unsynchronised
    (leap 3 or stratum 0), or when the best offset exceeds `time.max_offset_seconds`.
@@ -68,7 +68,8 @@ def source_lines(cfg: TimeConfig) -> list[str]:
 
 
 def _uses_sourcedir(conf: str) -> bool:
-    return bool(re.search(r"^\s*(sourcedir|confdir)\s+.*?/etc/chrony\.d\b", conf, re.MULTILINE))
+    # Only `sourcedir` reads *.sources files (and `chronyc reload sources` re-reads them); `confdir` wants *.conf.
+    return bool(re.search(r"^\s*sourcedir\s+.*?/etc/chrony\.d\b", conf, re.MULTILINE))
 
 
 def planned_files(ctx: Context) -> dict[str, str]:
@@ -87,15 +88,15 @@ def planned_files(ctx: Context) -> dict[str, str]:
     return {CHRONY_CONF: "\n".join([*kept, MARK, *lines]) + "\n"}
 
 
-def write_sources(ctx: Context) -> bool:
-    """Write the sources; True when something changed."""
-    changed = False
+def write_sources(ctx: Context) -> list[str]:
+    """Write the sources; the guest paths that changed."""
+    changed = []
     for guest_path, content in planned_files(ctx).items():
         target = ctx.path(guest_path)
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current != content:
             atomic_write(target, content, mode=0o644)
-            changed = True
+            changed.append(guest_path)
     return changed
 
 
@@ -149,11 +150,14 @@ def judge(cfg: TimeConfig, samples: list[Sample]) -> tuple[str, str] | None:
     return None
 
 
-def _waitsync(ctx: Context, cfg: TimeConfig, changed: bool) -> None:
+def _waitsync(ctx: Context, cfg: TimeConfig, changed: list[str]) -> None:
     if ctx.root != Path("/") or not shutil.which("chronyc"):
         return
     try:
-        if changed:
+        if CHRONY_CONF in changed:
+            # Server lines in chrony.conf are read at start only.
+            subp.run(["systemctl", "restart", "chronyd"], timeout=60, description="restarting chronyd")
+        elif changed:
             subp.run(["chronyc", "reload", "sources"], timeout=15, description="chronyc reload sources")
         tries = max(1, int(cfg.sync_timeout_seconds))
         subp.run(
