@@ -68,7 +68,7 @@ def source_lines(cfg: TimeConfig) -> list[str]:
 
 
 def _uses_sourcedir(conf: str) -> bool:
-    # Only `sourcedir` reads *.sources files (and `chronyc reload sources` re-reads them); `confdir` wants *.conf.
+    # Only `sourcedir` reads *.sources (re-read by `chronyc reload sources`); `confdir` wants *.conf.
     return bool(re.search(r"^\s*sourcedir\s+.*?/etc/chrony\.d\b", conf, re.MULTILINE))
 
 
