@@ -11,7 +11,7 @@ from fixtures.guestinfo import DictSource, onboarding_config
 
 from firstboot.contract import OnboardingConfig
 from firstboot.engine import build_context
-from firstboot.step import Context, PermanentFailure
+from firstboot.step import Context, PermanentFailure, TransientFailure
 from firstboot.steps import hostname, proxy, resources
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
@@ -114,3 +114,39 @@ def test_resources_minimum_recommended_and_failure(
 def test_resources_falls_back_to_host_proc(guest_root: Path) -> None:
     measured = resources.measure(ctx_for(guest_root))
     assert measured.cpus >= 1 and measured.memory_bytes > 0
+
+
+def test_time_on_a_real_root_restarts_or_reloads_chrony_then_waits_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from firstboot import subp
+    from firstboot.steps import time as time_step
+
+    calls: list[tuple[list[str], float]] = []
+    fail = {"waitsync": False}
+
+    def fake_run(argv: list[str], *, timeout: float, **kw: Any) -> subp.Result:
+        calls.append((list(argv), timeout))
+        if fail["waitsync"] and argv[1] == "waitsync":
+            raise subp.ProcessExecutionError("waiting for chrony", argv, exit_code=1)
+        return subp.Result(tuple(argv), 0, "", "")
+
+    monkeypatch.setattr("firstboot.steps.time.subp.run", fake_run)
+    monkeypatch.setattr("firstboot.steps.time.shutil.which", lambda name: f"/usr/bin/{name}")
+    ctx = ctx_for(Path("/"))
+    cfg = ctx.require_config().time
+    time_step._waitsync(ctx, cfg, ["/etc/chrony.conf"])
+    assert [c[0] for c in calls] == [
+        ["systemctl", "restart", "chronyd"],
+        ["chronyc", "waitsync", "5", "5", "0", "1"],
+    ]
+    assert calls[1][1] == 15
+    calls.clear()
+    time_step._waitsync(ctx, cfg, ["/etc/chrony.d/arcbake.sources"])
+    assert calls[0][0] == ["chronyc", "reload", "sources"]
+    fail["waitsync"] = True
+    with pytest.raises(TransientFailure) as info:
+        time_step._waitsync(ctx, cfg, [])
+    assert (
+        "did not synchronise within 5 s" in info.value.message and "chronyc sources -v" in info.value.remedy
+    )
