@@ -55,12 +55,23 @@ def run(ctx: Context) -> None:
 
 
 def check(ctx: Context) -> CheckResult:
-    """Read-only: is the config present and valid? (secrets are read from the file only, never written)."""
+    """Read-only: config present and valid, the secrets it needs present (nothing is written)."""
     try:
         config = metadata.load_config(ctx.source)
     except metadata.MetadataError as exc:
         return CheckResult(False, str(exc), REMEDY_INVALID)
     except SourceError as exc:
         return CheckResult(False, f"cannot read {KEY_CONFIG}: {exc}", REMEDY_SOURCE)
+    try:
+        secrets = metadata.load_secrets(ctx.source, ctx.root, persist=False)
+    except (metadata.MetadataError, SourceError) as exc:
+        return CheckResult(False, f"secrets unreadable: {exc}", REMEDY_INVALID)
+    problems = metadata.check_secrets(config, secrets)
+    if problems:
+        return CheckResult(
+            False,
+            f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}",
+            "add the missing secrets to the fleet's secrets and run `builder deploy` again",
+        )
     role = config.k3s.role.value
     return CheckResult(True, f"config valid: host {config.hostname}, role {role}")

@@ -137,3 +137,14 @@ def test_run_through_guestinfo_redacts_and_reports_status(
     assert any(c.startswith("info-set guestinfo.arcbake.status ") for c in calls)
     assert not any("rpc-secret-4471" in c for c in calls)
     assert (guest_root / "etc/hostname").read_text() == "node1\n"
+
+
+def test_doctor_names_missing_secrets(guest_root: Path, tmp_path: Path) -> None:
+    from firstboot import doctor, steps
+    from firstboot.engine import build_context
+    from firstboot.sources import FileSource
+
+    meta = write_metadata(tmp_path / "meta.json", onboarding_config(), secrets=None)
+    findings = doctor.diagnose(build_context(guest_root, FileSource(meta)), steps.load(["metadata"]))
+    assert not findings[0].result.ok
+    assert "sp_secret: required by arc.auth=secret" in findings[0].result.message
