@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import threading
@@ -17,12 +18,41 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import urllib3
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
+
+
+class LazyModule:
+    """A module imported on first attribute access.
+
+    The `kubernetes` package takes a good part of a second to import (its generated API classes seconds
+    more): loading the step modules must not pay it on every `firstboot run`, `status` or `doctor`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+if TYPE_CHECKING:
+    from kubernetes import client as client
+else:
+    client = LazyModule("kubernetes.client")
+
+
+def api_errors() -> tuple[type[BaseException], ...]:
+    """What a Kubernetes API call raises when the server is down, refuses or errs (for `except`)."""
+    from kubernetes.client.exceptions import ApiException
+
+    return (ApiException, urllib3.exceptions.HTTPError, OSError, KubeUnavailable)
+
 
 LOG = logging.getLogger(__name__)
 
@@ -70,6 +100,9 @@ class KubeUnavailable(Exception):
 
 def client_from(path: Path) -> client.ApiClient:
     """An ApiClient built from the kubeconfig at `path` (a fresh Configuration; no global state)."""
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
     try:
         api: client.ApiClient = config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
         return api
@@ -137,6 +170,9 @@ def wait_until(
     watch finds the type to deserialize from its docstring), called with `args` (the namespace) and
     `list_kwargs` (selectors). `on_change` sees the objects after each event (progress lines).
     """
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
     cancel = cancel or threading.Event()
     deadline = time.monotonic() + timeout
     objects: dict[str, Any] = {}
@@ -262,7 +298,7 @@ def diagnose_pods(
                 limit=limit_events,
                 _request_timeout=10,
             ).items
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except api_errors() as exc:
             LOG.debug("events of %s: %s", name, exc)
             events = []
         texts += [e.message for e in events if e.message and e.type != "Normal"]

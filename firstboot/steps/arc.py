@@ -19,12 +19,9 @@ import logging
 import time
 from typing import Any
 
-import urllib3
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from firstboot import azcli, kube
 from firstboot.contract import OnboardingConfig
+from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 
 LOG = logging.getLogger(__name__)
@@ -214,7 +211,7 @@ def check(ctx: Context) -> CheckResult:
             core = client.CoreV1Api(api)
             pods = core.list_namespaced_pod(NAMESPACE, _request_timeout=10).items
             problems = kube.diagnose_pods(core, NAMESPACE, pods)
-    except (kube.KubeUnavailable, ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+    except kube.api_errors() as exc:
         return CheckResult(
             False, f"cannot list the {NAMESPACE} pods: {exc}", "check k3s (`firstboot doctor`)"
         )

@@ -18,12 +18,9 @@ import logging
 import time
 from typing import Any
 
-import urllib3
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from firstboot import azcli, kube
 from firstboot.contract import ArcConfig, FluxConfiguration, GitCredential, OnboardingConfig
+from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 from firstboot.steps.arc import wait_pods
 
@@ -44,7 +41,8 @@ CLUSTER_TYPE = "connectedClusters"
 EXTENSION_TIMEOUT = 1200.0
 PODS_TIMEOUT = 600.0
 COMPLIANCE_TIMEOUT = 600.0
-POLL_SECONDS = 2.0
+POLL_SECONDS = 5.0
+POLL_FIRST_SECONDS = 0.25
 
 
 def _arc(config: OnboardingConfig) -> ArcConfig:
@@ -154,11 +152,11 @@ def write_git_secret(ctx: Context, cfg: FluxConfiguration, cred: GitCredential) 
             _ensure_namespace(core, cfg.namespace)
             try:
                 core.create_namespaced_secret(cfg.namespace, body, _request_timeout=15)
-            except ApiException as exc:
+            except client.ApiException as exc:
                 if exc.status != 409:
                     raise
                 core.replace_namespaced_secret(name, cfg.namespace, body, _request_timeout=15)
-    except (kube.KubeUnavailable, ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+    except kube.api_errors() as exc:
         # The exception text may quote the request body: say what failed, not what was sent.
         status = getattr(exc, "status", None)
         raise TransientFailure(
@@ -174,7 +172,7 @@ def _ensure_namespace(core: client.CoreV1Api, namespace: str) -> None:
         core.create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)), _request_timeout=15
         )
-    except ApiException as exc:
+    except client.ApiException as exc:
         if exc.status != 409:
             raise
 
@@ -259,6 +257,7 @@ def wait_compliant(ctx: Context, config: OnboardingConfig) -> None:
     arc = _arc(config)
     pending = list(config.flux.configurations)
     deadline = time.monotonic() + COMPLIANCE_TIMEOUT * ctx.time_scale
+    polls = 0
     while True:
         states: dict[str, dict[str, Any]] = {}
         for cfg in pending:
@@ -280,7 +279,11 @@ def wait_compliant(ctx: Context, config: OnboardingConfig) -> None:
         if not pending:
             return
         ctx.progress(f"waiting for Flux compliance: {', '.join(c.name for c in pending)}")
-        if time.monotonic() >= deadline or ctx.cancel.wait(POLL_SECONDS * ctx.time_scale):
+        # Azure has no watch for compliance: poll, soon at first (Flux often reconciles in seconds), then
+        # less often.
+        interval = min(POLL_SECONDS, POLL_FIRST_SECONDS * 2**polls) * ctx.time_scale
+        polls += 1
+        if time.monotonic() >= deadline or ctx.cancel.wait(interval):
             names = ", ".join(f"{c.name} ({states[c.name].get('complianceState')})" for c in pending)
             raise TransientFailure(
                 f"Flux configuration(s) not yet Compliant: {names}",

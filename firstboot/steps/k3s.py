@@ -26,13 +26,11 @@ from pathlib import Path
 
 import dns.exception
 import dns.resolver
-import urllib3
 import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from firstboot import kube, subp
 from firstboot.contract import OnboardingConfig, Role
+from firstboot.kube import client
 from firstboot.sources import atomic_write
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 
@@ -264,7 +262,7 @@ def wait_coredns(ctx: Context, api: client.ApiClient, deadline: float) -> None:
     try:
         pods = core.list_namespaced_pod("kube-system", label_selector="k8s-app=kube-dns", _request_timeout=10)
         problems = kube.diagnose_pods(core, "kube-system", pods.items)
-    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+    except kube.api_errors() as exc:
         LOG.debug("coredns pods: %s", exc)
         problems = []
     detail = "; ".join(p.line() for p in problems) or result.error or "deployment not available"
@@ -348,7 +346,7 @@ def check(ctx: Context) -> CheckResult:
                 return CheckResult(
                     False, "CoreDNS is not available", "`kubectl -n kube-system describe deploy coredns`"
                 )
-    except (kube.KubeUnavailable, ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+    except kube.api_errors() as exc:
         return CheckResult(False, f"cannot query the cluster: {exc}", REMEDY_UNIT.format(unit=unit))
     failures = resolve_cluster_names(ctx, config)
     if failures:

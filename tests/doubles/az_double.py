@@ -23,7 +23,7 @@ Environment:
           - {command: "k8s-extension create", mode: hang}
         arc_pods:  [{name: config-agent-1, ready_after: 1}]   # created in azure-arc on connect
         flux_pods: [{name: source-controller-1, ready_after: 1}]
-        compliance: {cluster-config: {state: Non-Compliant, after: 0.5, message: "..."}}
+        compliance: {cluster-config: {state: Non-Compliant, after: 0.5, message: "..."}}  # after create
 
 On connect, the double creates the `azure-arc` pods in the Kubernetes API double named by `--kube-config`
 (through its `POST /_double/objects`), so the arc step's pod wait is real; extension create does the same
@@ -636,6 +636,7 @@ def cmd_flux(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
     d.sleep("k8s-configuration flux create")
     with d.state() as doc:
         doc["flux"][key]["provisioningState"] = "Succeeded"
+        doc["flux"][key]["_created"] = time.time()  # compliance counts from here
         config = dict(doc["flux"][key])
     return _show_flux(d, config)
 

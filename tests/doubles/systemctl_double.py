@@ -62,8 +62,13 @@ def _start_k3s(first_start: bool) -> None:
     mode = int(os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG_MODE", "600"), 8)
     if first_start:
         _post_scenario(src)
-    if delay > 0 and os.fork() != 0:
-        return
+    if delay > 0:
+        if os.fork() != 0:
+            return
+        # Detached like a started service: do not hold the caller's output pipes open.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
     time.sleep(delay)
     dest = Path(root) / "etc/rancher/k3s/k3s.yaml"
     dest.parent.mkdir(parents=True, exist_ok=True)
