@@ -169,9 +169,7 @@ def main() -> int:
         f"({best['az_calls']} calls x {cost:.3f} s)"
     )
     print(f"  overhead without the az double's own cost  {overhead - az_share:7.2f} s")
-    print(
-        f"  of which Python start-up and imports       {best['startup']:7.2f} s  (process start to first line)"
-    )
+    print(f"  of which Python start-up and imports       {best['startup']:7.2f} s  (to the first log line)")
     print("  per step: " + ", ".join(f"{k} {v:.2f}" for k, v in best["steps"].items()))
     return 0
 
