@@ -330,8 +330,9 @@ def test_auto_source_falls_back_to_env_then_fails_clearly() -> None:
 
 
 def test_git_credentials_roundtrip_through_the_secrets_file(tmp_path: Path) -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n"
     payload = {
-        "sp_certificate_pem": "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n",
+        "sp_certificate_pem": pem,
         "git": {"cluster-config": {"https_user": "git", "https_key": "ghp_tokenvalue123"}},
     }
     src = DictSource({KEY_SECRETS: json.dumps(payload)})
@@ -340,7 +341,7 @@ def test_git_credentials_roundtrip_through_the_secrets_file(tmp_path: Path) -> N
     cred = again.git["cluster-config"]
     assert cred.https_key is not None and cred.https_key.get_secret_value() == "ghp_tokenvalue123"
     assert again.sp_certificate_pem is not None
-    assert sorted(again.values()) == sorted([payload["sp_certificate_pem"], "ghp_tokenvalue123"])
+    assert sorted(again.values()) == sorted([pem, "ghp_tokenvalue123"])
 
 
 def test_secrets_the_config_needs_are_checked() -> None:
