@@ -146,6 +146,10 @@ def test_certificate_login(tmp_path: Path, cluster: KubeServer) -> None:
         ),
     ],
 )
+@pytest.mark.fault(
+    "Azure rejects the sign-in or request (bad secret, unknown SP, unknown resource group, no permission)",
+    "arc fails at once (no retry), meaning and remedy named, secret not shown",
+)
 def test_permanent_errors_fail_at_once(
     tmp_path: Path, cluster: KubeServer, az_config: dict[str, Any], meaning: str, remedy: str
 ) -> None:
@@ -157,6 +161,9 @@ def test_permanent_errors_fail_at_once(
     assert SP_SECRET not in info.value.message
 
 
+@pytest.mark.fault(
+    "az connectedk8s connect fails twice with 503", "retried with backoff; connected on the third attempt"
+)
 def test_transient_connect_failures_are_retried_by_the_engine(tmp_path: Path, cluster: KubeServer) -> None:
     faults = [{"command": "connectedk8s connect", "mode": "transient", "times": 2}]
     ctx = arc_ctx(tmp_path, cluster, {"faults": faults})
@@ -168,6 +175,7 @@ def test_transient_connect_failures_are_retried_by_the_engine(tmp_path: Path, cl
     assert len(waits) == 2
 
 
+@pytest.mark.fault("az connectedk8s connect hangs", "killed at its bound; transient failure naming the call")
 def test_hanging_connect_is_bounded(tmp_path: Path, cluster: KubeServer) -> None:
     config = make_config(
         arc={**make_config().model_dump(mode="json")["arc"], "onboarding_timeout_seconds": 60}
@@ -187,6 +195,10 @@ def test_hanging_connect_is_bounded(tmp_path: Path, cluster: KubeServer) -> None
     assert "proxy" in info.value.remedy
 
 
+@pytest.mark.fault(
+    "Arc agent pods crash (x509) and cannot pull images (DNS)",
+    "arc fails listing each pod with certificate / DNS failure named; remedy proxy CA",
+)
 def test_agent_pods_not_ready_are_named_with_reasons(tmp_path: Path, cluster: KubeServer) -> None:
     pods = [
         {"name": "config-agent-7b5c", "ready_after": 0.1},
@@ -219,6 +231,9 @@ def test_agent_pods_not_ready_are_named_with_reasons(tmp_path: Path, cluster: Ku
     assert not result.ok and "certificate failure" in result.message
 
 
+@pytest.mark.fault(
+    "the connect of an interrupted run still creating the cluster", "arc waits for it, never connects twice"
+)
 def test_waits_for_a_connect_still_in_progress(tmp_path: Path, cluster: KubeServer) -> None:
     """An earlier run's az is still creating the cluster: wait for it, never connect a second time."""
     ctx = arc_ctx(tmp_path, cluster, scale=0.002)  # settle wait: (300 + 300) s x 0.002 = 1.2 s

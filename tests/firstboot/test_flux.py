@@ -88,6 +88,10 @@ def test_creates_extension_and_configuration_once(tmp_path: Path, cluster: KubeS
     assert len(az_calls(tmp_path / "az", "k8s-configuration", "flux", "create")) == 1
 
 
+@pytest.mark.fault(
+    "Flux configuration Non-Compliant (path not found)",
+    "flux fails with the message of Flux; doctor PROBLEM flux",
+)
 def test_non_compliant_configuration_is_reported(tmp_path: Path, cluster: KubeServer) -> None:
     compliance = {
         "cluster-config": {"state": "Non-Compliant", "after": 0.0, "message": "path ./infra not found"}
@@ -101,6 +105,9 @@ def test_non_compliant_configuration_is_reported(tmp_path: Path, cluster: KubeSe
     assert not result.ok and "Non-Compliant" in result.message
 
 
+@pytest.mark.fault(
+    "no permission to create the Flux extension", "flux fails at once; no configuration created"
+)
 def test_extension_permission_denied_fails_at_once(tmp_path: Path, cluster: KubeServer) -> None:
     faults = [{"command": "k8s-extension create", "mode": "permanent", "code": "AuthorizationFailed"}]
     ctx = connected_ctx(tmp_path, cluster, {"faults": faults})
@@ -110,6 +117,7 @@ def test_extension_permission_denied_fails_at_once(tmp_path: Path, cluster: Kube
     assert az_calls(tmp_path / "az", "k8s-configuration", "flux", "create") == []
 
 
+@pytest.mark.fault("Flux controllers crash on a DNS failure", "flux fails naming the pod and the DNS failure")
 def test_flux_pods_not_ready(tmp_path: Path, cluster: KubeServer) -> None:
     pods = [
         {
@@ -127,6 +135,7 @@ def test_flux_pods_not_ready(tmp_path: Path, cluster: KubeServer) -> None:
     assert "resolv.conf" in info.value.remedy
 
 
+@pytest.mark.fault("az k8s-extension create hangs", "killed at its bound; transient failure")
 def test_hanging_extension_create_is_bounded(tmp_path: Path, cluster: KubeServer) -> None:
     ctx = connected_ctx(tmp_path, cluster, {"faults": [{"command": "k8s-extension create", "mode": "hang"}]})
     ctx.time_scale = 0.002

@@ -73,6 +73,10 @@ def test_server_starts_waits_and_fixes_kubeconfig_mode(tmp_path: Path) -> None:
     assert any(r["path"].endswith("/deployments") for r in watches)
 
 
+@pytest.mark.fault(
+    "K3s node never becomes Ready (CNI not initialised)",
+    "k3s fails within ready_timeout naming the node condition; remedy journalctl -u k3s",
+)
 def test_node_never_ready_fails_with_condition(tmp_path: Path) -> None:
     scenario = cluster_scenario(ready_after=None)
     scenario["nodes"][0]["message"] = "container runtime network not ready: cni plugin not initialized"
@@ -90,6 +94,10 @@ def test_node_never_ready_fails_with_condition(tmp_path: Path) -> None:
     assert 1.9 <= elapsed < 4.0  # ready_timeout_seconds 10 x time_scale 0.2
 
 
+@pytest.mark.fault(
+    "CoreDNS crash-looping on a DNS failure",
+    "k3s fails: CoreDNS not available, pod reason named as a DNS failure; remedy resolv.conf/upstreams",
+)
 def test_coredns_unavailable_names_the_dns_failure(tmp_path: Path) -> None:
     scenario = cluster_scenario(ready_after=0.1, coredns_after=None)
     scenario["pods"][0]["fail"] = {"reason": "CrashLoopBackOff", "message": "plugin/forward: no upstream"}
@@ -106,6 +114,10 @@ def test_coredns_unavailable_names_the_dns_failure(tmp_path: Path) -> None:
     assert "resolv.conf" in info.value.remedy
 
 
+@pytest.mark.fault(
+    "cluster DNS answers nothing for kubernetes.default / Azure names",
+    "k3s fails naming the cluster DNS address and both names",
+)
 def test_cluster_dns_not_resolving_fails(tmp_path: Path) -> None:
     with kube_double(cluster_scenario(0.05, 0.05)) as server, dnsmasq({"other.example": "10.0.0.1"}) as dns:
         ctx = server_ctx(tmp_path, server, dns)
@@ -116,6 +128,7 @@ def test_cluster_dns_not_resolving_fails(tmp_path: Path) -> None:
     assert "management.azure.com" in info.value.message
 
 
+@pytest.mark.fault("API server 500s twice and drops watch streams", "k3s step re-lists and finishes")
 def test_survives_api_errors_and_dropped_watches(tmp_path: Path) -> None:
     scenario: dict[str, Any] = cluster_scenario(ready_after=2.0, coredns_after=2.0)
     scenario["faults"] = [
@@ -129,6 +142,7 @@ def test_survives_api_errors_and_dropped_watches(tmp_path: Path) -> None:
     assert len(node_lists) >= 4  # two 500s, the list that worked, and re-lists after dropped watches
 
 
+@pytest.mark.fault("k3s.service fails to start", "k3s fails: cannot start k3s; remedy journalctl -u k3s")
 def test_unit_fails_to_start(tmp_path: Path) -> None:
     with kube_double(cluster_scenario()) as server, dnsmasq() as dns:
         ctx = server_ctx(tmp_path, server, dns, SYSTEMCTL_DOUBLE_FAIL="k3s")
@@ -163,6 +177,7 @@ def test_agent_token_only_in_its_file(tmp_path: Path) -> None:
     assert all(K3S_TOKEN not in p.read_text(errors="replace") for p in everything)
 
 
+@pytest.mark.fault("agent without a join token in the secrets", "k3s fails at once: join token missing")
 def test_agent_without_token_fails_permanently(tmp_path: Path) -> None:
     config = make_config(k3s={"role": "agent", "server_url": "https://10.0.0.5:6443"})
     ctx = make_ctx(tmp_path, config, make_secrets(), {})
@@ -171,6 +186,7 @@ def test_agent_without_token_fails_permanently(tmp_path: Path) -> None:
     assert "join token" in info.value.message
 
 
+@pytest.mark.fault("kubeconfig group-readable (0640)", "doctor: PROBLEM k3s with the mode; remedy chmod 0600")
 def test_check_reports_group_readable_kubeconfig(tmp_path: Path) -> None:
     with kube_double(cluster_scenario(0, 0)) as server, dnsmasq() as dns:
         ctx = server_ctx(tmp_path, server, dns)
