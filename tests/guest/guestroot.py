@@ -253,6 +253,43 @@ class Guest:
             raise GuestError(f"{script} failed in the booted guest:\n{output[-3000:]}\n{proc.stdout[-2000:]}")
         return output
 
+    @contextlib.contextmanager
+    def running(self, unit: str = "basic.target", timeout: float = 60) -> Iterator[int]:
+        """Boot into `unit` (no multi-user.target: arcbake-firstboot does not start) and keep the guest
+        up; yields the host PID of its init (for `nsenter`, e.g. testinfra's nspawn backend).
+        The guest is powered off on exit."""
+        log = (self.workdir / "console-running.log").open("w")
+        cmd = [*NSPAWN, "-D", str(self.root), "-b", f"systemd.unit={unit}", "systemd.show_status=false"]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            init = None
+            while init is None and time.monotonic() < deadline and proc.poll() is None:
+                init = _container_init(proc.pid)
+                time.sleep(0.05)
+            if init is None:
+                raise GuestError(f"the guest did not start (nspawn exit {proc.poll()})")
+            wait = self.enter(init, "systemctl", "is-system-running", "--wait", timeout=timeout)
+            # Right after start, systemd's socket may not exist yet: ask again until it answers.
+            while "Failed to connect" in wait.stderr and time.monotonic() < deadline:
+                time.sleep(0.1)
+                wait = self.enter(init, "systemctl", "is-system-running", "--wait", timeout=timeout)
+            if wait.stdout.strip() not in ("running", "degraded"):
+                raise GuestError(f"the guest did not finish booting: {wait.stdout.strip()} {wait.stderr}")
+            yield init
+            self.enter(init, "systemctl", "--no-block", "poweroff", timeout=30)
+            proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                self._power_cut(proc)
+            log.close()
+
+    @staticmethod
+    def enter(init: int, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run `argv` inside the running guest whose init has host PID `init`."""
+        cmd = ["nsenter", f"--target={init}", "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
+        return subprocess.run([*cmd, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+
     def boot(self, *, timeout: float = 90, kill_when: Callable[[], bool] | None = None) -> Boot:
         """Boot the guest until it powers itself off; SIGKILL its init when `kill_when()` turns true.
 
