@@ -42,7 +42,7 @@ EXTENSION_TIMEOUT = 1200.0
 PODS_TIMEOUT = 600.0
 COMPLIANCE_TIMEOUT = 600.0
 POLL_SECONDS = 5.0
-POLL_FIRST_SECONDS = 0.25
+POLL_FIRST_SECONDS = 0.5
 
 
 def _arc(config: OnboardingConfig) -> ArcConfig:
@@ -281,7 +281,7 @@ def wait_compliant(ctx: Context, config: OnboardingConfig) -> None:
         ctx.progress(f"waiting for Flux compliance: {', '.join(c.name for c in pending)}")
         # Azure has no watch for compliance: poll, soon at first (Flux often reconciles in seconds), then
         # less often.
-        interval = min(POLL_SECONDS, POLL_FIRST_SECONDS * 2**polls) * ctx.time_scale
+        interval = min(POLL_SECONDS, POLL_FIRST_SECONDS * 2 ** (polls // 2)) * ctx.time_scale
         polls += 1
         if time.monotonic() >= deadline or ctx.cancel.wait(interval):
             names = ", ".join(f"{c.name} ({states[c.name].get('complianceState')})" for c in pending)
