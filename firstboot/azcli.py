@@ -31,6 +31,8 @@ from firstboot.step import Context, PermanentFailure, StepFailure, TransientFail
 LOG = logging.getLogger(__name__)
 
 AZ_CONFIG_DIR = "/var/lib/arcbake/azure"
+# EL's extracted system trust store (update-ca-trust), which includes the proxy CA once installed.
+SYSTEM_CA_BUNDLE = "/etc/pki/tls/certs/ca-bundle.crt"
 # Exit code of `az ... show` for a resource that does not exist.
 EXIT_NOT_FOUND = 3
 DEFAULT_TIMEOUT = 180.0
@@ -103,6 +105,12 @@ PERMANENT = (
         "and `Microsoft.ExtendedLocation` once for the subscription",
     ),
     _rule(
+        r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|self[- ]signed certificate",
+        "a TLS certificate on the way to Azure is not trusted (a TLS-intercepting proxy?)",
+        "put the proxy's CA in proxy.ca_bundle_pem (it is installed and given to az as REQUESTS_CA_BUNDLE); "
+        "`firstboot doctor` (connectivity link) tells an intercepting proxy apart",
+    ),
+    _rule(
         r"group-readable|world-readable",
         "the kubeconfig is readable by others and az refuses it",
         "chmod 0600 /etc/rancher/k3s/k3s.yaml (and keep write-kubeconfig-mode: 0600)",
@@ -129,7 +137,11 @@ def config_dir(ctx: Context) -> Path:
 
 
 def environment(ctx: Context) -> dict[str, str]:
-    """The child environment for az: the context's (proxy, PATH) plus the config dir, no telemetry."""
+    """The child environment for az: the context's (proxy, PATH) plus the config dir, no telemetry.
+
+    With a proxy CA in the config, az (Python requests, which trusts certifi's bundle, not the system's)
+    gets `REQUESTS_CA_BUNDLE` pointing at the system bundle the proxy step's `update-ca-trust` rebuilt.
+    """
     env = dict(ctx.env)
     env.update(
         AZURE_CONFIG_DIR=str(config_dir(ctx)),
@@ -137,6 +149,8 @@ def environment(ctx: Context) -> dict[str, str]:
         AZURE_CORE_NO_COLOR="true",
         AZURE_CORE_SURVEY_MESSAGE="false",
     )
+    if ctx.config is not None and ctx.config.proxy.ca_bundle_pem and "REQUESTS_CA_BUNDLE" not in env:
+        env["REQUESTS_CA_BUNDLE"] = str(ctx.path(SYSTEM_CA_BUNDLE))
     return env
 
 

@@ -94,6 +94,8 @@ ALIASES: dict[str, dict[str, str]] = {
         "--local-ref": "--local-auth-ref",
     },
 }
+# Environment variables recorded with each argv (never credentials: az takes none from the environment here).
+LOGGED_ENV = ("AZURE_CONFIG_DIR", "REQUESTS_CA_BUNDLE", "HTTPS_PROXY", "NO_PROXY")
 GLOBAL_FLAGS = {"--only-show-errors", "--debug", "--verbose", "--yes", "-y", "--no-wait"}
 
 
@@ -205,7 +207,8 @@ class Double:
     def log(self, argv: list[str]) -> None:
         if self.log_path is None:
             return
-        line = json.dumps({"argv": argv, "time": time.time(), "pid": os.getpid()})
+        env = {k: self.env[k] for k in LOGGED_ENV if k in self.env}
+        line = json.dumps({"argv": argv, "env": env, "time": time.time(), "pid": os.getpid()})
         with self.log_path.open("a") as fh:
             fh.write(line + "\n")
 

@@ -220,3 +220,9 @@ def arc_pods(ready_after: float = 0.2) -> list[dict[str, Any]]:
     """A small set of azure-arc agent pods for the az double to create on connect."""
     names = ("clusterconnect-agent-6c8b", "config-agent-7b5c", "kube-aad-proxy-5b9d")
     return [{"name": n, "ready_after": ready_after} for n in names]
+
+
+def az_envs(workdir: Path, *words: str) -> list[dict[str, str]]:
+    """The recorded environment (AZURE_CONFIG_DIR, REQUESTS_CA_BUNDLE, proxy) of matching az calls."""
+    entries = read_jsonl(workdir / "az-argv.log")
+    return [e.get("env", {}) for e in entries if e["argv"][: len(words)] == list(words)]

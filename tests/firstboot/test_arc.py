@@ -17,6 +17,7 @@ from doubles.harness import (
     arc_pods,
     az_calls,
     az_env,
+    az_envs,
     cluster_scenario,
     kube_double,
     make_config,
@@ -35,6 +36,11 @@ from firstboot.steps.proxy import proxy_skip_range
 pytestmark = pytest.mark.allow_subp("az")
 kube._import_apis()
 
+SSL_ERROR = (
+    "HTTPSConnectionPool(host='login.microsoftonline.com', port=443): Max retries exceeded (Caused by "
+    "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+    "self-signed certificate in certificate chain')))"
+)
 CERT_PEM = (
     "-----BEGIN CERTIFICATE-----\nMIIBplanted\n-----END CERTIFICATE-----\n"
     "-----BEGIN PRIVATE KEY-----\nMIIEplanted-key-Wq2\n-----END PRIVATE KEY-----\n"
@@ -111,6 +117,9 @@ def test_proxy_flags(tmp_path: Path, cluster: KubeServer) -> None:
     assert argv[argv.index("--proxy-skip-range") + 1] == proxy_skip_range(config)
     assert "10.43.0.0/16" in proxy_skip_range(config)
     assert argv[argv.index("--proxy-cert") + 1].endswith("arcbake-proxy-ca.pem")
+    env = az_envs(tmp_path / "az", "connectedk8s", "connect")[0]
+    assert env["REQUESTS_CA_BUNDLE"] == str(ctx.path("/etc/pki/tls/certs/ca-bundle.crt"))
+    assert env["AZURE_CONFIG_DIR"] == str(ctx.path(azcli.AZ_CONFIG_DIR))
 
 
 def test_certificate_login(tmp_path: Path, cluster: KubeServer) -> None:
@@ -143,6 +152,11 @@ def test_certificate_login(tmp_path: Path, cluster: KubeServer) -> None:
             },
             "lacks permission",
             "Arc Onboarding",
+        ),
+        (
+            {"faults": [{"command": "login", "mode": "permanent", "code": "SSLError", "message": SSL_ERROR}]},
+            "certificate on the way to Azure is not trusted",
+            "proxy.ca_bundle_pem",
         ),
     ],
 )
