@@ -1,20 +1,16 @@
 """The step registry: every step module, in dependency order (ARCHITECTURE.md, firstboot steps).
 
 Each module defines `META: StepMeta`, `check(ctx) -> CheckResult` and `run(ctx) -> None` (see
-`firstboot.step`). `ORDER` is the one list of step names; modules that do not exist yet are left out with
-a warning (so the engine can run while steps are being written).
+`firstboot.step`). `ORDER` is the one list of step names.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from firstboot.step import CheckResult, Context, StepMeta
-
-LOG = logging.getLogger(__name__)
 
 ORDER: tuple[str, ...] = (
     "metadata",
@@ -45,16 +41,13 @@ class Step:
 
 
 def load(names: Iterable[str] = ORDER) -> list[Step]:
-    """Import the step modules named (default: all, in order); missing modules are skipped with a warning."""
+    """Import the step modules named (default: all, in order).
+
+    A missing module is a packaging error and raises: skipping a link of the chain would report an
+    onboarding as done that never checked it.
+    """
     steps = []
     for name in names:
-        module_name = f"{__name__}.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            LOG.warning("step %s is not installed (no module %s); skipped", name, module_name)
-            continue
+        module = importlib.import_module(f"{__name__}.{name}")
         steps.append(Step(meta=module.META, check=module.check, run=module.run))
     return steps

@@ -251,3 +251,17 @@ def test_firewall_profiles(tmp_path: Path, profile: str, ports: set[str]) -> Non
     assert found == ports | {"30080/tcp"}
     trusted = (tmp_path / "b/rootfs/etc/firewalld/zones/trusted.xml").read_text()
     assert re.findall(r'source address="([^"]+)"', trusted) == ["10.42.0.0/16", "10.43.0.0/16"]
+
+
+def test_unit_timeout_outlasts_every_step_timeout(tmp_path: Path) -> None:
+    # systemd's TimeoutStartSec must never fire before a step's own timeout: the step's failure carries
+    # the broken link and its remedy, a killed unit carries nothing.
+    from firstboot import steps
+
+    out = render(example("rocky9"), tmp_path / "build", detect_packer=False).out_dir
+    unit = (out / "rootfs/etc/systemd/system/arcbake-firstboot.service").read_text()
+    match = re.search(r"^TimeoutStartSec=(\d+)$", unit, re.MULTILINE)
+    assert match, unit
+    budget = sum(step.meta.timeout_seconds for step in steps.load())
+    assert int(match.group(1)) > budget
+    assert re.search(r"^KillMode=process$", unit, re.MULTILINE)
