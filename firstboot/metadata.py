@@ -74,11 +74,43 @@ def read_value(source: MetadataSource, key: str) -> str | None:
         raise MetadataError(key, [f"{key}: not UTF-8 text (byte {exc.start})"]) from None
 
 
+# A config is a few levels deep. PyYAML's scanner is quadratic in flow nesting and its composer recurses
+# per level (RecursionError, a traceback), so deeper flow nesting is refused before PyYAML sees it.
+MAX_FLOW_DEPTH = 64
+
+
+def _flow_depth_exceeds(text: str, limit: int = MAX_FLOW_DEPTH) -> bool:
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, quote, comment = 0, "", False
+    for char in text:
+        if comment:
+            comment = char != "\n"
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return False
+
+
 def parse_mapping(key: str, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
     """YAML or JSON text to a mapping, plus the YAML node tree (for line numbers)."""
+    if _flow_depth_exceeds(text):
+        raise MetadataError(key, [f"{key}: nested deeper than {MAX_FLOW_DEPTH} levels"])
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except RecursionError:
+        # Block-style nesting deep enough to exhaust the composer's recursion.
+        raise MetadataError(key, [f"{key}: nested too deeply to parse"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -104,14 +136,38 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
 
 def validation_problems(exc: ValidationError, node: yaml.Node | None = None) -> list[str]:
     """One line per pydantic error: dotted path, line when known, message (never the input value)."""
-    out = []
+    out: list[str] = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"])
+        loc = _data_path(node, tuple(p for p in err["loc"]))
         path = ".".join(str(p) for p in loc) or "(top level)"
         line = _line_of(node, loc) if loc else None
         where = f" (line {line})" if line else ""
-        out.append(f"{path}{where}: {err['msg']}")
+        problem = f"{path}{where}: {err['msg']}"
+        if problem not in out:
+            out.append(problem)
     return out
+
+
+def _data_path(node: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The key path in the input: pydantic appends union member tags to `loc` (e.g.
+    `lax-or-strict[...]` after an IP address), which are not keys anyone wrote."""
+    if node is None:
+        return tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
+    out: list[int | str] = []
+    for part in loc:
+        if isinstance(part, str) and "[" in part:
+            break
+        if isinstance(node, yaml.MappingNode):
+            out.append(part)  # a missing or unknown key is still the key the problem is about
+            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if node is None:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            out.append(part)
+            node = node.value[part]
+        else:
+            break
+    return tuple(out)
 
 
 def _validate(model: type[M], key: str, text: str) -> M:
