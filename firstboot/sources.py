@@ -151,6 +151,9 @@ class FileSource:
             raise SourceError(f"{self.path}: cannot read metadata file: {exc}") from None
         try:
             data: Any = yaml.safe_load(text) if text.strip() else {}
+        except RecursionError:
+            # PyYAML's composer recurses per nesting level: a deeply nested file is not a metadata file.
+            raise SourceError(f"{self.path}: nested too deeply to parse") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""

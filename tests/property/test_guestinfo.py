@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +20,10 @@ from fixtures.guestinfo import DictSource, onboarding_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firstboot import encoding, metadata
+from firstboot import encoding, metadata, sources
 from firstboot.contract import ENCODING_SUFFIX, KEY_CONFIG, OnboardingConfig
-from property.counting import count
-from property.strategies import alias_bomb, deep_nesting, mutated
+from property.counting import count, scaled
+from property.strategies import alias_bomb, deep_nesting, hostile_bytes, mutated
 
 SECONDS = 5.0
 BASE: dict[str, Any] = onboarding_config(ntp_port=11123, dns_port=5353)
@@ -86,7 +88,7 @@ def test_damaged_gzip(payload: bytes, cut: int, flip: int) -> None:
 
 
 @pytest.mark.fault("gzip bomb in guestinfo.arcbake.config (up to 64 MiB of zeros)", "refused, not expanded")
-@settings(max_examples=5)
+@settings(max_examples=scaled(5))
 @given(megabytes=st.integers(5, 64))
 def test_gzip_bomb_is_refused_in_bounded_memory(megabytes: int) -> None:
     count("guestinfo: gzip bombs")
@@ -156,7 +158,7 @@ def test_binary_config(payload: bytes, enc: str) -> None:
 
 
 @pytest.mark.fault("YAML alias bomb in guestinfo.arcbake.config", "metadata fails at once, bounded memory")
-@settings(max_examples=5)
+@settings(max_examples=scaled(5))
 @given(data=st.data(), key=st.sampled_from(["hostname", "proxy", "flux", "k3s", "time"]))
 def test_config_alias_bomb(data: st.DataObject, key: str) -> None:
     count("guestinfo: alias bombs")
@@ -177,7 +179,7 @@ def test_config_alias_bomb(data: st.DataObject, key: str) -> None:
 @pytest.mark.fault(
     "guestinfo.arcbake.config nested thousands of levels deep", "metadata fails, no RecursionError"
 )
-@settings(max_examples=6)
+@settings(max_examples=scaled(6))
 @given(data=st.data())
 def test_config_deep_nesting(data: st.DataObject) -> None:
     count("guestinfo: deep nesting")
@@ -187,3 +189,27 @@ def test_config_deep_nesting(data: st.DataObject) -> None:
     assert time.monotonic() - started < 4 * SECONDS
     assert isinstance(result, metadata.MetadataError)
     _check_problems(result)
+
+
+@pytest.mark.fault(
+    "--source file:PATH with binary, deeply nested or aliased content", "SourceError naming file"
+)
+@settings(max_examples=scaled(20))
+@given(
+    data=st.one_of(
+        hostile_bytes,
+        deep_nesting("guestinfo.arcbake.config").map(str.encode),
+        alias_bomb("guestinfo.arcbake.config").map(str.encode),
+    )
+)
+def test_metadata_file_source(data: bytes) -> None:
+    count("guestinfo: --source file contents")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "meta.yaml"
+        path.write_bytes(data)
+        started = time.monotonic()
+        try:
+            sources.FileSource(path)
+        except sources.SourceError as exc:
+            assert str(path) in str(exc)
+        assert time.monotonic() - started < 4 * SECONDS

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from builder import fleet, spec, yamlsrc
-from property.counting import count
+from property.counting import count, scaled
 from property.strategies import alias_bomb, deep_nesting, hostile_bytes, mutated
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def test_arbitrary_bytes(target: Target, data: bytes) -> None:
 
 @TARGETS
 @pytest.mark.fault("YAML alias bomb (billion laughs) in a spec/fleet file", "error at once, bounded memory")
-@settings(max_examples=4)
+@settings(max_examples=scaled(4))
 @given(data=st.data())
 def test_alias_bomb(target: Target, data: st.DataObject) -> None:
     count(f"{target.name}: alias bombs")
@@ -166,7 +166,7 @@ def test_alias_bomb(target: Target, data: st.DataObject) -> None:
 
 @TARGETS
 @pytest.mark.fault("spec/fleet file nested tens of thousands of levels deep", "error, no RecursionError")
-@settings(max_examples=8)
+@settings(max_examples=scaled(8))
 @given(data=st.data())
 def test_deep_nesting(target: Target, data: st.DataObject) -> None:
     count(f"{target.name}: deep nesting")
@@ -180,7 +180,7 @@ def test_deep_nesting(target: Target, data: st.DataObject) -> None:
 
 @TARGETS
 @pytest.mark.fault("spec/fleet file with a multi-megabyte value", "error with the key path, input not echoed")
-@settings(max_examples=4)
+@settings(max_examples=scaled(4))
 @given(data=st.data())
 def test_huge_value(target: Target, data: st.DataObject) -> None:
     count(f"{target.name}: huge values")
