@@ -105,21 +105,29 @@ def arcbake_layer(guest_base: Path, build_dir: Path, wheelhouse_dir: Path) -> Pa
     started = time.monotonic()
     layers = guestroot.CACHE / "layers"
     final = layers / _layer_hash(build_dir, wheelhouse_dir)
-    if not final.is_dir():
-        layers.mkdir(parents=True, exist_ok=True)
-        # Old layers of earlier code are dead weight: keep the cache to the current one.
-        for old in layers.iterdir():
-            shutil.rmtree(old, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(dir=layers, prefix=".tmp-"))
-        (work / "staging").mkdir()
-        with Guest([guest_base], work) as guest:
-            provision.install_arcbake(guest, build_dir, wheelhouse_dir, work / "staging")
-        # The upper dir holds exactly what installing arcbake changed; rename makes it visible at once.
-        (work / "upper").rename(final)
-        shutil.rmtree(work, ignore_errors=True)
-        TIMINGS["arcbake layer (installed with 30-install-firstboot.sh)"] = time.monotonic() - started
-    else:
-        TIMINGS["arcbake layer (cached)"] = time.monotonic() - started
+    built = False
+    # Under a lock: a concurrent session waits for the build instead of racing it.
+    with guestroot.locked(guestroot.CACHE / "layers.lock"):
+        if not final.is_dir():
+            layers.mkdir(parents=True, exist_ok=True)
+            for stale in layers.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            # Layers of earlier code: keep the two newest (a concurrent session may still use one).
+            old = sorted(
+                (p for p in layers.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime
+            )
+            for layer in old[:-2]:
+                shutil.rmtree(layer, ignore_errors=True)
+            work = Path(tempfile.mkdtemp(dir=layers, prefix=".tmp-"))
+            (work / "staging").mkdir()
+            with Guest([guest_base], work) as guest:
+                provision.install_arcbake(guest, build_dir, wheelhouse_dir, work / "staging")
+            # The upper dir holds exactly what installing arcbake changed; rename makes it visible at once.
+            (work / "upper").rename(final)
+            shutil.rmtree(work, ignore_errors=True)
+            built = True
+    label = "arcbake layer (installed with 30-install-firstboot.sh)" if built else "arcbake layer (cached)"
+    TIMINGS[label] = time.monotonic() - started
     return final
 
 

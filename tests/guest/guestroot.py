@@ -101,7 +101,8 @@ def _run(
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created when missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -126,7 +127,7 @@ def ensure_base(cache: Path = CACHE) -> BaseRoot:
     final = cache / recipe_hash()
     if (final / "root").is_dir():
         return BaseRoot(final / "root", False, time.monotonic() - started)
-    with _locked(cache / f"{recipe_hash()}.lock"):
+    with locked(cache / f"{recipe_hash()}.lock"):
         if (final / "root").is_dir():  # a concurrent run built it while we waited
             return BaseRoot(final / "root", False, time.monotonic() - started)
         # Holding the lock, any temp dir of this recipe is a leftover of an aborted build.
