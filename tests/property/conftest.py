@@ -41,3 +41,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for name, n in sorted(COUNTS.items()):
         terminalreporter.write_line(f"{n:7d}  {name}")
     terminalreporter.write_line(f"{sum(COUNTS.values()):7d}  in all")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long profile runs for minutes per property: lift the suite's 300 s per-test timeout for it."""
+    if os.environ.get("HYPOTHESIS_PROFILE") == "long":
+        for item in items:
+            if "tests/property/" in item.nodeid:
+                item.add_marker(pytest.mark.timeout(3600))
