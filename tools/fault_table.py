@@ -60,6 +60,13 @@ def main(argv: list[str]) -> int:
             print(f"fault_table: pytest wrote no report (exit {proc.returncode})", file=sys.stderr)
             return proc.returncode or 1
         rows = json.loads(report.read_text())
+    # A parametrised test repeats its fault text: tell the cases apart by their pytest id.
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen[row["fault"]] = seen.get(row["fault"], 0) + 1
+    for row in rows:
+        if seen[row["fault"]] > 1 and row["test"].endswith("]"):
+            row["fault"] += " [" + row["test"].rsplit("[", 1)[-1]
     width = shutil.get_terminal_size((140, 40)).columns
     print()
     print(render(rows, width))
