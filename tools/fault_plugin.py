@@ -36,14 +36,19 @@ _ROWS: dict[str, list[Row]] = {}
 _KEY = pytest.StashKey[str]()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker (tests/conftest.py does too; this covers test files outside the repo)."""
+    config.addinivalue_line("markers", "fault(fault, expected): a fault a test injects, what must happen")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """`--fault-report FILE`: where the rows go as JSON."""
     parser.addoption("--fault-report", default=None, help="write the fault table rows as JSON to FILE")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Register a row per fault marker of every collected test."""
-    for item in items:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Register a row per fault marker of every selected test (after -k / -m deselection)."""
+    for item in session.items:
         for marker in item.iter_markers("fault"):
             if len(marker.args) != 2:
                 raise pytest.UsageError(
