@@ -16,7 +16,8 @@ from fixtures.ntp import NtpHandle
 from guest import provision
 from guest.conftest import SECRET, GuestWorld, kube_scenario
 
-pytestmark = [pytest.mark.boot, pytest.mark.slow]
+# 900 s: the first test also builds the cached guest root (debootstrap) and the arcbake layer.
+pytestmark = [pytest.mark.boot, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ALL_STEPS = [
     "metadata",

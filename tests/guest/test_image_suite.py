@@ -26,7 +26,8 @@ import pytest
 
 from guest.guestroot import Guest
 
-pytestmark = [pytest.mark.boot, pytest.mark.slow]
+# 900 s: the first test also builds the cached guest root (debootstrap) and the arcbake layer.
+pytestmark = [pytest.mark.boot, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 SKIPPED_GROUPS = "k3s,azure"
