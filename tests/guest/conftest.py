@@ -227,7 +227,8 @@ class GuestWorld:
         """Boot until the guest powers itself off (or `kill_when` fires); remember the boot."""
         result = self.guest.boot(timeout=timeout, kill_when=kill_when)
         self.boots.append(result)
-        TIMINGS[f"boot {len(TIMINGS)}"] = result.seconds
+        number = sum(name.startswith("boot ") for name in TIMINGS) + 1
+        TIMINGS[f"boot {number} ({'killed' if result.killed else 'powered itself off'})"] = result.seconds
         return result
 
     def statuses(self) -> list[dict[str, Any]]:
