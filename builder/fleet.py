@@ -374,10 +374,11 @@ def _merge(defaults: VmSettings, vm: VmEntry) -> dict[str, Any]:
     base = defaults.model_dump(exclude_unset=True)
     own = vm.model_dump(exclude_unset=True)
     merged = {**base, **own}
+    # Merge only mappings: an explicit `arc: null` (or `secrets: null`) in a VM entry replaces the default.
     for key in ("arc", "tags"):
-        if key in base and key in own:
+        if isinstance(base.get(key), dict) and isinstance(own.get(key), dict):
             merged[key] = {**base[key], **own[key]}
-    if "secrets" in base and "secrets" in own:
+    if isinstance(base.get("secrets"), dict) and isinstance(own.get("secrets"), dict):
         merged["secrets"] = {**base["secrets"], **own["secrets"]}
         merged["secrets"]["git"] = {**base["secrets"].get("git", {}), **own["secrets"].get("git", {})}
     return merged

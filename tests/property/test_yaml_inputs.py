@@ -194,3 +194,17 @@ def test_huge_value(target: Target, data: st.DataObject) -> None:
     assert f"{target.huge_section}.{key}" in {i.path for i in result.issues}
     # The message names the problem; it must not echo megabytes of input back.
     assert len(str(result)) < 10_000
+
+
+@pytest.mark.fault(
+    "fleet VM entry or defaults with `arc: null` / `secrets: null`", "FleetError, no TypeError"
+)
+@pytest.mark.parametrize("where", ["vm", "defaults"])
+@pytest.mark.parametrize("key", ["arc", "secrets", "tags"])
+def test_null_sections_in_a_fleet(where: str, key: str) -> None:
+    # Found by the long profile: `arc: null` in a VM entry crashed the defaults merge with a TypeError.
+    doc = json.loads(json.dumps(FLEET.base))
+    (doc["vms"][0] if where == "vm" else doc["defaults"])[key] = None
+    result = _parse(FLEET, yaml.safe_dump(doc))
+    if isinstance(result, yamlsrc.InputError):
+        _check_issues(FLEET, result)
