@@ -181,7 +181,8 @@ def test_skewed_time_fails_at_time(guest_world: GuestWorld, start_ntp: Callable[
     last = guest_world.statuses()[-1]
     journal = guest_world.unit_journal()
     assert last["state"] == "failed" and last["step"] == "time", (last, journal[-3000:])
-    assert last["remedy"], last
+    assert "the clock is off by +1" in last["message"], last
+    assert last["remedy"] and "makestep" in last["remedy"], last
     assert last["remedy"] in journal
     assert guest_world.stamped() == {"metadata", "hostname"}
     assert _running_steps(guest_world.statuses()) == ["metadata", "hostname", "time"]
