@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from firstboot import yamlsafe
+
 PathKey = tuple[str | int, ...]
 
 
@@ -66,7 +68,7 @@ class LocatedYaml:
 # nodes ("billion laughs"): walking or validating that expanded tree never ends, so the walk (which sees
 # every alias expanded, exactly as validation would) stops at a node budget and a depth cap.
 MAX_NODES = 100_000
-MAX_DEPTH = 64
+MAX_DEPTH = yamlsafe.MAX_DEPTH
 
 
 class _TooLarge(Exception):
@@ -106,38 +108,9 @@ def _walk(
             _walk(item, child, out, dups, budget)
 
 
-def _flow_depth_exceeds(text: str, limit: int) -> bool:
-    """True when `[`/`{` nest deeper than `limit` (quotes and comments skipped, approximately).
-
-    PyYAML's scanner is quadratic in flow nesting depth (seconds at 1000 levels) before its composer
-    hits the recursion limit, so deep flow nesting is refused before PyYAML sees it.
-    """
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    depth = 0
-    quote = ""
-    comment = False
-    for char in text:
-        if comment:
-            comment = char != "\n"
-        elif quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#":
-            comment = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth = max(0, depth - 1)
-    return False
-
-
 def load_located(text: str, file: str) -> LocatedYaml:
     """Parse `text` (named `file` in messages); raise InputError on a syntax error or duplicate key."""
-    if _flow_depth_exceeds(text, MAX_DEPTH):
+    if yamlsafe.flow_depth_exceeds(text, MAX_DEPTH):
         raise InputError([Issue(file, None, "", f"nested deeper than {MAX_DEPTH} levels")])
     loader = None
     try:

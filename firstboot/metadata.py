@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from firstboot import encoding
+from firstboot import encoding, yamlsafe
 from firstboot.contract import (
     ENCODING_SUFFIX,
     KEY_CONFIG,
@@ -74,37 +74,10 @@ def read_value(source: MetadataSource, key: str) -> str | None:
         raise MetadataError(key, [f"{key}: not UTF-8 text (byte {exc.start})"]) from None
 
 
-# A config is a few levels deep. PyYAML's scanner is quadratic in flow nesting and its composer recurses
-# per level (RecursionError, a traceback), so deeper flow nesting is refused before PyYAML sees it.
-MAX_FLOW_DEPTH = 64
-
-
-def _flow_depth_exceeds(text: str, limit: int = MAX_FLOW_DEPTH) -> bool:
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    depth, quote, comment = 0, "", False
-    for char in text:
-        if comment:
-            comment = char != "\n"
-        elif quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#":
-            comment = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth = max(0, depth - 1)
-    return False
-
-
 def parse_mapping(key: str, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
     """YAML or JSON text to a mapping, plus the YAML node tree (for line numbers)."""
-    if _flow_depth_exceeds(text):
-        raise MetadataError(key, [f"{key}: nested deeper than {MAX_FLOW_DEPTH} levels"])
+    if yamlsafe.flow_depth_exceeds(text):
+        raise MetadataError(key, [f"{key}: nested deeper than {yamlsafe.MAX_DEPTH} levels"])
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
