@@ -224,17 +224,7 @@ def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) ->
 
 def _preflight(session: Session, spec: ImageSpec) -> Any:
     """Resolve every inventory name of the spec before rendering: a missing one is a one-line error."""
-    v = spec.vsphere
-    where = inventory.placement(
-        session,
-        datacenter_name=v.datacenter,
-        cluster_name=v.cluster,
-        host_name=v.host,
-        resource_pool_name=v.resource_pool,
-        datastore_name=v.datastore,
-        folder_path=v.folder,
-        network_name=v.network,
-    )
+    where = inventory.placement_of(session, spec.vsphere)
     if spec.source.clone is not None:
         inventory.vm(session, where.datacenter, spec.source.clone.template, kind="source template")
     if spec.publish.content_library is not None:

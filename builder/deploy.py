@@ -182,17 +182,7 @@ def deploy(
         raise ValueError("concurrency must be at least 1")
     started = time.monotonic()
     secrets = resolve_secrets(fleet, environ)
-    p = fleet.placement
-    where = inventory.placement(
-        session,
-        datacenter_name=p.datacenter,
-        cluster_name=p.cluster,
-        host_name=p.host,
-        resource_pool_name=p.resource_pool,
-        datastore_name=p.datastore,
-        folder_path=p.folder,
-        network_name=p.network,
-    )
+    where = inventory.placement_of(session, fleet.placement)
     template_name = resolve_template(session, where.datacenter, fleet.template)
     template = inventory.vm(session, where.datacenter, template_name, kind="template")
     fleet = dataclasses.replace(fleet, template=template_name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from builder.vsphere._vmomi import vim, vmodl
 from builder.vsphere.connection import NotFoundError, Session, VSphereError
@@ -169,3 +169,36 @@ def placement(
     ds = datastore(session, dc, datastore_name) if datastore_name else None
     net = network(session, dc, network_name) if network_name else None
     return Placement(dc, pool, host_obj, ds, folder(session, dc, folder_path), net)
+
+
+class PlacementNames(Protocol):
+    """The placement block of an image spec (`vsphere:`) or a fleet file (`placement:`)."""
+
+    @property
+    def datacenter(self) -> str: ...
+    @property
+    def cluster(self) -> str | None: ...
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def resource_pool(self) -> str | None: ...
+    @property
+    def datastore(self) -> str | None: ...
+    @property
+    def folder(self) -> str: ...
+    @property
+    def network(self) -> str | None: ...
+
+
+def placement_of(session: Session, names: PlacementNames) -> Placement:
+    """`placement()` for a spec's or a fleet's placement block."""
+    return placement(
+        session,
+        datacenter_name=names.datacenter,
+        cluster_name=names.cluster,
+        host_name=names.host,
+        resource_pool_name=names.resource_pool,
+        datastore_name=names.datastore,
+        folder_path=names.folder,
+        network_name=names.network,
+    )
