@@ -14,11 +14,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
 from builder.assets import templates_dir
+from builder.cli_common import FORMAT, echo_issues, fail
 from builder.rc import RC
 from builder.render import RenderError, render
 from builder.spec import ImageSpec, SpecError, json_schema, load_spec, spec_warnings
@@ -26,22 +26,9 @@ from builder.validators import Outcome, Status, run_validators
 
 INIT_TEMPLATE = "init/image-spec.yaml"
 
-FORMAT = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
-
 
 def _color() -> bool:
     return "NO_COLOR" not in os.environ and sys.stdout.isatty()
-
-
-def _exit(code: RC) -> NoReturn:
-    raise click.exceptions.Exit(int(code))
 
 
 @contextmanager
@@ -50,13 +37,10 @@ def _spec_errors() -> Iterator[None]:
     try:
         yield
     except SpecError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
-        click.echo(f"error: invalid image spec ({len(exc.issues)} problem(s))", err=True)
-        _exit(RC.INVALID_INPUT)
+        echo_issues(exc)
+        fail(f"invalid image spec ({len(exc.issues)} problem(s))", RC.INVALID_INPUT)
     except RenderError as exc:
-        click.echo(f"error: {exc}", err=True)
-        _exit(RC.FAILED)
+        fail(str(exc))
 
 
 def _load(path: Path) -> ImageSpec:
@@ -69,8 +53,7 @@ def _load(path: Path) -> ImageSpec:
 def init_command(path: Path, force: bool) -> None:
     """Write a commented example image spec to PATH."""
     if path.exists() and not force:
-        click.echo(f"error: {path} exists; use --force to overwrite it", err=True)
-        _exit(RC.FAILED)
+        fail(f"{path} exists; use --force to overwrite it")
     text = (templates_dir() / INIT_TEMPLATE).read_text(encoding="utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +61,7 @@ def init_command(path: Path, force: bool) -> None:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
-        click.echo(f"error: cannot write {path}: {exc}", err=True)
-        _exit(RC.FAILED)
+        fail(f"cannot write {path}: {exc}")
     click.echo(str(path))
 
 
@@ -141,8 +123,7 @@ def validate_command(spec: Path | None, build_dir: Path | None, only: tuple[str,
     else:
         _print_outcomes(outcomes, _color())
     if failed:
-        click.echo(f"error: rejected by {', '.join(o.name for o in failed)}", err=True)
-        _exit(RC.ARTIFACT_REJECTED)
+        fail(f"rejected by {', '.join(o.name for o in failed)}", RC.ARTIFACT_REJECTED)
 
 
 @click.command("render")

@@ -12,26 +12,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from builder.cli_common import FORMAT, echo_issues, fail
 from builder.rc import RC
 from builder.yamlsrc import InputError
-
-FORMAT = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
-
-
-def _fail(message: str, code: RC = RC.FAILED) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(int(code))
 
 
 @contextmanager
@@ -45,13 +32,12 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except InputError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
+        echo_issues(exc)
         raise click.exceptions.Exit(int(RC.INVALID_INPUT)) from None
     except ValidationFailedError as exc:
-        _fail(str(exc), RC.ARTIFACT_REJECTED)
+        fail(str(exc), RC.ARTIFACT_REJECTED)
     except (VSphereError, PackerError, RenderError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _session() -> Any:
