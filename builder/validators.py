@@ -140,6 +140,16 @@ class BuildInfo:
         )
 
 
+def _rendered(build_dir: Path, folders: list[str], pattern: str, what: str) -> list[Path]:
+    """The rendered files matching `pattern` in each of `folders` (sorted per folder); _Failed if none."""
+    found: list[Path] = []
+    for folder in folders:
+        found += sorted((build_dir / folder).glob(pattern))
+    if not found:
+        raise _Failed(f"no {what} rendered")
+    return found
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -202,9 +212,7 @@ def check_chrony(build_dir: Path, info: BuildInfo, timeout: float) -> str:
 def check_firewalld(build_dir: Path, info: BuildInfo, timeout: float) -> str:
     """firewall-offline-cmd --check-config on a private config dir holding the rendered zones."""
     tool = _tool("firewall-offline-cmd")
-    zones = sorted((build_dir / "rootfs" / "etc" / "firewalld" / "zones").glob("*.xml"))
-    if not zones:
-        raise _Failed("no zone files rendered")
+    zones = _rendered(build_dir, ["rootfs/etc/firewalld/zones"], "*.xml", "zone files")
     with tempfile.TemporaryDirectory(prefix="arcbake-firewalld-") as tmp:
         root = Path(tmp)
         base = Path("/etc/firewalld/firewalld.conf")
@@ -223,9 +231,7 @@ def check_firewalld(build_dir: Path, info: BuildInfo, timeout: float) -> str:
 def check_systemd(build_dir: Path, info: BuildInfo, timeout: float) -> str:
     """systemd-analyze verify in a private root holding the host's units, ours, and a stub ExecStart."""
     tool = _tool("systemd-analyze")
-    units = sorted((build_dir / "rootfs" / "etc" / "systemd" / "system").glob("*.service"))
-    if not units:
-        raise _Failed("no systemd units rendered")
+    units = _rendered(build_dir, ["rootfs/etc/systemd/system"], "*.service", "systemd units")
     with tempfile.TemporaryDirectory(prefix="arcbake-systemd-") as tmp:
         root = Path(tmp)
         # Default dependencies (sysinit.target, ...) and ordering targets must resolve inside --root.
@@ -261,10 +267,7 @@ def check_systemd(build_dir: Path, info: BuildInfo, timeout: float) -> str:
 def check_shellcheck(build_dir: Path, info: BuildInfo, timeout: float) -> str:
     """shellcheck -f gcc on every provisioning script and shell fragment."""
     tool = _tool("shellcheck")
-    scripts = sorted((build_dir / "scripts").glob("*.sh"))
-    scripts += sorted((build_dir / "rootfs" / "etc" / "profile.d").glob("*.sh"))
-    if not scripts:
-        raise _Failed("no scripts rendered")
+    scripts = _rendered(build_dir, ["scripts", "rootfs/etc/profile.d"], "*.sh", "scripts")
     try:
         _run([tool, "-f", "gcc", *[str(s) for s in scripts]], timeout=timeout, cwd=build_dir)
     except _Failed as exc:
@@ -275,9 +278,7 @@ def check_shellcheck(build_dir: Path, info: BuildInfo, timeout: float) -> str:
 def check_cloud_init(build_dir: Path, info: BuildInfo, timeout: float) -> str:
     """cloud-init schema on every cloud-config file."""
     tool = _tool("cloud-init")
-    configs = sorted((build_dir / "rootfs" / "etc" / "cloud" / "cloud.cfg.d").glob("*.cfg"))
-    if not configs:
-        raise _Failed("no cloud-config rendered")
+    configs = _rendered(build_dir, ["rootfs/etc/cloud/cloud.cfg.d"], "*.cfg", "cloud-config")
     problems = []
     for conf in configs:
         try:
