@@ -30,7 +30,8 @@ setup_apt() {
   # apt must not start chronyd, dnsmasq or firewalld on the host: the tests start their own on loopback.
   if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi
   apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # With recommends, exactly as TEST-COMPONENTS.md installed and ran these components.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 }
 
 setup_venv() {
