@@ -48,12 +48,7 @@ def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
     args = [
         "connectedk8s",
         "connect",
-        "--name",
-        arc.cluster_name,
-        "--resource-group",
-        arc.resource_group,
-        "--subscription",
-        arc.subscription_id,
+        *_cluster_ident(arc),
         "--location",
         arc.location,
         "--kube-config",
@@ -86,21 +81,24 @@ def _arc(config: OnboardingConfig) -> Any:
     return config.arc
 
 
+def _cluster_ident(arc: Any) -> list[str]:
+    """The az arguments naming the connected cluster (`connect` and `show` must name the same one)."""
+    return [
+        "--name",
+        arc.cluster_name,
+        "--resource-group",
+        arc.resource_group,
+        "--subscription",
+        arc.subscription_id,
+    ]
+
+
 def show_cluster(ctx: Context, config: OnboardingConfig) -> dict[str, Any] | None:
     """The connected cluster resource, or None when it does not exist."""
     arc = _arc(config)
     result = azcli.run(
         ctx,
-        [
-            "connectedk8s",
-            "show",
-            "--name",
-            arc.cluster_name,
-            "--resource-group",
-            arc.resource_group,
-            "--subscription",
-            arc.subscription_id,
-        ],
+        ["connectedk8s", "show", *_cluster_ident(arc)],
         description="az connectedk8s show",
     )
     if result.exit_code != 0 and azcli.is_not_found(result):
