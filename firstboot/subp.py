@@ -148,6 +148,23 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         return
 
 
+def _prepare(
+    argv: Sequence[str], secrets: Iterable[str], description: str
+) -> tuple[list[str], list[str], str, list[str]]:
+    """argv as strings, the non-empty secrets, the description, and argv as it may be shown.
+
+    Raises ValueError when a secret (of 3 characters or more) appears in argv: argv is visible to
+    every user of the machine through /proc.
+    """
+    args = [os.fspath(a) for a in argv]
+    secret_list = [s for s in secrets if s]
+    for arg in args:
+        if any(s in arg for s in secret_list if len(s) >= 3):
+            raise ValueError(f"refusing to pass a secret on the command line of {args[0]}")
+    shown = [redact(a, secret_list) for a in args]
+    return args, secret_list, description or f"running {args[0]}", shown
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -168,13 +185,7 @@ def run(
     child's stdout and stderr go to files there (0600) instead of pipes, so a long operation survives a
     crash of the caller (no stdin then).
     """
-    argv = [os.fspath(a) for a in argv]
-    secret_list = [s for s in secrets if s]
-    for arg in argv:
-        if any(s in arg for s in secret_list if len(s) >= 3):
-            raise ValueError(f"refusing to pass a secret on the command line of {argv[0]}")
-    description = description or f"running {argv[0]}"
-    shown = [redact(a, secret_list) for a in argv]
+    argv, secret_list, description, shown = _prepare(argv, secrets, description)
     stdin_data = input.encode() if isinstance(input, str) else input
     LOG.debug("exec %s (timeout %ss)", shown, timeout)
     try:
@@ -243,13 +254,7 @@ def stream(
     waited for (up to `grace`, streaming its cleanup output), and KeyboardInterrupt is re-raised.
     `Result.stdout` holds the last 50 lines.
     """
-    argv = [os.fspath(a) for a in argv]
-    secret_list = [s for s in secrets if s]
-    for arg in argv:
-        if any(s in arg for s in secret_list if len(s) >= 3):
-            raise ValueError(f"refusing to pass a secret on the command line of {argv[0]}")
-    description = description or f"running {argv[0]}"
-    shown = [redact(a, secret_list) for a in argv]
+    argv, secret_list, description, shown = _prepare(argv, secrets, description)
     LOG.debug("exec (streamed) %s (timeout %ss)", shown, timeout)
     try:
         proc = _open_stream(argv, env=env, cwd=cwd)
