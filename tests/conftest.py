@@ -32,6 +32,12 @@ def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
     marker = request.node.get_closest_marker("allow_subp")
     allowed: set[str] = set(marker.args) if marker else set()
     allow_all = bool(marker and marker.kwargs.get("all"))
+
+    def check_allowed(argv: Sequence[str]) -> None:
+        name = os.path.basename(argv[0])
+        if not allow_all and name not in allowed:
+            raise AssertionError(f"test ran {name!r} through subp without @pytest.mark.allow_subp({name!r})")
+
     real_spawn = subp._spawn
 
     def guarded(
@@ -42,9 +48,7 @@ def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         cwd: Path | None,
         timeout: float,
     ) -> tuple[int, bytes, bytes]:
-        name = os.path.basename(argv[0])
-        if not allow_all and name not in allowed:
-            raise AssertionError(f"test ran {name!r} through subp without @pytest.mark.allow_subp({name!r})")
+        check_allowed(argv)
         return real_spawn(argv, stdin_data=stdin_data, env=env, cwd=cwd, timeout=timeout)
 
     monkeypatch.setattr(subp, "_spawn", guarded)
@@ -58,9 +62,7 @@ def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         timeout: float,
         output_dir: Path,
     ) -> tuple[int, bytes, bytes]:
-        name = os.path.basename(argv[0])
-        if not allow_all and name not in allowed:
-            raise AssertionError(f"test ran {name!r} through subp without @pytest.mark.allow_subp({name!r})")
+        check_allowed(argv)
         return real_spawn_to_files(argv, env=env, cwd=cwd, timeout=timeout, output_dir=output_dir)
 
     monkeypatch.setattr(subp, "_spawn_to_files", guarded_to_files)
@@ -69,9 +71,7 @@ def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
     def guarded_stream(
         argv: Sequence[str], *, env: Mapping[str, str] | None, cwd: Path | None
     ) -> subprocess.Popen[bytes]:
-        name = os.path.basename(argv[0])
-        if not allow_all and name not in allowed:
-            raise AssertionError(f"test ran {name!r} through subp without @pytest.mark.allow_subp({name!r})")
+        check_allowed(argv)
         return real_open_stream(argv, env=env, cwd=cwd)
 
     monkeypatch.setattr(subp, "_open_stream", guarded_stream)
