@@ -40,8 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-from builder.spec import issues_from_validation
-from builder.yamlsrc import InputError, Issue, LocatedYaml, read_located
+from builder.spec import read_input, validate_located
+from builder.yamlsrc import InputError, Issue, LocatedYaml
 from firstboot.contract import (
     ArcAuth,
     ArcConfig,
@@ -549,14 +549,7 @@ def _arc(
 
 def parse_fleet(located: LocatedYaml, path: Path) -> Fleet:
     """Validate parsed YAML into a Fleet; raise FleetError listing every problem."""
-    if not isinstance(located.data, dict):
-        raise FleetError(
-            [Issue(located.file, located.line_of(()), "", "the fleet file must be a YAML mapping")]
-        )
-    try:
-        doc = FleetFile.model_validate(located.data)
-    except ValidationError as exc:
-        raise FleetError(issues_from_validation(exc, located)) from None
+    doc = validate_located(FleetFile, located, FleetError, "the fleet file")
     check = _Checker(located)
     vms = _build_vms(doc, check)
     if check.issues:
@@ -567,11 +560,7 @@ def parse_fleet(located: LocatedYaml, path: Path) -> Fleet:
 def load_fleet(path: Path | str) -> Fleet:
     """Load and validate a fleet file; raise FleetError listing every problem with file, line and path."""
     path = Path(path)
-    try:
-        located = read_located(path)
-    except InputError as exc:
-        raise FleetError(exc.issues) from None
-    return parse_fleet(located, path)
+    return parse_fleet(read_input(path, FleetError), path)
 
 
 # Secrets ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import string
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -639,23 +639,37 @@ def issues_from_validation(exc: ValidationError, located: LocatedYaml) -> list[I
     return [Issue(located.file, located.line_of(p), dotted(p), "; ".join(m)) for p, m in groups.items()]
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validate_located(model: type[_M], located: LocatedYaml, error: type[InputError], what: str) -> _M:
+    """Validate parsed YAML as `model`; raise `error` when it is not a mapping (`what must be a YAML
+    mapping`) or with every pydantic issue located by file, line and key path."""
+    if not isinstance(located.data, dict):
+        raise error([Issue(located.file, located.line_of(()), "", f"{what} must be a YAML mapping")])
+    try:
+        return model.model_validate(located.data)
+    except ValidationError as exc:
+        raise error(issues_from_validation(exc, located)) from None
+
+
+def read_input(path: Path, error: type[InputError]) -> LocatedYaml:
+    """`read_located(path)`, its problems raised as `error` (SpecError, FleetError)."""
+    try:
+        return read_located(path)
+    except InputError as exc:
+        raise error(exc.issues) from None
+
+
 def parse_spec(located: LocatedYaml) -> ImageSpec:
     """Validate already-parsed YAML; raise SpecError with every issue."""
-    if not isinstance(located.data, dict):
-        raise SpecError([Issue(located.file, located.line_of(()), "", "the spec must be a YAML mapping")])
-    try:
-        return ImageSpec.model_validate(located.data)
-    except ValidationError as exc:
-        raise SpecError(issues_from_validation(exc, located)) from None
+    return validate_located(ImageSpec, located, SpecError, "the spec")
 
 
 def load_spec(path: Path | str) -> ImageSpec:
     """Load and validate an image spec file; log warnings; raise SpecError listing every problem."""
     path = Path(path)
-    try:
-        located = read_located(path)
-    except InputError as exc:
-        raise SpecError(exc.issues) from None
+    located = read_input(path, SpecError)
     spec = parse_spec(located)
     for warning in spec_warnings(spec):
         LOG.warning("%s: %s", path, warning)
