@@ -31,6 +31,23 @@ GIT_KEY = "planted-git-token-Yk4wP7"
 K3S_TOKEN = "planted-k3s-token-Rm3tN8"
 
 
+def flux_section() -> dict[str, Any]:
+    """One Flux configuration with two kustomizations (the second depends on the first)."""
+    return {
+        "configurations": [
+            {
+                "name": "cluster-config",
+                "url": "https://git.example.com/org/fleet.git",
+                "branch": "main",
+                "kustomizations": [
+                    {"name": "infra", "path": "./infra"},
+                    {"name": "apps", "path": "./apps", "depends_on": ["infra"]},
+                ],
+            }
+        ]
+    }
+
+
 def config_dict(**overrides: Any) -> dict[str, Any]:
     """A valid server config (onboarding config model) as a dict, with top-level overrides."""
     doc: dict[str, Any] = {
@@ -47,19 +64,7 @@ def config_dict(**overrides: Any) -> dict[str, Any]:
             "tags": {"site": "lab", "owner": "ops"},
             "onboarding_timeout_seconds": 300,
         },
-        "flux": {
-            "configurations": [
-                {
-                    "name": "cluster-config",
-                    "url": "https://git.example.com/org/fleet.git",
-                    "branch": "main",
-                    "kustomizations": [
-                        {"name": "infra", "path": "./infra"},
-                        {"name": "apps", "path": "./apps", "depends_on": ["infra"]},
-                    ],
-                }
-            ]
-        },
+        "flux": flux_section(),
     }
     doc.update(overrides)
     return doc

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doubles.harness import az_env, dnsmasq, doubles_path, kube_double, read_jsonl
+from doubles.harness import az_env, dnsmasq, doubles_path, flux_section, kube_double, read_jsonl
 from doubles.kube_api import KubeServer
 
 SP_SECRET = "planted-sp-secret-Hv5nQ1"
@@ -87,23 +87,6 @@ class World:
     def stamped(self, step: str, instance_id: str = "vm-1") -> bool:
         """Whether `step` is stamped done for the instance."""
         return (self.root / f"var/lib/arcbake/instances/{instance_id}/{step}.done").exists()
-
-
-def flux_section() -> dict[str, Any]:
-    """One Flux configuration with two kustomizations (the second depends on the first)."""
-    return {
-        "configurations": [
-            {
-                "name": "cluster-config",
-                "url": "https://git.example.com/org/fleet.git",
-                "branch": "main",
-                "kustomizations": [
-                    {"name": "infra", "path": "./infra"},
-                    {"name": "apps", "path": "./apps", "depends_on": ["infra"]},
-                ],
-            }
-        ]
-    }
 
 
 @contextlib.contextmanager
