@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from doubles.kube_api import KubeServer
+from firstboot import kube
 from firstboot.contract import OnboardingConfig, OnboardingSecrets
 from firstboot.step import Context
 
@@ -103,6 +104,23 @@ class DictSource:
 def doubles_path() -> str:
     """PATH with the doubles first, then this Python's bin dir (so `#!/usr/bin/env python3` finds yaml)."""
     return os.pathsep.join([str(DOUBLES), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def az_ctx(
+    tmp_path: Path,
+    server: KubeServer,
+    az_config: Mapping[str, Any],
+    *,
+    config: OnboardingConfig | None = None,
+    secrets: OnboardingSecrets | None = None,
+    time_scale: float = 1.0,
+) -> Context:
+    """A Context for the arc and flux steps: kubeconfig of `server` under tmp_path/root, and the az
+    double (state in tmp_path/az) accepting the test service principal, plus `az_config`."""
+    root = tmp_path / "root"
+    server.write_kubeconfig(root / kube.KUBECONFIG.lstrip("/"))
+    env = az_env(tmp_path / "az", {"secret": SP_SECRET, "client_id": GUID_CLIENT, **az_config})
+    return make_ctx(root, config or make_config(), secrets or make_secrets(), env, time_scale=time_scale)
 
 
 def make_ctx(

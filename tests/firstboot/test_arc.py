@@ -12,17 +12,14 @@ from typing import Any
 
 import pytest
 from doubles.harness import (
-    GUID_CLIENT,
     SP_SECRET,
     arc_pods,
     az_calls,
-    az_env,
+    az_ctx,
     az_envs,
     cluster_scenario,
     kube_double,
     make_config,
-    make_ctx,
-    make_secrets,
 )
 from doubles.kube_api import KubeServer
 
@@ -61,11 +58,8 @@ def arc_ctx(
     secrets: OnboardingSecrets | None = None,
     scale: float = 1.0,
 ) -> Context:
-    root = tmp_path / "root"
-    server.write_kubeconfig(root / kube.KUBECONFIG.lstrip("/"))
-    base = {"secret": SP_SECRET, "client_id": GUID_CLIENT, "arc_pods": arc_pods(), **(az_config or {})}
-    env = az_env(tmp_path / "az", base)
-    return make_ctx(root, config or make_config(), secrets or make_secrets(), env, time_scale=scale)
+    az = {"arc_pods": arc_pods(), **(az_config or {})}
+    return az_ctx(tmp_path, server, az, config=config, secrets=secrets, time_scale=scale)
 
 
 def test_connects_once_with_the_documented_flags(tmp_path: Path, cluster: KubeServer) -> None:

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from doubles.harness import (
     GIT_KEY,
-    GUID_CLIENT,
-    SP_SECRET,
     arc_pods,
     az_calls,
+    az_ctx,
     az_env,
     cluster_scenario,
     kube_double,
@@ -43,17 +42,12 @@ def connected_ctx(
     tmp_path: Path, server: KubeServer, az_config: dict[str, Any] | None = None, **kw: Any
 ) -> Context:
     """A context whose cluster the arc step has already connected."""
-    root = tmp_path / "root"
-    server.write_kubeconfig(root / kube.KUBECONFIG.lstrip("/"))
-    base = {
-        "secret": SP_SECRET,
-        "client_id": GUID_CLIENT,
+    az = {
         "arc_pods": arc_pods(0.05),
         "flux_pods": [{"name": "source-controller-7f8c", "ready_after": 0.1}],
         **(az_config or {}),
     }
-    env = az_env(tmp_path / "az", base)
-    ctx = make_ctx(root, kw.pop("config", None) or make_config(), make_secrets(), env, **kw)
+    ctx = az_ctx(tmp_path, server, az, **kw)
     arc.run(ctx)
     return ctx
 
