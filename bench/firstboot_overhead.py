@@ -33,7 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from doubles.harness import doubles_path  # noqa: E402
 from doubles.world import Latencies, World, onboarding_world  # noqa: E402
-from fixtures.dnsserver import start_dnsmasq  # noqa: E402
+from fixtures.dnsserver import point_resolv_at_loopback, start_dnsmasq  # noqa: E402
 from fixtures.guestinfo import onboarding_config  # noqa: E402
 from fixtures.httpproxy import ConnectProxy  # noqa: E402
 from fixtures.ntp import start_chronyd  # noqa: E402
@@ -64,10 +64,7 @@ class Preflight:
     env: dict[str, str]
 
     def prepare_root(self, root: Path) -> Path:
-        resolv = root / "etc/resolv.conf"
-        resolv.parent.mkdir(parents=True, exist_ok=True)
-        resolv.write_text("nameserver 127.0.0.1\n")
-        return root
+        return point_resolv_at_loopback(root)
 
 
 def one_run(world: World) -> dict[str, Any]:

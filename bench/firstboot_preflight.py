@@ -29,7 +29,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import dns.exception  # noqa: E402
 import dns.resolver  # noqa: E402
-from fixtures.dnsserver import start_dnsmasq  # noqa: E402
+from fixtures.dnsserver import point_resolv_at_loopback, start_dnsmasq  # noqa: E402
 from fixtures.guestinfo import DictSource, onboarding_config  # noqa: E402
 from fixtures.httpproxy import ConnectProxy  # noqa: E402
 from fixtures.ntp import SilentUdp, start_chronyd  # noqa: E402
@@ -91,9 +91,7 @@ def main() -> int:
     os.environ["ARCBAKE_ENDPOINTS_OVERRIDE"] = ",".join(f"{n}:443" for n in ENDPOINTS)
     try:
         # Healthy: the three steps through the engine.
-        root = work / "root"
-        (root / "etc").mkdir(parents=True)
-        (root / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
+        root = point_resolv_at_loopback(work / "root")
         os.environ["ARCBAKE_DNS_PORT"] = str(dnsd.port)
         cfg = onboarding_config(
             ntp_port=ntp.port, dns_port=dnsd.port, upstreams=["127.0.0.1"], proxy={"https_proxy": proxy.url}
