@@ -508,19 +508,30 @@ def _connect(d: Double, opts: dict[str, list[str]], name: str, rg: str, sub: str
     return result
 
 
-def cmd_extension(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
-    sub_cmd = words[1] if len(words) > 1 else ""
-    if sub_cmd not in ("show", "create"):
-        raise AzError(2, f"'{sub_cmd}' is not in the 'az k8s-extension' command group.")
+def _cluster_child(
+    d: Double, opts: dict[str, list[str]], context_cmd: str
+) -> tuple[str, str, str, str, JSON, JSON]:
+    """The common prologue of a resource on a connected cluster (an extension, a Flux configuration).
+
+    Returns name, cluster name, resource group, the state key `rg/cluster/name`, the state and the
+    cluster; the cluster must exist (ResourceNotFound like the real CLI otherwise).
+    """
     name = one(opts, "--name") or ""
     cluster_name = one(opts, "--cluster-name") or ""
     one(opts, "--cluster-type")
-    _login, rg, _sub = _scope(d, opts, f"k8s-extension {sub_cmd}")
-    key = f"{rg}/{cluster_name}/{name}"
+    _login, rg, _sub = _scope(d, opts, context_cmd)
     state = d.peek()
     cluster = state.get("clusters", {}).get(f"{rg}/{cluster_name}")
     if cluster is None:
         raise not_found("Microsoft.Kubernetes/connectedClusters", cluster_name, rg)
+    return name, cluster_name, rg, f"{rg}/{cluster_name}/{name}", state, cluster
+
+
+def cmd_extension(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
+    sub_cmd = words[1] if len(words) > 1 else ""
+    if sub_cmd not in ("show", "create"):
+        raise AzError(2, f"'{sub_cmd}' is not in the 'az k8s-extension' command group.")
+    name, _cluster_name, rg, key, state, cluster = _cluster_child(d, opts, f"k8s-extension {sub_cmd}")
     ext = state.get("extensions", {}).get(key)
     if sub_cmd == "show":
         if ext is None:
@@ -581,15 +592,7 @@ def cmd_flux(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
     sub_cmd = words[2] if len(words) > 2 else ""
     if words[1:2] != ["flux"] or sub_cmd not in ("show", "create"):
         raise AzError(2, f"'{' '.join(words[1:])}' is not in the 'az k8s-configuration' command group.")
-    name = one(opts, "--name") or ""
-    cluster_name = one(opts, "--cluster-name") or ""
-    one(opts, "--cluster-type")
-    _login, rg, _sub = _scope(d, opts, f"k8s-configuration flux {sub_cmd}")
-    key = f"{rg}/{cluster_name}/{name}"
-    state = d.peek()
-    cluster = state.get("clusters", {}).get(f"{rg}/{cluster_name}")
-    if cluster is None:
-        raise not_found("Microsoft.Kubernetes/connectedClusters", cluster_name, rg)
+    name, cluster_name, rg, key, state, cluster = _cluster_child(d, opts, f"k8s-configuration flux {sub_cmd}")
     config = state.get("flux", {}).get(key)
     if sub_cmd == "show":
         if config is None:
