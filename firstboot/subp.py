@@ -96,7 +96,7 @@ def _spawn(
     try:
         out, err = proc.communicate(stdin_data, timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        _signal_group(proc, signal.SIGKILL)
         out, err = proc.communicate()
         raise
     return proc.returncode, out, err
@@ -131,7 +131,7 @@ def _spawn_to_files(
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        _signal_group(proc, signal.SIGKILL)
         proc.wait()
         raise
     out, err = out_path.read_bytes(), err_path.read_bytes()
@@ -141,11 +141,16 @@ def _spawn_to_files(
     return proc.returncode, out, err
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    # The child leads its own session (start_new_session), so its pid is the group id of its tree.
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         return
+
+
+def _not_started(description: str, shown: list[str]) -> ProcessExecutionError:
+    return ProcessExecutionError(description, shown, reason=f"not found or not executable: {shown[0]}")
 
 
 def _prepare(
@@ -198,8 +203,7 @@ def run(
     except subprocess.TimeoutExpired as exc:
         raise ProcessExecutionError(description, shown, reason=f"timed out after {timeout:g}s") from exc
     except (FileNotFoundError, PermissionError) as exc:
-        reason = f"not found or not executable: {argv[0]}"
-        raise ProcessExecutionError(description, shown, reason=reason) from exc
+        raise _not_started(description, shown) from exc
     out = redact(out_b.decode("utf-8", "replace"), secret_list)
     err = redact(err_b.decode("utf-8", "replace"), secret_list)
     if check and code not in set(ok_codes):
@@ -228,13 +232,6 @@ def _open_stream(
     )
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-
-
 def stream(
     argv: Sequence[str],
     *,
@@ -259,9 +256,7 @@ def stream(
     try:
         proc = _open_stream(argv, env=env, cwd=cwd)
     except (FileNotFoundError, PermissionError) as exc:
-        raise ProcessExecutionError(
-            description, shown, reason=f"not found or not executable: {argv[0]}"
-        ) from exc
+        raise _not_started(description, shown) from exc
     lines: queue.Queue[str | None] = queue.Queue()
 
     def reader() -> None:
