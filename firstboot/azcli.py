@@ -25,10 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from firstboot import subp
-from firstboot.contract import ArcAuth, ArcConfig
+from firstboot.contract import ArcAuth, ArcConfig, OnboardingConfig
 from firstboot.step import Context, PermanentFailure, StepFailure, TransientFailure
 
 LOG = logging.getLogger(__name__)
+
+
+def require_arc(config: OnboardingConfig) -> ArcConfig:
+    """The config's arc section, which every Azure step needs (a server without one is a fleet error)."""
+    if config.arc is None:
+        raise PermanentFailure("the config has no arc section", "a server node needs arc: fix the fleet file")
+    return config.arc
+
 
 AZ_CONFIG_DIR = "/var/lib/arcbake/azure"
 # EL's extracted system trust store (update-ca-trust), which includes the proxy CA once installed.

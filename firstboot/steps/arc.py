@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from firstboot import azcli, kube
-from firstboot.contract import OnboardingConfig
+from firstboot.contract import ArcConfig, OnboardingConfig
 from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 
@@ -44,7 +44,7 @@ def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
     """The argv (after `az`) of `connectedk8s connect` for this config; no secret in it."""
     from firstboot.steps.proxy import ca_file, proxy_skip_range
 
-    arc = _arc(config)
+    arc = azcli.require_arc(config)
     args = [
         "connectedk8s",
         "connect",
@@ -75,13 +75,7 @@ def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
     return args
 
 
-def _arc(config: OnboardingConfig) -> Any:
-    if config.arc is None:
-        raise PermanentFailure("the config has no arc section", "a server node needs arc: fix the fleet file")
-    return config.arc
-
-
-def _cluster_ident(arc: Any) -> list[str]:
+def _cluster_ident(arc: ArcConfig) -> list[str]:
     """The az arguments naming the connected cluster (`connect` and `show` must name the same one)."""
     return [
         "--name",
@@ -95,7 +89,7 @@ def _cluster_ident(arc: Any) -> list[str]:
 
 def show_cluster(ctx: Context, config: OnboardingConfig) -> dict[str, Any] | None:
     """The connected cluster resource, or None when it does not exist."""
-    arc = _arc(config)
+    arc = azcli.require_arc(config)
     result = azcli.run(
         ctx,
         ["connectedk8s", "show", *_cluster_ident(arc)],
@@ -112,7 +106,7 @@ def show_cluster(ctx: Context, config: OnboardingConfig) -> dict[str, Any] | Non
 
 def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
     """Connect unless already connected; returns what was done (for the log)."""
-    arc = _arc(config)
+    arc = azcli.require_arc(config)
     cluster = azcli.wait_settled(
         ctx,
         lambda: show_cluster(ctx, config),
@@ -175,7 +169,7 @@ def wait_pods(ctx: Context, namespace: str, timeout: float, what: str) -> None:
 def run(ctx: Context) -> None:
     """Sign in, connect once, wait for the Arc agents."""
     config = ctx.require_config()
-    arc = _arc(config)
+    arc = azcli.require_arc(config)
     kube.prewarm()
     kubeconfig = ctx.path(kube.KUBECONFIG)
     if not kubeconfig.exists():

@@ -45,12 +45,6 @@ POLL_SECONDS = 5.0
 POLL_FIRST_SECONDS = 0.5
 
 
-def _arc(config: OnboardingConfig) -> ArcConfig:
-    if config.arc is None:
-        raise PermanentFailure("the config has no arc section", "a server node needs arc: fix the fleet file")
-    return config.arc
-
-
 def _cluster_args(arc: ArcConfig) -> list[str]:
     return [
         "--cluster-name",
@@ -86,7 +80,7 @@ def _settled(resource: dict[str, Any], what: str, delete_hint: str) -> bool:
 
 def ensure_extension(ctx: Context, config: OnboardingConfig) -> str:
     """Create the microsoft.flux extension unless it exists; returns what was done."""
-    arc = _arc(config)
+    arc = azcli.require_arc(config)
     base = ["k8s-extension"]
     ident = ["--name", EXTENSION_NAME, *_cluster_args(arc)]
     existing = azcli.wait_settled(
@@ -214,7 +208,7 @@ def _show_config(ctx: Context, arc: ArcConfig, cfg: FluxConfiguration) -> dict[s
 
 def ensure_configuration(ctx: Context, config: OnboardingConfig, cfg: FluxConfiguration) -> str:
     """Create one Flux configuration unless it exists."""
-    arc = _arc(config)
+    arc = azcli.require_arc(config)
     delete = f"az k8s-configuration flux delete --name {cfg.name} " + " ".join(_cluster_args(arc))
     existing = azcli.wait_settled(
         ctx,
@@ -254,7 +248,7 @@ def _compliance_problem(doc: dict[str, Any]) -> str:
 
 def wait_compliant(ctx: Context, config: OnboardingConfig) -> None:
     """Poll each configuration's complianceState until Compliant; fail on Non-Compliant or a timeout."""
-    arc = _arc(config)
+    arc = azcli.require_arc(config)
     pending = list(config.flux.configurations)
     deadline = time.monotonic() + COMPLIANCE_TIMEOUT * ctx.time_scale
     polls = 0
@@ -298,7 +292,7 @@ def run(ctx: Context) -> None:
         LOG.info("flux: no configurations in the metadata; nothing to do")
         return
     kube.prewarm()
-    azcli.login(ctx, _arc(config))
+    azcli.login(ctx, azcli.require_arc(config))
     LOG.info("flux: %s", ensure_extension(ctx, config))
     wait_pods(ctx, NAMESPACE, PODS_TIMEOUT * ctx.time_scale, "Flux controllers")
     for cfg in config.flux.configurations:
