@@ -34,7 +34,6 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -618,10 +617,4 @@ def resolve_secrets(fleet: Fleet, environ: Mapping[str, str]) -> dict[str, Onboa
 
 def secrets_json(secrets: OnboardingSecrets) -> str:
     """`guestinfo.arcbake.secrets` as JSON with the values revealed (only ever written to the VM)."""
-
-    def reveal(value: Any) -> str:
-        if isinstance(value, SecretStr):
-            return value.get_secret_value()
-        raise TypeError(f"cannot serialise {type(value).__name__}")
-
-    return json.dumps(secrets.model_dump(exclude_none=True), default=reveal, sort_keys=True)
+    return json.dumps(secrets.revealed(), sort_keys=True)

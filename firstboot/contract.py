@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -214,6 +214,17 @@ class OnboardingSecrets(_Model):
         for cred in self.git.values():
             out += [s.get_secret_value() for s in (cred.https_key, cred.ssh_private_key) if s]
         return out
+
+    def revealed(self) -> dict[str, Any]:
+        """The plain mapping with the values revealed: what deploy writes to the VM and firstboot to
+        its 0600 secrets file, and nowhere else."""
+
+        def reveal(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: reveal(v) for k, v in value.items()}
+            return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+        return {k: reveal(v) for k, v in self.model_dump(exclude_none=True).items()}
 
 
 class State(StrEnum):

@@ -189,21 +189,10 @@ def load_secrets(source: MetadataSource, root: Path, *, persist: bool = True) ->
     if persist:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.parent.chmod(0o700)
-        payload = json.dumps(_plain(secrets), indent=2, sort_keys=True)
+        payload = json.dumps(secrets.revealed(), indent=2, sort_keys=True)
         atomic_write(path, payload, mode=0o600)
         _redact(source)
     return secrets
-
-
-def _plain(secrets: OnboardingSecrets) -> dict[str, Any]:
-    def reveal(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: reveal(v) for k, v in value.items()}
-        if hasattr(value, "get_secret_value"):
-            return value.get_secret_value()
-        return value
-
-    return {k: reveal(v) for k, v in secrets.model_dump(exclude_none=True).items()}
 
 
 def _redact(source: MetadataSource) -> None:
