@@ -31,7 +31,7 @@ from firstboot.contract import (
     Role,
 )
 from firstboot.sources import SourceError, atomic_write
-from firstboot.step import MetadataSource
+from firstboot.step import MetadataSource, guest_path
 
 LOG = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ class MetadataError(Exception):
         self.problems = problems
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(f"{key} is invalid ({count}): " + "; ".join(problems))
-
-
-def under(root: Path, absolute: str) -> Path:
-    """`absolute` mapped under `root` (the `--root` option)."""
-    return root / absolute.lstrip("/")
 
 
 def read_value(source: MetadataSource, key: str) -> str | None:
@@ -161,7 +156,7 @@ def load_config(source: MetadataSource) -> OnboardingConfig:
 
 def secrets_path(root: Path) -> Path:
     """Where the secrets live once read: /var/lib/arcbake/secrets.json under `root`."""
-    return under(root, SECRETS_FILE)
+    return guest_path(root, SECRETS_FILE)
 
 
 def load_secrets(source: MetadataSource, root: Path, *, persist: bool = True) -> OnboardingSecrets:
@@ -231,7 +226,7 @@ def instance_id(source: MetadataSource, root: Path) -> str:
             if not isinstance(value, str | int) or not str(value).strip():
                 raise MetadataError(KEY_METADATA, [f"{KEY_METADATA}.instance-id: must be a non-empty string"])
             return _safe(str(value).strip())
-    uuid_path = under(root, PRODUCT_UUID)
+    uuid_path = guest_path(root, PRODUCT_UUID)
     try:
         value = uuid_path.read_text(encoding="ascii").strip().lower()
     except (OSError, UnicodeDecodeError):
@@ -252,12 +247,12 @@ def _safe(value: str) -> str:
 
 def cache_config(root: Path, config: OnboardingConfig) -> None:
     """Keep the decoded config (no secrets) for doctor and status when guestinfo is unreadable."""
-    atomic_write(under(root, CONFIG_CACHE), config.model_dump_json(indent=2), mode=0o600)
+    atomic_write(guest_path(root, CONFIG_CACHE), config.model_dump_json(indent=2), mode=0o600)
 
 
 def cached_config(root: Path) -> OnboardingConfig | None:
     """The config the last metadata step saw, or None."""
-    path = under(root, CONFIG_CACHE)
+    path = guest_path(root, CONFIG_CACHE)
     try:
         return OnboardingConfig.model_validate_json(path.read_bytes())
     except (OSError, ValidationError):

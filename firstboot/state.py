@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from firstboot.contract import Status
 from firstboot.sources import atomic_write
+from firstboot.step import guest_path
 
 STATE_DIR = "/var/lib/arcbake"
 
@@ -39,7 +40,7 @@ class StateStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.dir = root / STATE_DIR.lstrip("/")
+        self.dir = guest_path(root, STATE_DIR)
         self.status_path = self.dir / "status.json"
         self.done_path = self.dir / "done"
         self.lock_path = self.dir / "run.lock"

@@ -28,6 +28,12 @@ from typing import Protocol
 from firstboot.contract import OnboardingConfig, OnboardingSecrets
 
 
+def guest_path(root: Path, absolute: str | Path) -> Path:
+    """Map a guest path (`/etc/hosts`) under `root` (`--root DIR`): the one place paths are confined."""
+    rel = str(absolute).lstrip("/")
+    return root / rel if rel else root
+
+
 class StepFailure(Exception):
     """A step failed; `message` names the broken link, `remedy` says what to do."""
 
@@ -118,8 +124,7 @@ class Context:
 
     def path(self, absolute: str | Path) -> Path:
         """Map a guest path (`/etc/hosts`) under the root (`--root DIR`)."""
-        rel = str(absolute).lstrip("/")
-        return self.root / rel if rel else self.root
+        return guest_path(self.root, absolute)
 
     def require_config(self) -> OnboardingConfig:
         """The decoded config; steps after `metadata` can rely on it."""
