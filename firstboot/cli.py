@@ -69,6 +69,13 @@ def _status_text(status: Status) -> str:
     if status.remedy:
         lines.append(f"remedy:  {status.remedy}")
     lines.append(f"updated: {status.updated.isoformat()}")
+    if status.steps:
+        lines.append("steps:")
+        width = max(len(t.step) for t in status.steps)
+        for t in status.steps:
+            took = f"{t.seconds:8.1f}s" if t.seconds is not None else "       -"
+            tries = f", {t.attempts} attempts" if t.attempts > 1 else ""
+            lines.append(f"  {t.step:<{width}} {took}  {t.outcome.value}{tries}  {t.started.isoformat()}")
     return "\n".join(lines)
 
 

@@ -236,6 +236,35 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+# A clone runs ten steps; retries of a failed step after reboots add entries. The oldest are dropped past
+# this bound, so the status JSON stays small enough for guestinfo (each entry is about 120 bytes).
+MAX_STEP_TIMINGS = 32
+StepName = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_-]+$")]
+
+
+class StepOutcome(StrEnum):
+    """How one run of a step ended (`running` while it has not)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class StepTiming(_Model):
+    """One run of one step: when it started and ended, and how many attempts it took."""
+
+    step: StepName
+    started: datetime
+    ended: datetime | None = None
+    attempts: int = Field(default=1, ge=1, le=100_000)
+    outcome: StepOutcome = StepOutcome.RUNNING
+
+    @property
+    def seconds(self) -> float | None:
+        """Duration in seconds once ended."""
+        return None if self.ended is None else max(0.0, (self.ended - self.started).total_seconds())
+
+
 class Status(_Model):
     """`guestinfo.arcbake.status` and /var/lib/arcbake/status.json."""
 
@@ -244,6 +273,8 @@ class Status(_Model):
     message: str = ""
     remedy: str | None = None
     updated: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # Per-step timings, oldest first, at most MAX_STEP_TIMINGS (firstboot keeps the newest).
+    steps: list[StepTiming] = Field(default_factory=list, max_length=MAX_STEP_TIMINGS)
 
     def to_json(self) -> str:
         """Compact JSON with `updated` as UTC ISO 8601."""

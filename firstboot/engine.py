@@ -16,7 +16,8 @@ Per step: skipped when stamped for this instance id (unless `always_run`), skipp
 `ctx.cancel` set when it hangs), TransientFailure retried by tenacity with exponential backoff and full
 jitter until the step's deadline, PermanentFailure (or any other error) fails at once. Stamped only after
 success. Status is reported after every transition: status.json, `guestinfo.arcbake.status` (a failed
-write is logged and tolerated) and a log line on stderr (the journal).
+write is logged and tolerated) and a log line on stderr (the journal). Every status carries the step
+timings (start, end, attempts, outcome; the newest MAX_STEP_TIMINGS), kept across resumed runs of a clone.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_random_exponential
 
 from firstboot import metadata, steps
-from firstboot.contract import KEY_STATUS, Role, State, Status
+from firstboot.contract import KEY_STATUS, MAX_STEP_TIMINGS, Role, State, Status, StepOutcome, StepTiming
 from firstboot.sources import SourceError
 from firstboot.state import LockedError, StateStore
 from firstboot.step import Context, MetadataSource, PermanentFailure, StepFailure
@@ -103,6 +105,9 @@ class Engine:
         self._current: str | None = None
         self._last_failure: StepFailure | None = None
         self._progress_pushed = float("-inf")
+        # Start, end and attempts of every step run (bounded), carried in each status written.
+        self._timings: list[StepTiming] = []
+        self._timings_lock = threading.Lock()
 
     # -- status -----------------------------------------------------------------------------------
     def report(
@@ -125,6 +130,7 @@ class Engine:
             step=step,
             message=redact(message, secrets),
             remedy=redact(remedy, secrets) if remedy else None,
+            steps=self._timings_snapshot(),
         )
         line = f"{state.value}" + (f" [{step}]" if step else "") + f": {status.message}"
         if state is State.FAILED:
@@ -145,6 +151,33 @@ class Engine:
         except (OSError, SourceError) as exc:
             LOG.warning("cannot write %s (tolerated): %s", KEY_STATUS, exc)
         return status
+
+    def _timings_snapshot(self) -> list[StepTiming]:
+        with self._timings_lock:
+            return self._timings[-MAX_STEP_TIMINGS:]
+
+    def _timing_start(self, step: str) -> None:
+        with self._timings_lock:
+            self._timings.append(StepTiming(step=step, started=datetime.now(UTC)))
+            del self._timings[:-MAX_STEP_TIMINGS]
+
+    def _timing_update(
+        self, step: str, *, attempt: int | None = None, outcome: StepOutcome | None = None
+    ) -> None:
+        """Amend the newest timing of `step`: another attempt, or how it ended."""
+        with self._timings_lock:
+            for i in range(len(self._timings) - 1, -1, -1):
+                entry = self._timings[i]
+                if entry.step != step:
+                    continue
+                update: dict[str, object] = {}
+                if attempt is not None:
+                    update["attempts"] = max(entry.attempts, attempt)
+                if outcome is not None:
+                    update["outcome"] = outcome
+                    update["ended"] = datetime.now(UTC)
+                self._timings[i] = entry.model_copy(update=update)
+                return
 
     def _progress(self, message: str) -> None:
         # An abandoned step must not overwrite the failure reported for it.
@@ -178,6 +211,10 @@ class Engine:
                 status = self.report(State.FAILED, "metadata", str(exc), _metadata_remedy(exc))
                 return RunResult(False, status)
         iid = self.ctx.instance_id
+        previous = self.state.read_status()
+        if previous is not None and self.state.stamped(iid):
+            # A resumed run (reboot, `firstboot run` again) keeps the timings of this clone's earlier runs.
+            self._timings = list(previous.steps)
         if only is None and self.state.done_instance() == iid and self._all_stamped(iid):
             return RunResult(True, self.report(State.DONE, None, f"already onboarded (instance {iid})"))
         if only is None:
@@ -224,6 +261,7 @@ class Engine:
         self._current = step.name
         self._last_failure = None
         self.ctx.cancel = threading.Event()
+        self._timing_start(step.name)
         self.report(State.RUNNING, step.name, step.meta.summary or f"running {step.name}")
         started = time.monotonic()
         timeout = step.meta.timeout_seconds * self.scale
@@ -235,6 +273,7 @@ class Engine:
         worker.join(timeout)
         if worker.is_alive():
             self.ctx.cancel.set()
+            self._timing_update(step.name, outcome=StepOutcome.FAILED)
             last = self._last_failure
             if last is not None:
                 # Still retrying at the timeout: the last failure says which link is broken.
@@ -253,6 +292,7 @@ class Engine:
             )
         error = outcome[0] if outcome else None
         elapsed = time.monotonic() - started
+        self._timing_update(step.name, outcome=StepOutcome.DONE if error is None else StepOutcome.FAILED)
         if error is None:
             try:
                 self.state.stamp(self.ctx.instance_id, step.name, elapsed)
@@ -281,6 +321,7 @@ class Engine:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, StepFailure):
                 self._last_failure = exc
+            self._timing_update(step.name, attempt=state.attempt_number + 1)
             wait = state.next_action.sleep if state.next_action else 0.0
             message = exc.message if isinstance(exc, StepFailure) else str(exc)
             self.report(

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from fixtures.guestinfo import DictSource, onboarding_config
 
-from firstboot.contract import KEY_METADATA, KEY_STATUS, OnboardingConfig, OnboardingSecrets, State
+from firstboot.contract import (
+    KEY_METADATA,
+    KEY_STATUS,
+    MAX_STEP_TIMINGS,
+    OnboardingConfig,
+    OnboardingSecrets,
+    State,
+)
 from firstboot.engine import Engine, build_context
 from firstboot.state import StateStore
 from firstboot.step import (
@@ -334,3 +341,56 @@ def test_progress_reaches_status_json_always_and_guestinfo_throttled(tmp_path: P
     assert "waiting for node (0)" in progress_writes[0]
     # Transitions are never throttled: running k3s, then done.
     assert statuses(src)[-1] == ("done", None) and ("running", "k3s") in statuses(src)
+
+
+def test_status_records_each_steps_start_end_and_attempts_across_resumes(tmp_path: Path) -> None:
+    rec = Recorder()
+    tries = {"a": 0}
+    broken = {"b": True}
+
+    def a(ctx: Context) -> None:
+        tries["a"] += 1
+        if tries["a"] < 3:
+            raise TransientFailure("not yet", "wait")
+
+    def b(ctx: Context) -> None:
+        if broken["b"]:
+            raise PermanentFailure("b is broken", "fix b")
+
+    steps = [rec.step("metadata", load_config(), always_run=True), rec.step("a", a), rec.step("b", b)]
+    ctx, src = make(tmp_path)
+    first = Engine(ctx, steps).run()
+    timings = {t.step: t for t in first.status.steps}
+    assert [t.step for t in first.status.steps] == ["metadata", "a", "b"]
+    assert timings["a"].attempts == 3 and timings["a"].outcome == "done"
+    assert timings["b"].outcome == "failed" and timings["b"].attempts == 1
+    assert all(t.ended is not None and t.ended >= t.started for t in first.status.steps)
+    assert timings["a"].started >= timings["metadata"].started
+    # The guestinfo status JSON carries them too.
+    last = json.loads([v for k, v in src.writes if k == KEY_STATUS][-1])
+    assert [s["step"] for s in last["steps"]] == ["metadata", "a", "b"]
+    # A resumed run keeps the earlier runs' history and appends its own.
+    broken["b"] = False
+    ctx, _ = make(tmp_path)
+    second = Engine(ctx, steps).run()
+    assert [(t.step, t.outcome) for t in second.status.steps] == [
+        ("metadata", "done"),
+        ("a", "done"),
+        ("b", "failed"),
+        ("metadata", "done"),
+        ("b", "done"),
+    ]
+    # A new clone starts with an empty history.
+    ctx, _ = make(tmp_path, iid="vm-2")
+    third = Engine(ctx, steps).run()
+    assert [t.step for t in third.status.steps] == ["metadata", "a", "b"]
+
+
+def test_step_history_is_bounded(tmp_path: Path) -> None:
+    rec = Recorder()
+    steps = [rec.step("metadata", load_config(), always_run=True), rec.step("a")]
+    for _ in range(40):
+        ctx, _ = make(tmp_path)
+        result = Engine(ctx, steps).run(only="a")
+    assert len(result.status.steps) == MAX_STEP_TIMINGS
+    assert result.status.steps[-1].step == "a"
