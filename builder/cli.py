@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from builder import commands_image, commands_vsphere
+from builder import commands_day2, commands_image, commands_vsphere
 from builder.rc import RC
 
 LOG = logging.getLogger("builder")
@@ -37,7 +37,7 @@ def cli(verbose: int, quiet: int) -> None:
     configure_logging(verbose, quiet)
 
 
-for _command in [*commands_image.COMMANDS, *commands_vsphere.COMMANDS]:
+for _command in [*commands_image.COMMANDS, *commands_vsphere.COMMANDS, *commands_day2.COMMANDS]:
     cli.add_command(_command)
 
 

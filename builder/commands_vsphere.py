@@ -24,6 +24,7 @@ from builder.yamlsrc import InputError
 @contextmanager
 def _errors() -> Iterator[None]:
     """Map the project's exceptions to one-line messages and exit codes (never a traceback)."""
+    from builder.azure_arm import AzureError
     from builder.build import ValidationFailedError
     from builder.packer import PackerError
     from builder.render import RenderError
@@ -36,7 +37,7 @@ def _errors() -> Iterator[None]:
         raise click.exceptions.Exit(int(RC.INVALID_INPUT)) from None
     except ValidationFailedError as exc:
         fail(str(exc), RC.ARTIFACT_REJECTED)
-    except (VSphereError, PackerError, RenderError) as exc:
+    except (VSphereError, PackerError, RenderError, AzureError) as exc:
         fail(str(exc))
 
 

@@ -1,0 +1,96 @@
+"""Day 2 commands: `builder destroy | rotate | rollout | templates`.
+
+Each prints its plan before it changes anything; `--yes` skips the confirmation (CI); without it a
+non-interactive run refuses (exit 2) rather than guess. Exit codes are `builder.rc.RC`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from builder.cli_common import FORMAT, fail
+from builder.commands_vsphere import _errors, _session
+from builder.rc import RC
+
+FLEET_ARG = click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
+YES = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
+
+
+def confirm(what: str, yes: bool) -> None:
+    """Ask before acting unless `--yes`; a non-interactive run without `--yes` exits 2."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{what}: not a terminal, pass --yes to proceed without confirmation", RC.USAGE)
+    if not click.confirm(f"{what}?", default=False, err=True):
+        fail("cancelled, nothing was changed", RC.INTERRUPTED)
+
+
+DESTROY_HELP = """Power off and delete the fleet's VMs, then each cluster's Arc connected cluster.
+
+\b
+Only VMs this fleet deployed are touched (deploy's `arcbake.fleet` mark); a template or another
+fleet's VM of the same name stops the command with nothing changed. A cluster's Arc resource (with its
+extensions and Flux configurations) is deleted once no VM of that cluster is left. Idempotent: run it
+again after an interruption. Azure credentials: AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_TENANT_ID
+(default: the fleet's arc.tenant_id) in the environment.
+
+\b
+Example:
+  builder destroy examples/demo-fleet.yaml --vm edge-demo-03 --yes
+  builder destroy examples/demo-fleet.yaml --keep-arc --yes
+
+\b
+Exit codes: 0 done (or nothing to do), 1 a VM or Arc delete failed or a VM was refused,
+2 usage (unknown --vm, no --yes without a terminal), 3 invalid fleet file, 130 interrupted/cancelled.
+"""
+
+
+@click.command(help=DESTROY_HELP)
+@FLEET_ARG
+@click.option("--vm", "only", multiple=True, metavar="NAME", help="Only this VM (repeatable).")
+@YES
+@click.option("--keep-arc", is_flag=True, help="Leave Azure alone (no Azure access from here).")
+@FORMAT
+def destroy(fleet_file: Path, only: tuple[str, ...], yes: bool, keep_arc: bool, fmt: str) -> None:
+    from builder import destroy as ds
+    from builder.fleet import load_fleet
+
+    with _errors():
+        fleet = load_fleet(fleet_file)
+        with _session() as session:
+            try:
+                the_plan = ds.plan(session, fleet, only, keep_arc=keep_arc)
+            except ValueError as exc:
+                fail(str(exc), RC.USAGE)
+            for line in the_plan.lines():
+                click.echo(line, err=fmt == "json")
+            if keep_arc:
+                click.echo("--keep-arc: the Arc resources in Azure are left alone", err=True)
+            acting = [s for s in the_plan.vms if s.action == "delete"] + [
+                a for a in the_plan.arc if a.action == "delete"
+            ]
+            the_plan.check_refused()
+            if acting:
+                confirm(f"destroy {len(acting)} object(s) of fleet {fleet.name}", yes)
+            tenant = next((v.config.arc.tenant_id for v in fleet.vms if v.config.arc), None)
+
+            def say(line: str) -> None:
+                click.echo(f"  {line}", err=True)
+
+            ok = ds.apply(the_plan, os.environ, default_tenant=tenant, progress=say)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps({"ok": ok, **the_plan.as_dict()}, indent=2))
+    elif not acting:
+        click.echo(f"fleet {fleet.name}: nothing to destroy")
+    if not ok:
+        raise click.exceptions.Exit(int(RC.FAILED))
+
+
+COMMANDS: list[click.Command] = [destroy]
