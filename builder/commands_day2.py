@@ -6,6 +6,7 @@ non-interactive run refuses (exit 2) rather than guess. Exit codes are `builder.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -84,8 +85,6 @@ def destroy(fleet_file: Path, only: tuple[str, ...], yes: bool, keep_arc: bool, 
 
             ok = ds.apply(the_plan, os.environ, default_tenant=tenant, progress=say)
     if fmt == "json":
-        import json
-
         click.echo(json.dumps({"ok": ok, **the_plan.as_dict()}, indent=2))
     elif not acting:
         click.echo(f"fleet {fleet.name}: nothing to destroy")
@@ -93,4 +92,39 @@ def destroy(fleet_file: Path, only: tuple[str, ...], yes: bool, keep_arc: bool, 
         raise click.exceptions.Exit(int(RC.FAILED))
 
 
-COMMANDS: list[click.Command] = [destroy]
+TEMPLATES_HELP = """The lineage of the image's published templates, newest first.
+
+\b
+For each template whose name matches the spec's vsphere.template_name: name, build time, K3s version,
+spec sha256 (16 hex; `*` marks the spec as it is now) and how many VMs builder deploy cloned from it,
+read from what builder build recorded on the template.
+
+\b
+Example:
+  builder templates examples/rocky9.yaml --format json
+
+\b
+Exit codes: 0 listed (also when none is published), 1 vSphere failed, 3 invalid spec, 130 interrupted.
+"""
+
+
+@click.command(help=TEMPLATES_HELP)
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@FORMAT
+def templates(spec_file: Path, fmt: str) -> None:
+    from builder import lineage
+    from builder.spec import load_spec
+
+    with _errors():
+        spec = load_spec(spec_file)
+        with _session() as session:
+            rows = lineage.lineage(session, spec)
+    if fmt == "json":
+        click.echo(json.dumps({"spec": str(spec_file), "templates": [r.as_dict() for r in rows]}, indent=2))
+    elif rows:
+        click.echo(lineage.table(rows))
+    else:
+        click.echo(f"no published template matches {spec.vsphere.template_name!r}")
+
+
+COMMANDS: list[click.Command] = [destroy, templates]

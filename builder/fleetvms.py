@@ -23,7 +23,14 @@ from builder.vsphere.inventory import collect
 
 # Name of a replacement VM while `builder rollout` brings it up beside the VM it replaces.
 ROLLOUT_SUFFIX = ".rollout"
-_PROPS = ["name", "config.template", "config.extraConfig", "runtime.powerState", "config.instanceUuid"]
+_PROPS = [
+    "name",
+    "config.template",
+    "config.extraConfig",
+    "runtime.powerState",
+    "config.instanceUuid",
+    "config.createDate",
+]
 
 
 @dataclass
@@ -36,6 +43,7 @@ class VmRecord:
     extra: dict[str, str]
     power: str
     instance_uuid: str
+    created: str = ""
 
     @property
     def fleet(self) -> str | None:
@@ -78,9 +86,14 @@ def read_all(session: Session, dc: Any) -> list[VmRecord]:
                 extra=extra,
                 power=str(props.get("runtime.powerState", "")),
                 instance_uuid=str(props.get("config.instanceUuid") or ""),
+                created=_iso(props.get("config.createDate")),
             )
         )
     return out
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value or "")
 
 
 def by_name(records: list[VmRecord]) -> dict[str, list[VmRecord]]:

@@ -207,11 +207,23 @@ def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
     }
 
 
+# extraConfig key on the template -> field of image.json it records (read back by builder.lineage).
+LINEAGE_KEYS = {
+    "arcbake.image.variant": "variant",
+    "arcbake.image.built": "built_at",
+    "arcbake.image.k3s_version": "k3s_version",
+    "arcbake.image.spec_sha256": "spec_sha256",
+}
+
+
 def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> dict[str, Any]:
     """`arcbake.auto.pkrvars.json`: every non-secret Packer variable of packer/variables.pkr.hcl."""
+    info = ctx["image_info"]
     params = {
         "disk.EnableUUID": "TRUE",
         "guestinfo.arcbake.image": f"{spec.os.variant} k3s={spec.k3s.version} spec={ctx['spec_sha256'][:16]}",
+        # The template's lineage record (`builder templates`): non-guestinfo keys, invisible to the guest.
+        **{key: str(info[field]) for key, field in LINEAGE_KEYS.items()},
     }
     if spec.time.disable_vmware_tools_timesync:
         params.update(TIMESYNC_OFF)

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from builder.fleet import Fleet
+from builder.texttable import aligned
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vmodl
@@ -126,8 +127,4 @@ def table(rows: list[VmStatus]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *body]
-    ]
-    return "\n".join(lines)
+    return aligned(header, body)
