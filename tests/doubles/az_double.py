@@ -96,6 +96,7 @@ ALIASES: dict[str, dict[str, str]] = {
 }
 # Environment variables recorded with each argv (never credentials: az takes none from the environment here).
 LOGGED_ENV = ("AZURE_CONFIG_DIR", "REQUESTS_CA_BUNDLE", "HTTPS_PROXY", "NO_PROXY")
+PARAMS = Path(__file__).resolve().parent / "data" / "az_connectedk8s_params.json"
 GLOBAL_FLAGS = {"--only-show-errors", "--debug", "--verbose", "--yes", "-y", "--no-wait"}
 
 
@@ -152,6 +153,17 @@ def parse(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
             opts[current].append(token)
         i += 1
     return words, opts
+
+
+def _known_options(words: list[str], given: list[str]) -> None:
+    """Refuse, as az's argparse does (exit 2), an option the pinned extension does not define for the
+    command (tables and sources: data/az_connectedk8s_params.json)."""
+    table = json.loads(PARAMS.read_text())["commands"].get(" ".join(words[:2]))
+    if table is None:
+        return
+    unknown = [g.partition("=")[0] for g in given if g.partition("=")[0] not in table]
+    if unknown:
+        raise AzError(2, f"unrecognized arguments: {' '.join(unknown)}")
 
 
 def _is_negative_number(token: str) -> bool:
@@ -709,6 +721,7 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, Any]:
     words, opts = parse(cleaned)
     if not words:
         raise AzError(2, "the double needs a command")
+    _known_options(words, [a for a in cleaned if a.startswith("-") and not _is_negative_number(a)])
     group = words[0]
     if group == "version":
         return 0, cmd_version(d, opts)

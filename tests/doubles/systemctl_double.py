@@ -8,16 +8,39 @@ detached child, like K3s writing it once its API is up). When `SYSTEMCTL_DOUBLE_
 scenario, it is posted to the API double (`/_double/objects`) when k3s goes from inactive to active, so
 "node Ready after N s" counts from the start of k3s. `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting that
 unit the way systemd does. `is-active UNIT` answers from the state.
+
+K3s rules (`k3s_rules.py`, flag tables cited in `data/k3s_flags.json`): starting `k3s` (server) or
+`k3s-agent` (agent) merges `ROOT/etc/rancher/k3s/config.yaml` and `config.yaml.d/` the way K3s does and
+refuses what the real binary of the pinned minor refuses (an agent with a server-only key, a bad value, no
+token or server). `SYSTEMCTL_DOUBLE_CLUSTER` names a JSON registry shared by the nodes of a test fleet: an
+initialising server registers its token (generated when it has none, as K3s does) under
+`SYSTEMCTL_DOUBLE_ADDRESS`; an agent or joining server must name a registered server (a joining server one
+with embedded etcd, `cluster-init`) and hold the same token. A refused start marks the unit `failed`,
+appends K3s's message to `SYSTEMCTL_DOUBLE_JOURNAL` and writes no kubeconfig; `--no-block` still exits 0,
+as systemd does once the job is queued. An agent that starts gets the kubelet kubeconfig
+(`/var/lib/rancher/k3s/agent/kubelet.kubeconfig`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from doubles import k3s_rules
+
+ROLE_OF_UNIT = {"k3s": "server", "k3s-agent": "agent"}
+KUBECONFIG_OF_ROLE = {
+    "server": "etc/rancher/k3s/k3s.yaml",
+    "agent": "var/lib/rancher/k3s/agent/kubelet.kubeconfig",
+}
 
 
 def _log(argv: list[str]) -> None:
@@ -53,14 +76,64 @@ def _post_scenario(kubeconfig: str) -> None:
         resp.read()
 
 
-def _start_k3s(first_start: bool) -> None:
+def _journal(unit: str, message: str) -> None:
+    path = os.environ.get("SYSTEMCTL_DOUBLE_JOURNAL")
+    if path:
+        with Path(path).open("a") as fh:
+            fh.write(json.dumps({"unit": unit, "message": message}) + "\n")
+
+
+def _join(root: Path, role: str) -> None:
+    """The K3s rules for this node's config, then its place in the shared cluster registry."""
+    node, token = k3s_rules.check_node(root, role)
+    registry_path = os.environ.get("SYSTEMCTL_DOUBLE_CLUSTER")
+    if not registry_path:
+        return
+    registry = Path(registry_path)
+    # Nodes of a test fleet boot in parallel: one writer at a time.
+    with Path(registry_path + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        clusters = json.loads(registry.read_text()) if registry.exists() else {}
+        _register(clusters, node, token, role)
+        registry.write_text(json.dumps(clusters, indent=1))
+
+
+def _register(
+    clusters: dict[str, dict[str, Any]], node: k3s_rules.NodeConfig, token: str | None, role: str
+) -> None:
+    address = os.environ.get("SYSTEMCTL_DOUBLE_ADDRESS", "")
+    server = node.get("server")
+    if server is None:
+        # An initialising server: K3s generates a token when none is configured.
+        clusters[address] = {
+            "token": token or f"K10{secrets.token_hex(16)}",
+            "etcd": node.flag("cluster-init"),
+            "members": [{"address": address, "role": role, "init": True}],
+        }
+        return
+    host = urlsplit(server).hostname or ""
+    entry = clusters.get(host)
+    if entry is None:
+        raise k3s_rules.K3sRefused(f"failed to get CA certs: Get {server}/cacerts: connection refused")
+    if token != entry["token"]:
+        raise k3s_rules.K3sRefused(
+            f"failed to validate token: token CA hash does not match the server's ({server})"
+        )
+    if role == "server" and not entry["etcd"]:
+        raise k3s_rules.K3sRefused(
+            f"{server} runs without embedded etcd: a server joins only a cluster started with --cluster-init"
+        )
+    entry["members"].append({"address": address, "role": role, "init": False})
+
+
+def _start_k3s(role: str, first_start: bool) -> None:
     src = os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG")
     root = os.environ.get("SYSTEMCTL_DOUBLE_ROOT")
     if not src or not root:
         return
     delay = float(os.environ.get("SYSTEMCTL_DOUBLE_DELAY", "0") or 0)
     mode = int(os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG_MODE", "600"), 8)
-    if first_start:
+    if first_start and role == "server":
         _post_scenario(src)
     if delay > 0:
         if os.fork() != 0:
@@ -70,7 +143,7 @@ def _start_k3s(first_start: bool) -> None:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
     time.sleep(delay)
-    dest = Path(root) / "etc/rancher/k3s/k3s.yaml"
+    dest = Path(root) / KUBECONFIG_OF_ROLE[role]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(".k3s.yaml.tmp")
     shutil.copyfile(src, tmp)
@@ -100,9 +173,23 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
             first_start = state.get(unit) != "active"
+            role = ROLE_OF_UNIT.get(unit)
+            root = os.environ.get("SYSTEMCTL_DOUBLE_ROOT")
+            if role and root and first_start:
+                try:
+                    _join(Path(root), role)
+                except k3s_rules.K3sRefused as exc:
+                    state[unit] = "failed"
+                    _journal(unit, str(exc))
+                    if path is not None:
+                        path.write_text(json.dumps(state))
+                    if "--no-block" in args:
+                        return 0
+                    print(f"Job for {unit}.service failed: {exc}", file=sys.stderr)
+                    return 1
             state[unit] = "active"
-            if unit == "k3s":
-                _start_k3s(first_start)
+            if role:
+                _start_k3s(role, first_start)
     elif verb == "is-active":
         active = all(state.get(u) == "active" for u in units)
         print("\n".join(state.get(u, "inactive") for u in units))

@@ -104,11 +104,15 @@ def test_az_double_exit_codes_and_json(tmp_path: Path) -> None:
     assert missing.returncode == 3
     assert "(ResourceNotFound)" in missing.stderr and missing.stderr.startswith("ERROR: ")
     assert az(tmp_path, "connectedk8s", "frobnicate").returncode == 2
+    # Options the pinned connectedk8s does not define (data/az_connectedk8s_params.json): refused as az does.
+    undefined = az(tmp_path, "connectedk8s", "connect", "-n", "c", "-g", "rg", "--gateway-resource-id", "x")
+    assert undefined.returncode == 2 and "unrecognized arguments: --gateway-resource-id" in undefined.stderr
+    assert az(tmp_path, "connectedk8s", "show", "-n", "c", "-g", "rg", "--kube-config", "k").returncode == 2
     bad = az(tmp_path, "login", "--service-principal", "-u", "app", "-p", "wrong", "--tenant", "t",
              config={"secret": "s3cret"})  # fmt: skip
     assert bad.returncode == 1 and "AADSTS7000215" in bad.stderr
     log = [json.loads(line)["argv"] for line in (tmp_path / "az-argv.log").read_text().splitlines()]
-    assert log[0] == ["version"] and len(log) == 6
+    assert log[0] == ["version"] and len(log) == 8
 
 
 def test_az_double_faults(tmp_path: Path) -> None:
