@@ -28,6 +28,7 @@ from typing import Any
 from builder.fleet import Fleet, FleetVM, newest_match, resolve_secrets, secrets_json, template_matcher
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
+from builder.vsphere._vmomi import vim
 from builder.vsphere.connection import NotFoundError, Session, VSphereError
 from firstboot import contract
 from firstboot.encoding import GZIP_BASE64, encode
@@ -113,7 +114,7 @@ def guestinfo_values(vm: FleetVM, secrets: contract.OnboardingSecrets) -> dict[s
 class _Plan:
     vm: FleetVM
     identity: str
-    existing: Any | None
+    existing: vmops.VmRow | None
     action: str  # clone | replace | unchanged | conflict
     reason: str = ""
 
@@ -136,8 +137,11 @@ class _InFlight:
             self.now -= 1
 
 
-def _plan(session: Session, dc: Any, fleet: Fleet, replace: bool) -> list[_Plan]:
-    existing = inventory.vms_by_name(session, dc, [v.name for v in fleet.vms])
+def _plan(
+    session: Session, names: dict[str, list[Any]], source: vmops.CloneSource, fleet: Fleet, replace: bool
+) -> list[_Plan]:
+    # Every fleet VM that exists, in one PropertyCollector query ("already deployed?").
+    existing = vmops.read_rows(session, names, [v.name for v in fleet.vms])
     plans: list[_Plan] = []
     for vm in fleet.vms:
         identity = vm.identity(fleet.template, fleet.placement)
@@ -145,26 +149,34 @@ def _plan(session: Session, dc: Any, fleet: Fleet, replace: bool) -> list[_Plan]
         if not found:
             plans.append(_Plan(vm, identity, None, "clone"))
             continue
+        untouchable = [r for r in found if r.template or r.obj == source.obj]
+        if untouchable:
+            # Even with --replace: deleting it would delete the source of every clone (issue 8 repro).
+            kind = "the fleet's clone source" if untouchable[0].obj == source.obj else "a template"
+            why = f"is {kind}; deploy never deletes or changes a template (rename the VM in the fleet file)"
+            plans.append(_Plan(vm, identity, None, "conflict", why))
+            continue
         if len(found) > 1:
             plans.append(_Plan(vm, identity, None, "conflict", f"{len(found)} VMs are named {vm.name!r}"))
             continue
-        extra = vmops.extra_config(found[0])
-        stored = extra.get(KEY_IDENTITY)
+        row = found[0]
+        stored = row.extra.get(KEY_IDENTITY)
         if stored == identity:
-            plans.append(_Plan(vm, identity, found[0], "unchanged"))
+            plans.append(_Plan(vm, identity, row, "unchanged"))
         elif replace:
-            plans.append(_Plan(vm, identity, found[0], "replace"))
+            plans.append(_Plan(vm, identity, row, "replace"))
         else:
-            source = extra.get(KEY_SOURCE_TEMPLATE)
+            source_name = row.extra.get(KEY_SOURCE_TEMPLATE)
             if not stored:
                 why = "exists but was not deployed by arcbake (or an earlier deploy stopped half-way)"
-            elif source and source != fleet.template:
+            elif source_name and source_name != fleet.template:
                 why = (
-                    f"exists, cloned from template {source!r} (the fleet now resolves to {fleet.template!r})"
+                    f"exists, cloned from template {source_name!r} "
+                    f"(the fleet now resolves to {fleet.template!r})"
                 )
             else:
                 why = "exists with a different configuration"
-            plans.append(_Plan(vm, identity, found[0], "conflict", why))
+            plans.append(_Plan(vm, identity, row, "conflict", why))
     return plans
 
 
@@ -183,10 +195,12 @@ def deploy(
     started = time.monotonic()
     secrets = resolve_secrets(fleet, environ)
     where = inventory.placement_of(session, fleet.placement)
-    template_name = resolve_template(session, where.datacenter, fleet.template)
-    template = inventory.vm(session, where.datacenter, template_name, kind="template")
+    # Every VM and template name of the datacenter, once: the template and the fleet's VMs come from it.
+    names = inventory.vms_by_name(session, where.datacenter)
+    template_name = resolve_template(names, fleet.template, where.datacenter)
+    template, source_uuid = _read_template(session, names, template_name, where)
     fleet = dataclasses.replace(fleet, template=template_name)
-    plans = _plan(session, where.datacenter, fleet, replace)
+    plans = _plan(session, names, template, fleet, replace)
     conflicts = [pl for pl in plans if pl.action == "conflict"]
     if conflicts:
         detail = "; ".join(f"VM {pl.vm.name!r} {pl.reason}" for pl in conflicts)
@@ -194,7 +208,6 @@ def deploy(
 
     report = DeployReport(fleet.name, fleet.template)
     in_flight = _InFlight()
-    source_uuid = str(template.config.instanceUuid) if template.config else ""
     marks = {KEY_FLEET: fleet.name, KEY_SOURCE_TEMPLATE: fleet.template, KEY_SOURCE_UUID: source_uuid}
 
     def one(plan: _Plan) -> VmResult:
@@ -214,10 +227,14 @@ def deploy(
     results: dict[str, VmResult] = {}
     todo = []
     for plan in plans:
-        if plan.action == "unchanged":
-            vm: Any = plan.existing
+        row = plan.existing
+        if plan.action == "unchanged" and row is not None:
             results[plan.vm.name] = VmResult(
-                plan.vm.name, "unchanged", "already deployed with this configuration", vm._moId, _uuid(vm)
+                plan.vm.name,
+                "unchanged",
+                "already deployed with this configuration",
+                row.obj._moId,
+                row.instance_uuid,
             )
             if progress is not None:
                 progress(results[plan.vm.name])
@@ -238,30 +255,49 @@ def deploy(
     return report
 
 
-def resolve_template(session: Session, dc: Any, template: str) -> str:
-    """The template name to clone: `template` itself, or the newest name matching its placeholders."""
+def resolve_template(names: Mapping[str, list[Any]], template: str, dc: Any) -> str:
+    """The template name to clone: `template` itself, or the newest name (of `names`) matching it."""
     if template_matcher(template) is None:
-        if not inventory.vms_by_name(session, dc, [template]):
+        if not names.get(template):
             raise NotFoundError(f"template {template!r} not found in datacenter {dc.name!r}")
         return template
-    name = newest_match(template, list(inventory.vms_by_name(session, dc)))
+    name = newest_match(template, list(names))
     if name is None:
         raise NotFoundError(f"no template matching {template!r} found in datacenter {dc.name!r}")
     LOG.info("template %s is the newest match of %s", name, template)
     return name
 
 
-def _uuid(vm: Any) -> str | None:
-    return str(vm.config.instanceUuid) if vm.config else None
+TEMPLATE_PROPS = ("name", "config.instanceUuid", "config.hardware.device")
+
+
+def _read_template(
+    session: Session, names: Mapping[str, list[Any]], name: str, where: inventory.Placement
+) -> tuple[vmops.CloneSource, str]:
+    # The template's configuration, read once per deploy (not per clone): its devices give the NIC change.
+    found = names.get(name, [])
+    if len(found) > 1:
+        raise VSphereError(f"template {name!r} is ambiguous: {len(found)} VMs have that name")
+    obj = found[0]
+    props = inventory.properties(session, [obj], vim.VirtualMachine, TEMPLATE_PROPS).get(obj)
+    if props is None:
+        raise NotFoundError(f"template {name!r} was deleted while deploying")
+    devices = props.get("config.hardware.device")
+    uuid = str(props.get("config.instanceUuid") or "")
+    return vmops.clone_source(obj, name, devices, where.network), uuid
 
 
 def _apply(
-    plan: _Plan, template: Any, where: inventory.Placement, marks: dict[str, str], guestinfo: dict[str, str]
+    plan: _Plan,
+    template: vmops.CloneSource,
+    where: inventory.Placement,
+    marks: dict[str, str],
+    guestinfo: dict[str, str],
 ) -> VmResult:
     name = plan.vm.name
     action = "cloned"
     if plan.action == "replace" and plan.existing is not None:
-        vmops.destroy(plan.existing, name)
+        vmops.destroy(plan.existing.obj, name)
         action = "replaced"
     LOG.info("cloning %s from %s", name, template.name)
     annotation = f"arcbake fleet {marks[KEY_FLEET]}: {plan.vm.role.value} {plan.vm.hostname}"
@@ -269,11 +305,14 @@ def _apply(
     try:
         vmops.power_on(clone, name)
         # Stamped last: a VM without it was not deployed completely and is never taken as unchanged.
-        vmops.set_extra_config(clone, {KEY_IDENTITY: plan.identity}, f"recording the identity of VM {name!r}")
+        config = vmops.set_extra_config(
+            clone, {KEY_IDENTITY: plan.identity}, f"recording the identity of VM {name!r}"
+        )
     except VSphereError:
         try:
             vmops.destroy(clone, name)
         except VSphereError as cleanup:
             LOG.warning("could not delete the half-deployed VM %s: %s", name, cleanup)
         raise
-    return VmResult(name, action, f"{plan.vm.role.value}, powered on", clone._moId, _uuid(clone))
+    uuid = str(config.instanceUuid) if config else None
+    return VmResult(name, action, f"{plan.vm.role.value}, powered on", clone._moId, uuid)

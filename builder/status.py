@@ -72,9 +72,14 @@ def parse_status(extra: dict[str, str]) -> tuple[str, contract.Status | None, st
 
 
 def read_status(session: Session, fleet: Fleet) -> list[VmStatus]:
-    """Status of every VM of the fleet, in fleet order."""
+    """Status of every VM of the fleet, in fleet order.
+
+    Round trips do not grow with the fleet: the datacenter, the names of its VMs, then name, extraConfig
+    and power state of the fleet's VMs in one PropertyCollector query (bench/fleet_deploy.py counts them).
+    """
     dc = inventory.datacenter(session, fleet.placement.datacenter)
-    found = inventory.vms_by_name(session, dc, [v.name for v in fleet.vms])
+    names = [v.name for v in fleet.vms]
+    found = vmops.read_rows(session, inventory.vms_by_name(session, dc, names), names)
     rows: list[VmStatus] = []
     for fvm in fleet.vms:
         vms = found.get(fvm.name, [])
@@ -82,8 +87,8 @@ def read_status(session: Session, fleet: Fleet) -> list[VmStatus]:
             rows.append(VmStatus(fvm.name, MISSING, message="no such VM (not deployed?)"))
             continue
         vm = vms[-1]
-        state, status, message = parse_status(vmops.extra_config(vm))
-        row = VmStatus(fvm.name, state, message=message, power=str(vm.runtime.powerState))
+        state, status, message = parse_status(vm.extra)
+        row = VmStatus(fvm.name, state, message=message, power=vm.power)
         if status is not None:
             row.step = status.step
             row.remedy = status.remedy

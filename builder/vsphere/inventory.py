@@ -14,41 +14,86 @@ from builder.vsphere.connection import NotFoundError, Session, VSphereError
 LOG = logging.getLogger(__name__)
 
 
+PC = vmodl.query.PropertyCollector
+
+
+def _retrieve(session: Session, spec: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """One RetrievePropertiesEx, then ContinueRetrievePropertiesEx while vCenter pages the result."""
+    collector = session.content.propertyCollector
+    out: list[tuple[Any, dict[str, Any]]] = []
+    result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
+    while result is not None:
+        for obj in result.objects:
+            out.append((obj.obj, {p.name: p.val for p in (obj.propSet or [])}))
+        if not result.token:
+            break
+        result = collector.ContinueRetrievePropertiesEx(result.token)
+    return out
+
+
 def collect(
     session: Session, root: Any, vimtype: type, props: Sequence[str]
 ) -> list[tuple[Any, dict[str, Any]]]:
-    """Every object of `vimtype` under `root`, with the named properties, in one PropertyCollector call."""
+    """Every object of `vimtype` under `root`, with the named properties, through a ContainerView."""
     view = session.content.viewManager.CreateContainerView(root, [vimtype], True)
     try:
-        spec = vmodl.query.PropertyCollector.FilterSpec(
+        spec = PC.FilterSpec(
             objectSet=[
-                vmodl.query.PropertyCollector.ObjectSpec(
+                PC.ObjectSpec(
                     obj=view,
                     skip=True,
                     selectSet=[
-                        vmodl.query.PropertyCollector.TraversalSpec(
-                            name="view", path="view", skip=False, type=vim.view.ContainerView
-                        )
+                        PC.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)
                     ],
                 )
             ],
-            propSet=[
-                vmodl.query.PropertyCollector.PropertySpec(type=vimtype, pathSet=list(props), all=False)
-            ],
+            propSet=[PC.PropertySpec(type=vimtype, pathSet=list(props), all=False)],
         )
-        out: list[tuple[Any, dict[str, Any]]] = []
-        result = session.content.propertyCollector.RetrievePropertiesEx(
-            [spec], vmodl.query.PropertyCollector.RetrieveOptions()
-        )
-        while result is not None:
-            for obj in result.objects:
-                out.append((obj.obj, {p.name: p.val for p in (obj.propSet or [])}))
-            if not result.token:
-                break
-            result = session.content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
-        return out
+        return _retrieve(session, spec)
     finally:
         view.Destroy()
+
+
+def _vm_traversal(dc: Any) -> Any:
+    # Datacenter -> vmFolder -> every nested folder and vApp -> VMs and templates. A traversal from the
+    # datacenter itself costs one round trip; a ContainerView costs three (create, retrieve, destroy).
+    folders = PC.SelectionSpec(name="folders")
+    vapps = PC.SelectionSpec(name="vapps")
+    return PC.ObjectSpec(
+        obj=dc,
+        skip=True,
+        selectSet=[
+            PC.TraversalSpec(
+                name="dcVms", type=vim.Datacenter, path="vmFolder", skip=False, selectSet=[folders]
+            ),
+            PC.TraversalSpec(
+                name="folders", type=vim.Folder, path="childEntity", skip=False, selectSet=[folders, vapps]
+            ),
+            PC.TraversalSpec(name="vapps", type=vim.VirtualApp, path="vm", skip=False),
+        ],
+    )
+
+
+def datacenter_vms(session: Session, dc: Any, props: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+    """Every VM and template of `dc` with the named properties, in one PropertyCollector query."""
+    spec = PC.FilterSpec(
+        objectSet=[_vm_traversal(dc)],
+        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=list(props), all=False)],
+    )
+    return _retrieve(session, spec)
+
+
+def properties(
+    session: Session, objs: Sequence[Any], vimtype: type, props: Sequence[str]
+) -> dict[Any, dict[str, Any]]:
+    """The named properties of each of `objs` (all of `vimtype`), in one PropertyCollector query."""
+    if not objs:
+        return {}
+    spec = PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=o, skip=False) for o in objs],
+        propSet=[PC.PropertySpec(type=vimtype, pathSet=list(props), all=False)],
+    )
+    return dict(_retrieve(session, spec))
 
 
 def _by_name(session: Session, root: Any, vimtype: type, name: str) -> list[Any]:
@@ -57,6 +102,10 @@ def _by_name(session: Session, root: Any, vimtype: type, name: str) -> list[Any]
 
 def datacenter(session: Session, name: str) -> Any:
     """The datacenter called `name`."""
+    # A datacenter at the root (the usual case) is one FindByInventoryPath; one inside folders is searched.
+    direct = session.content.searchIndex.FindByInventoryPath(inventoryPath=name) if "/" not in name else None
+    if isinstance(direct, vim.Datacenter):
+        return direct
     found = _by_name(session, session.content.rootFolder, vim.Datacenter, name)
     if not found:
         raise NotFoundError(f"datacenter {name!r} not found on {session.creds.server}")
@@ -112,7 +161,7 @@ def vms_by_name(session: Session, dc: Any, names: Iterable[str] | None = None) -
     """VMs and templates of `dc` by name (a list: vSphere, and the simulator, allow duplicate names)."""
     wanted = set(names) if names is not None else None
     out: dict[str, list[Any]] = {}
-    for obj, props in collect(session, dc.vmFolder, vim.VirtualMachine, ["name"]):
+    for obj, props in datacenter_vms(session, dc, ["name"]):
         name = props.get("name", "")
         if wanted is None or name in wanted:
             out.setdefault(name, []).append(obj)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from builder.vsphere import inventory
 from builder.vsphere._vmomi import vim
-from builder.vsphere.connection import VSphereError, fault_message
+from builder.vsphere.connection import Session, VSphereError, fault_message
 from builder.vsphere.inventory import Placement
 
 LOG = logging.getLogger(__name__)
@@ -38,12 +40,60 @@ def wait(task: Any, what: str, timeout: float = TASK_TIMEOUT) -> Any:
         delay = min(delay * 2, 1.0)
 
 
-def extra_config(vm: Any) -> dict[str, str]:
-    """The VM's extraConfig as a mapping; for a duplicated key the last entry wins (simulator)."""
+def options(entries: Iterable[Any] | None) -> dict[str, str]:
+    """extraConfig entries as a mapping; for a duplicated key the last entry wins (simulator)."""
     out: dict[str, str] = {}
-    config = vm.config
-    for option in (config.extraConfig if config else None) or []:
+    for option in entries or []:
         out[str(option.key)] = "" if option.value is None else str(option.value)
+    return out
+
+
+def extra_config(vm: Any) -> dict[str, str]:
+    """The VM's extraConfig as a mapping (reads the whole `config`: for many VMs use `read_rows`)."""
+    config = vm.config
+    return options(config.extraConfig if config else None)
+
+
+@dataclass(frozen=True)
+class VmRow:
+    """What status and deploy need to know about one VM, read in bulk."""
+
+    obj: Any
+    name: str
+    extra: dict[str, str]
+    power: str
+    template: bool
+    instance_uuid: str | None
+
+
+ROW_PROPS = ("name", "config.extraConfig", "config.template", "config.instanceUuid", "runtime.powerState")
+
+
+def read_rows(
+    session: Session, by_name: Mapping[str, list[Any]], names: Iterable[str]
+) -> dict[str, list[VmRow]]:
+    """`VmRow`s of the VMs called `names` (from `inventory.vms_by_name`), in one PropertyCollector query."""
+    wanted = {n: by_name.get(n, []) for n in names}
+    props = inventory.properties(
+        session, [o for objs in wanted.values() for o in objs], vim.VirtualMachine, ROW_PROPS
+    )
+    out: dict[str, list[VmRow]] = {}
+    for name, objs in wanted.items():
+        for obj in objs:
+            p = props.get(obj)
+            if p is None:  # deleted between the two queries
+                continue
+            uuid = p.get("config.instanceUuid")
+            out.setdefault(name, []).append(
+                VmRow(
+                    obj,
+                    str(p.get("name", name)),
+                    options(p.get("config.extraConfig")),
+                    str(p.get("runtime.powerState", "")),
+                    bool(p.get("config.template")),
+                    str(uuid) if uuid else None,
+                )
+            )
     return out
 
 
@@ -52,14 +102,16 @@ def option_values(values: Mapping[str, str]) -> list[Any]:
     return [vim.option.OptionValue(key=k, value=v) for k, v in values.items()]
 
 
-def set_extra_config(vm: Any, values: Mapping[str, str], what: str) -> None:
-    """Write extraConfig keys and check, by reading back, that each now holds the new value."""
+def set_extra_config(vm: Any, values: Mapping[str, str], what: str) -> Any:
+    """Write extraConfig keys, check by reading back that each holds the new value; the read `config`."""
     spec = vim.vm.ConfigSpec(extraConfig=option_values(values))
     wait(vm.ReconfigVM_Task(spec=spec), what)
-    current = extra_config(vm)
+    config = vm.config
+    current = options(config.extraConfig if config else None)
     wrong = [k for k, v in values.items() if current.get(k) != v]
     if wrong:
         raise VSphereError(f"{what}: the VM did not keep {', '.join(sorted(wrong))}")
+    return config
 
 
 def power_on(vm: Any, name: str) -> None:
@@ -83,11 +135,27 @@ def destroy(vm: Any, name: str) -> None:
     wait(vm.Destroy_Task(), f"deleting VM {name!r}")
 
 
-def _nic_change(source: Any, network: Any) -> list[Any]:
+@dataclass(frozen=True)
+class CloneSource:
+    """What every clone of one source needs, read once: its name and the NIC change for the network."""
+
+    obj: Any
+    name: str
+    device_change: list[Any]
+
+
+def clone_source(obj: Any, name: str, devices: Iterable[Any] | None, network: Any | None) -> CloneSource:
+    """A `CloneSource` from the source's name and devices (already read) and the target network."""
+    return CloneSource(
+        obj, name, _nic_change(name, list(devices or []), network) if network is not None else []
+    )
+
+
+def _nic_change(source_name: str, devices: list[Any], network: Any) -> list[Any]:
     # Point the clone's first NIC at `network` (a standard port group or a distributed one).
-    nics = [d for d in source.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     if not nics:
-        raise VSphereError(f"template {source.name!r} has no network adapter to attach to {network.name!r}")
+        raise VSphereError(f"template {source_name!r} has no network adapter to attach to {network.name!r}")
     nic = nics[0]
     if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
         nic.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
@@ -105,7 +173,7 @@ def _nic_change(source: Any, network: Any) -> list[Any]:
 
 
 def clone(
-    source: Any,
+    source: Any | CloneSource,
     name: str,
     where: Placement,
     extra: Mapping[str, str],
@@ -113,7 +181,12 @@ def clone(
     template: bool = False,
     annotation: str | None = None,
 ) -> Any:
-    """Clone `source` to a new VM `name` at `where`, with extraConfig `extra` set in the same call."""
+    """Clone `source` to a new VM `name` at `where`, with extraConfig `extra` set in the same call.
+
+    Pass a `CloneSource` when cloning the same source many times: a bare VM object is read again here.
+    """
+    if not isinstance(source, CloneSource):
+        source = clone_source(source, source.name, source.config.hardware.device, where.network)
     relocate = vim.vm.RelocateSpec(pool=where.pool)
     if where.datastore is not None:
         relocate.datastore = where.datastore
@@ -122,9 +195,10 @@ def clone(
     config = vim.vm.ConfigSpec(extraConfig=option_values(extra))
     if annotation is not None:
         config.annotation = annotation
-    if where.network is not None:
-        config.deviceChange = _nic_change(source, where.network)
+    if source.device_change:
+        config.deviceChange = source.device_change
     spec = vim.vm.CloneSpec(location=relocate, config=config, powerOn=False, template=template)
     return wait(
-        source.CloneVM_Task(folder=where.folder, name=name, spec=spec), f"cloning {source.name!r} to {name!r}"
+        source.obj.CloneVM_Task(folder=where.folder, name=name, spec=spec),
+        f"cloning {source.name!r} to {name!r}",
     )

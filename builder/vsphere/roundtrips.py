@@ -1,0 +1,59 @@
+"""Count SOAP round trips: every call pyVmomi makes, methods and property reads alike, goes through
+`SoapStubAdapter.InvokeMethod`, so wrapping that one method counts them all (login and logout included).
+
+Used by `bench/fleet_deploy.py` and the tests that hold `builder status` to its round-trip budget; the
+count is per method name (`RetrievePropertiesEx`, `Fetch` for a single property read, ...).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyVmomi.SoapAdapter import SoapStubAdapter
+
+
+class RoundTrips:
+    """SOAP calls seen while counting, by method name (thread-safe: deploy clones on a pool)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_method: Counter[str] = Counter()
+
+    def add(self, method: str) -> None:
+        """Record one call of `method`."""
+        with self._lock:
+            self.by_method[method] += 1
+
+    @property
+    def total(self) -> int:
+        """All calls seen."""
+        with self._lock:
+            return sum(self.by_method.values())
+
+    def __str__(self) -> str:
+        with self._lock:
+            parts = ", ".join(f"{m} {n}" for m, n in sorted(self.by_method.items()))
+        return f"{self.total} ({parts})"
+
+
+@contextmanager
+def counting() -> Iterator[RoundTrips]:
+    """Count every SOAP round trip made in this process until the block ends."""
+    seen = RoundTrips()
+    original: Any = SoapStubAdapter.InvokeMethod
+
+    def invoke(self: Any, mo: Any, info: Any, args: Any, outerStub: Any = None) -> Any:
+        # A property read is sent as the pseudo-method "Fetch" named after the property.
+        name = str(getattr(info, "wsdlName", "") or getattr(info, "name", "?"))
+        seen.add(f"Fetch {args[0]}" if name == "Fetch" and args else name)
+        return original(self, mo, info, args, outerStub)
+
+    SoapStubAdapter.InvokeMethod = invoke  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        SoapStubAdapter.InvokeMethod = original  # type: ignore[method-assign]

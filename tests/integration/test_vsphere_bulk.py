@@ -1,0 +1,80 @@
+"""Round-trip budgets of `builder status` and deploy's plan, counted at pyVmomi's SOAP stub on the simulator.
+
+The reads must not grow with the fleet: status reads the datacenter, the names of its VMs and then
+name, extraConfig and power state of every fleet VM in one PropertyCollector query; deploy reads the
+template once and every existing fleet VM in one query ("already deployed?").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures.vcsim import VcsimHandle
+
+from builder import status as st
+from builder.deploy import deploy
+from builder.fleet import load_fleet
+from builder.vsphere.roundtrips import RoundTrips, counting
+from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for
+
+pytestmark = pytest.mark.integration
+
+STATUS_BUDGET = 5
+
+
+def _status_trips(sim: VcsimHandle, fleet_path: Path) -> tuple[RoundTrips, list[st.VmStatus]]:
+    fleet = load_fleet(fleet_path)
+    with session_for(sim) as session, counting() as trips:
+        rows = st.read_status(session, fleet)
+    return trips, rows
+
+
+def _deploy_trips(sim: VcsimHandle, fleet_path: Path) -> RoundTrips:
+    fleet = load_fleet(fleet_path)
+    with session_for(sim) as session, counting() as trips:
+        report = deploy(fleet, session, SECRET_ENV, concurrency=2)
+    assert report.ok, report.as_dict()
+    return trips
+
+
+def test_status_round_trips_do_not_grow_with_the_fleet(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    small = fleet_file(tmp_path, "rt-s", agents=2)
+    (tmp_path / "l").mkdir()
+    large = fleet_file(tmp_path / "l", "rt-l", agents=9)
+    _deploy_trips(vcsim, small)
+    _deploy_trips(vcsim, large)
+
+    few, few_rows = _status_trips(vcsim, small)
+    many, many_rows = _status_trips(vcsim, large)
+    assert len(few_rows) == 3 and len(many_rows) == 10
+    assert all(r.state == st.NO_REPORT and r.power == "poweredOn" for r in few_rows + many_rows)
+    assert many.total <= STATUS_BUDGET, str(many)
+    assert many.by_method == few.by_method, f"{few} vs {many}"
+    assert many.by_method["RetrievePropertiesEx"] == 2  # the datacenter's names, the fleet's properties
+
+
+def test_status_reports_missing_vms_without_extra_trips(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    fleet = fleet_file(tmp_path, "rt-none", agents=2)
+    trips, rows = _status_trips(vcsim, fleet)
+    assert [r.state for r in rows] == [st.MISSING] * 3
+    assert trips.total <= STATUS_BUDGET, str(trips)
+
+
+def test_deploy_reads_the_template_once_and_plans_in_one_query(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    small = fleet_file(tmp_path, "rt-ds", agents=2)
+    (tmp_path / "l").mkdir()
+    large = fleet_file(tmp_path / "l", "rt-dl", agents=6)
+    first_small = _deploy_trips(vcsim, small)
+    first_large = _deploy_trips(vcsim, large)
+    # Reads other than the per-clone tasks are the same for 3 and 7 clones: the template's name and
+    # devices are read once, not per clone.
+    for method in ("RetrievePropertiesEx", "Fetch name", "Fetch config"):
+        per_clone = method == "Fetch config"  # the read-back of each clone's identity stamp
+        expected = first_small.by_method[method] + (4 if per_clone else 0)
+        assert first_large.by_method[method] == expected, f"{method}: {first_small} vs {first_large}"
+
+    again_small = _deploy_trips(vcsim, small)
+    again_large = _deploy_trips(vcsim, large)
+    assert again_large.by_method == again_small.by_method, f"{again_small} vs {again_large}"
+    assert "Fetch config" not in again_large.by_method
