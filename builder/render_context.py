@@ -125,6 +125,7 @@ def file_plan(spec: ImageSpec) -> list[PlannedFile]:
             "rootfs/etc/systemd/system/arcbake-firstboot.service",
         ),
         PlannedFile("rootfs/etc/arcbake/image.json.j2", "rootfs/etc/arcbake/image.json"),
+        PlannedFile("rootfs/etc/arcbake/k3s-server.yaml.j2", "rootfs/etc/arcbake/k3s-server.yaml"),
     ]
     if spec.dns.apply_fix:
         plan += [

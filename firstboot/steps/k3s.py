@@ -1,10 +1,13 @@
 """k3s: start the baked K3s as server or agent, then wait for the node Ready, CoreDNS and cluster DNS.
 
 - Configuration goes into a drop-in, `/etc/rancher/k3s/config.yaml.d/50-arcbake.yaml` (K3s merges
-  `config.yaml.d/*.yaml` after `config.yaml`, so the baked `resolv-conf:` stays): node name and labels,
-  the cluster CIDRs and DNS IP, `write-kubeconfig-mode: "0600"` (Arc onboarding refuses a group-readable
-  kubeconfig). An agent gets `server:` and `token-file:`; the join token is written 0600 to
-  `/var/lib/arcbake/k3s-token` and never reaches argv, the environment of a child, or a log.
+  `config.yaml.d/*.yaml` after `config.yaml`, so the baked `selinux:` and `resolv-conf:` stay). The baked
+  `config.yaml` holds only keys both roles define, because `k3s agent` refuses any other ("flag provided
+  but not defined"; K3s drops unknown keys for `server` only). Every node: node name and labels, and
+  `token-file:` when the fleet gave the cluster's join token (written 0600 to `/var/lib/arcbake/k3s-token`,
+  never to argv, the environment of a child, or a log). Servers only: the baked server keys of
+  `/etc/arcbake/k3s-server.yaml` (e.g. `disable:`), the cluster CIDRs and DNS IP and
+  `write-kubeconfig-mode: "0600"` (Arc onboarding refuses a group-readable kubeconfig). Agents: `server:`.
 - `systemctl enable --now --no-block k3s` (server) or `k3s-agent` (agent; the unit is written when the
   image has none). `--no-block`: the bounded watch below is what waits, not systemd's job timeout.
 - Server: wait for `/etc/rancher/k3s/k3s.yaml` (fixed to 0600 when K3s wrote it wider), then, with the
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import dns.exception
@@ -45,6 +49,8 @@ META = StepMeta(
 )
 
 CONFIG_DROPIN = "/etc/rancher/k3s/config.yaml.d/50-arcbake.yaml"
+# Server-only keys baked from the image spec; K3s never reads this file, firstboot copies it into servers.
+SERVER_KEYS = "/etc/arcbake/k3s-server.yaml"
 TOKEN_FILE = "/var/lib/arcbake/k3s-token"  # noqa: S105 - a path, not a token
 AGENT_KUBECONFIG = "/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
 AGENT_UNIT_FILE = "/etc/systemd/system/k3s-agent.service"
@@ -93,13 +99,18 @@ def unit_name(config: OnboardingConfig) -> str:
     return "k3s" if config.k3s.role is Role.SERVER else "k3s-agent"
 
 
-def dropin(config: OnboardingConfig) -> dict[str, object]:
-    """The K3s config drop-in for this node (no secret: an agent's token is referenced by file)."""
+def dropin(
+    config: OnboardingConfig, *, token_file: bool, server_keys: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    """The K3s config drop-in for this node (no secret: the join token is referenced by file)."""
     k3s = config.k3s
     doc: dict[str, object] = {"node-name": config.hostname}
     if k3s.node_labels:
         doc["node-label"] = [f"{k}={v}" for k, v in sorted(k3s.node_labels.items())]
+    if token_file:
+        doc["token-file"] = TOKEN_FILE
     if k3s.role is Role.SERVER:
+        doc.update(server_keys or {})
         doc.update(
             {
                 "write-kubeconfig-mode": "0600",
@@ -108,26 +119,44 @@ def dropin(config: OnboardingConfig) -> dict[str, object]:
                 "cluster-dns": str(k3s.cluster_dns),
             }
         )
-    else:
-        doc.update({"server": str(k3s.server_url).rstrip("/"), "token-file": TOKEN_FILE})
+    if k3s.server_url:
+        doc["server"] = str(k3s.server_url).rstrip("/")
     return doc
 
 
+def baked_server_keys(ctx: Context) -> dict[str, object]:
+    """The image's server-only K3s keys (none when the image has no such file)."""
+    path = ctx.path(SERVER_KEYS)
+    if not path.exists():
+        return {}
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PermanentFailure(f"cannot read {SERVER_KEYS}: {exc}", "rebuild the template") from None
+    if not isinstance(doc, dict):
+        raise PermanentFailure(f"{SERVER_KEYS} is not a mapping", "rebuild the template")
+    return {str(k): v for k, v in doc.items()}
+
+
 def _write_config(ctx: Context, config: OnboardingConfig) -> bool:
-    """Write the drop-in, the agent token and unit; True when a unit file was added (daemon-reload)."""
-    text = "# written by arcbake firstboot (k3s step)\n" + yaml.safe_dump(dropin(config), sort_keys=True)
+    """Write the token, the drop-in and the agent unit; True when a unit file was added (daemon-reload)."""
+    token = ctx.secrets.k3s_token if ctx.secrets else None
+    if token is None and config.k3s.server_url:
+        raise PermanentFailure(
+            f"joining {config.k3s.server_url} needs the cluster's join token "
+            "(guestinfo.arcbake.secrets k3s_token)",
+            "add k3s_token to the fleet's secrets and run `builder deploy` again",
+        )
+    if token is not None:
+        token_path = ctx.path(TOKEN_FILE)
+        token_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(token_path, token.get_secret_value() + "\n", mode=0o600)
+    server_keys = baked_server_keys(ctx) if config.k3s.role is Role.SERVER else None
+    doc = dropin(config, token_file=token is not None, server_keys=server_keys)
+    text = "# written by arcbake firstboot (k3s step)\n" + yaml.safe_dump(doc, sort_keys=True)
     atomic_write(ctx.path(CONFIG_DROPIN), text, mode=0o600)
     if config.k3s.role is Role.SERVER:
         return False
-    token = ctx.secrets.k3s_token if ctx.secrets else None
-    if token is None:
-        raise PermanentFailure(
-            "an agent needs the server's join token (guestinfo.arcbake.secrets k3s_token)",
-            "add k3s_token to the fleet's secrets and run `builder deploy` again",
-        )
-    token_path = ctx.path(TOKEN_FILE)
-    token_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write(token_path, token.get_secret_value() + "\n", mode=0o600)
     unit = ctx.path(AGENT_UNIT_FILE)
     if unit.exists():
         return False

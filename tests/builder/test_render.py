@@ -36,6 +36,7 @@ LAYOUT = {
     "packer/sources.pkr.hcl",
     "packer/variables.pkr.hcl",
     "rootfs/etc/arcbake/image.json",
+    "rootfs/etc/arcbake/k3s-server.yaml",
     "rootfs/etc/chrony.conf",
     "rootfs/etc/cloud/cloud.cfg.d/90-arcbake-vmware.cfg",
     "rootfs/etc/firewalld/zones/public.xml",
