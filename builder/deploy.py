@@ -149,7 +149,7 @@ def _plan(
         if not found:
             plans.append(_Plan(vm, identity, None, "clone"))
             continue
-        untouchable = [r for r in found if r.template or r.obj == source.obj]
+        untouchable = [r for r in found if r.is_template or r.obj == source.obj]
         if untouchable:
             # Even with --replace: deleting it would delete the source of every clone (issue 8 repro).
             kind = "the fleet's clone source" if untouchable[0].obj == source.obj else "a template"
@@ -234,7 +234,7 @@ def deploy(
                 "unchanged",
                 "already deployed with this configuration",
                 row.obj._moId,
-                row.instance_uuid,
+                row.instance_uuid or None,
             )
             if progress is not None:
                 progress(results[plan.vm.name])

@@ -12,38 +12,21 @@ server, whose `arc` section names the connected cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from builder.deploy import KEY_FLEET, KEY_IDENTITY, KEY_SOURCE_TEMPLATE, KEY_SOURCE_UUID
 from builder.fleet import Fleet, FleetVM
-from builder.vsphere._vmomi import vim
+from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Session
-from builder.vsphere.inventory import collect
+from builder.vsphere.inventory import datacenter_vms
 
 # Name of a replacement VM while `builder rollout` brings it up beside the VM it replaces.
 ROLLOUT_SUFFIX = ".rollout"
-_PROPS = [
-    "name",
-    "config.template",
-    "config.extraConfig",
-    "runtime.powerState",
-    "config.instanceUuid",
-    "config.createDate",
-]
+_PROPS = [*vmops.ROW_PROPS, "config.createDate"]
 
 
-@dataclass
-class VmRecord:
-    """One VM or template as read in bulk."""
-
-    obj: Any
-    name: str
-    is_template: bool
-    extra: dict[str, str]
-    power: str
-    instance_uuid: str
-    created: str = ""
+class VmRecord(vmops.VmRow):
+    """One VM or template as read in bulk, with what deploy recorded on it."""
 
     @property
     def fleet(self) -> str | None:
@@ -72,28 +55,8 @@ class VmRecord:
 
 def read_all(session: Session, dc: Any) -> list[VmRecord]:
     """Every VM and template of `dc` with its extraConfig (the last entry of a duplicated key wins, as
-    `vm.extra_config` reads it)."""
-    out: list[VmRecord] = []
-    for obj, props in collect(session, dc.vmFolder, vim.VirtualMachine, _PROPS):
-        extra: dict[str, str] = {}
-        for option in props.get("config.extraConfig") or []:
-            extra[str(option.key)] = "" if option.value is None else str(option.value)
-        out.append(
-            VmRecord(
-                obj=obj,
-                name=str(props.get("name", "")),
-                is_template=bool(props.get("config.template")),
-                extra=extra,
-                power=str(props.get("runtime.powerState", "")),
-                instance_uuid=str(props.get("config.instanceUuid") or ""),
-                created=_iso(props.get("config.createDate")),
-            )
-        )
-    return out
-
-
-def _iso(value: Any) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else str(value or "")
+    `vm.extra_config` reads it), in one PropertyCollector query."""
+    return [VmRecord.from_props(obj, props) for obj, props in datacenter_vms(session, dc, _PROPS)]
 
 
 def by_name(records: list[VmRecord]) -> dict[str, list[VmRecord]]:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from builder.vsphere import inventory
 from builder.vsphere._vmomi import vim
@@ -54,19 +54,34 @@ def extra_config(vm: Any) -> dict[str, str]:
     return options(config.extraConfig if config else None)
 
 
-@dataclass(frozen=True)
+@dataclass
 class VmRow:
-    """What status and deploy need to know about one VM, read in bulk."""
+    """One VM or template as read in bulk: what status, deploy and the Day 2 commands need."""
 
     obj: Any
     name: str
+    is_template: bool
     extra: dict[str, str]
     power: str
-    template: bool
-    instance_uuid: str | None
+    instance_uuid: str
+    created: str = ""
+
+    @classmethod
+    def from_props(cls, obj: Any, props: Mapping[str, Any]) -> Self:
+        """A row from PropertyCollector properties (any of ROW_PROPS; missing ones read as empty)."""
+        created: Any = props.get("config.createDate")
+        return cls(
+            obj=obj,
+            name=str(props.get("name", "")),
+            is_template=bool(props.get("config.template")),
+            extra=options(props.get("config.extraConfig")),
+            power=str(props.get("runtime.powerState", "")),
+            instance_uuid=str(props.get("config.instanceUuid") or ""),
+            created=created.isoformat() if hasattr(created, "isoformat") else str(created or ""),
+        )
 
 
-ROW_PROPS = ("name", "config.extraConfig", "config.template", "config.instanceUuid", "runtime.powerState")
+ROW_PROPS = ("name", "config.template", "config.extraConfig", "runtime.powerState", "config.instanceUuid")
 
 
 def read_rows(
@@ -79,21 +94,10 @@ def read_rows(
     )
     out: dict[str, list[VmRow]] = {}
     for name, objs in wanted.items():
-        for obj in objs:
-            p = props.get(obj)
-            if p is None:  # deleted between the two queries
-                continue
-            uuid = p.get("config.instanceUuid")
-            out.setdefault(name, []).append(
-                VmRow(
-                    obj,
-                    str(p.get("name", name)),
-                    options(p.get("config.extraConfig")),
-                    str(p.get("runtime.powerState", "")),
-                    bool(p.get("config.template")),
-                    str(uuid) if uuid else None,
-                )
-            )
+        # A VM deleted between the two queries is left out (reported missing).
+        rows = [VmRow.from_props(o, props[o]) for o in objs if o in props]
+        if rows:
+            out[name] = rows
     return out
 
 
