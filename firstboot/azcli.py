@@ -26,6 +26,7 @@ from typing import Any
 
 from firstboot import subp
 from firstboot.contract import ArcAuth, ArcConfig, OnboardingConfig
+from firstboot.fsutil import private_dir
 from firstboot.step import Context, PermanentFailure, StepFailure, TransientFailure
 
 LOG = logging.getLogger(__name__)
@@ -139,8 +140,7 @@ PERMANENT = (
 def config_dir(ctx: Context) -> Path:
     """`/var/lib/arcbake/azure` under the root, created 0700."""
     path = ctx.path(AZ_CONFIG_DIR)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
+    private_dir(path)
     return path
 
 

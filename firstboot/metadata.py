@@ -30,8 +30,9 @@ from firstboot.contract import (
     OnboardingSecrets,
     Role,
 )
-from firstboot.sources import SourceError, atomic_write
-from firstboot.step import MetadataSource, guest_path
+from firstboot.fsutil import atomic_write, guest_path, private_dir, read_state
+from firstboot.sources import SourceError
+from firstboot.step import MetadataSource
 
 LOG = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def load_secrets(source: MetadataSource, root: Path, *, persist: bool = True) ->
     path = secrets_path(root)
     if path.exists():
         try:
-            secrets = OnboardingSecrets.model_validate_json(path.read_bytes())
+            secrets = OnboardingSecrets.model_validate_json(read_state(path))
         except (ValidationError, OSError) as exc:
             problems = validation_problems(exc) if isinstance(exc, ValidationError) else [str(exc)]
             raise MetadataError(str(path), [f"{path}: {p}" for p in problems]) from None
@@ -182,8 +183,7 @@ def load_secrets(source: MetadataSource, root: Path, *, persist: bool = True) ->
         return OnboardingSecrets()
     secrets = _validate(OnboardingSecrets, KEY_SECRETS, text)
     if persist:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
+        private_dir(path.parent)
         payload = json.dumps(secrets.revealed(), indent=2, sort_keys=True)
         atomic_write(path, payload, mode=0o600)
         _redact(source)
@@ -254,6 +254,6 @@ def cached_config(root: Path) -> OnboardingConfig | None:
     """The config the last metadata step saw, or None."""
     path = guest_path(root, CONFIG_CACHE)
     try:
-        return OnboardingConfig.model_validate_json(path.read_bytes())
+        return OnboardingConfig.model_validate_json(read_state(path))
     except (OSError, ValidationError):
         return None

@@ -20,14 +20,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from firstboot import subp
+from firstboot import encoding, subp
+from firstboot.fsutil import UnsafePathError, atomic_write, read_capped
 
 LOG = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ NO_VALUE = "No value found"
 EMPTY_VALUE = "---"
 RPC_TIMEOUT = 10.0
 ENV_PREFIX = "VMX_GUESTINFO"
+# A metadata file holds a handful of keys, each capped at encoding.MAX_ENCODED.
+MAX_SOURCE_FILE = 4 * encoding.MAX_ENCODED
 
 
 class SourceError(Exception):
@@ -144,11 +146,15 @@ class FileSource:
 
     def _load(self) -> dict[str, str]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_capped(self.path, MAX_SOURCE_FILE).decode("utf-8")
         except FileNotFoundError:
             raise SourceError(f"{self.path}: metadata file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{self.path}: cannot read metadata file: {exc}") from None
+        except UnsafePathError as exc:
+            raise SourceError(f"{exc} (a metadata file is a regular file of guestinfo keys)") from None
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot read metadata file: {exc.strerror or exc}") from None
         try:
             data: Any = yaml.safe_load(text) if text.strip() else {}
         except RecursionError:
@@ -182,28 +188,6 @@ class FileSource:
         if self.path.suffix.lower() in (".yaml", ".yml"):
             text = yaml.safe_dump(self._data, sort_keys=True, default_flow_style=False)
         atomic_write(self.path, text)
-
-
-def atomic_write(path: Path, text: str | bytes, mode: int | None = None) -> None:
-    """Write `path` via a temp file in its directory and rename, keeping the old mode unless `mode`."""
-    data = text.encode() if isinstance(text, str) else text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode is None:
-        try:
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_source(

@@ -10,6 +10,9 @@
 | `run.lock` | flock held by a running `firstboot run` |
 
 A new clone has a new instance id, so its stamps start empty even if the template carried a directory.
+Every directory gets an explicit mode whatever the umask (this one 0700: secrets live below it); state
+files are opened without following symlinks (`firstboot.fsutil`), so a symlink planted as `run.lock` or
+`status.json` is refused instead of truncating or leaking its target.
 """
 
 from __future__ import annotations
@@ -20,13 +23,11 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 from pydantic import ValidationError
 
 from firstboot.contract import Status
-from firstboot.sources import atomic_write
-from firstboot.step import guest_path
+from firstboot.fsutil import atomic_write, guest_path, make_dirs, open_state, private_dir, read_state
 
 STATE_DIR = "/var/lib/arcbake"
 
@@ -44,12 +45,11 @@ class StateStore:
         self.status_path = self.dir / "status.json"
         self.done_path = self.dir / "done"
         self.lock_path = self.dir / "run.lock"
-        self._lock: IO[str] | None = None
+        self._lock: int | None = None
 
     def _ensure_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # secrets.json lives here too: keep the directory root-only.
-        self.dir.chmod(0o700)
+        # secrets live here too: keep the directory root-only (and refuse a symlink in its place).
+        private_dir(self.dir)
 
     def instance_dir(self, instance_id: str) -> Path:
         """The stamp directory of one clone."""
@@ -66,6 +66,7 @@ class StateStore:
     def stamp(self, instance_id: str, step: str, seconds: float) -> None:
         """Record that `step` finished; atomic, so a crash leaves either no stamp or a whole one."""
         self._ensure_dir()
+        make_dirs(self.instance_dir(instance_id), 0o700)
         body = {"step": step, "finished": datetime.now(UTC).isoformat(), "seconds": round(seconds, 3)}
         atomic_write(self.stamp_path(instance_id, step), json.dumps(body) + "\n", mode=0o600)
 
@@ -82,7 +83,7 @@ class StateStore:
     def read_status(self) -> Status | None:
         """The last status, or None when firstboot has not run (or the file is unreadable)."""
         try:
-            return Status.model_validate_json(self.status_path.read_bytes())
+            return Status.model_validate_json(read_state(self.status_path))
         except (OSError, ValidationError):
             return None
 
@@ -94,7 +95,7 @@ class StateStore:
     def done_instance(self) -> str | None:
         """The instance id recorded in the done file, or None."""
         try:
-            return self.done_path.read_text(encoding="utf-8").strip() or None
+            return read_state(self.done_path).decode("utf-8", errors="replace").strip() or None
         except OSError:
             return None
 
@@ -103,23 +104,26 @@ class StateStore:
         self.done_path.unlink(missing_ok=True)
 
     def acquire(self) -> None:
-        """Take the run lock without waiting; LockedError when another run holds it."""
+        """Take the run lock without waiting; LockedError when another run holds it.
+
+        The lock file is opened with O_NOFOLLOW and without O_TRUNC, and refused unless it is a regular
+        file with one link: a symlink or hard link planted as `run.lock` is never followed or truncated.
+        """
         self._ensure_dir()
-        handle = self.lock_path.open("a+", encoding="utf-8")
+        fd = open_state(self.lock_path, create=True, mode=0o600)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.close()
+            os.close(fd)
             raise LockedError(f"another firstboot run holds {self.lock_path}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()} {time.time():.0f}\n")
-        handle.flush()
-        self._lock = handle
+        # Ours now (a regular file, locked): record who holds it.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {time.time():.0f}\n".encode(), 0)
+        self._lock = fd
 
     def release(self) -> None:
         """Release the run lock."""
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            os.close(self._lock)
             self._lock = None

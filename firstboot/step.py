@@ -26,12 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from firstboot.contract import OnboardingConfig, OnboardingSecrets
-
-
-def guest_path(root: Path, absolute: str | Path) -> Path:
-    """Map a guest path (`/etc/hosts`) under `root` (`--root DIR`): the one place paths are confined."""
-    rel = str(absolute).lstrip("/")
-    return root / rel if rel else root
+from firstboot.fsutil import guest_path
 
 
 class StepFailure(Exception):

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from firstboot.fsutil import private_dir
+
 LOG = logging.getLogger(__name__)
 
 REDACTED = "***"
@@ -112,9 +114,10 @@ def _spawn_to_files(
 ) -> tuple[int, bytes, bytes]:
     # stdout/stderr in files, not pipes: a child that outlives a crashed caller (SIGKILL of firstboot
     # during `az connectedk8s connect`) must not die of SIGPIPE on its next progress line.
-    output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(output_dir)
     out_path, err_path = output_dir / "stdout", output_dir / "stderr"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    # O_NOFOLLOW: a symlink planted as stdout must not truncate its target.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
     with (
         os.fdopen(os.open(out_path, flags, 0o600), "wb") as out_f,
         os.fdopen(os.open(err_path, flags, 0o600), "wb") as err_f,

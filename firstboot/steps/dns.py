@@ -31,7 +31,7 @@ import dns.rcode
 import dns.resolver
 
 from firstboot.contract import OnboardingConfig
-from firstboot.sources import atomic_write
+from firstboot.fsutil import atomic_write
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 
 LOG = logging.getLogger(__name__)

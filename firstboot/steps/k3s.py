@@ -34,8 +34,8 @@ import yaml
 
 from firstboot import kube, subp
 from firstboot.contract import OnboardingConfig, Role
+from firstboot.fsutil import atomic_write, private_dir
 from firstboot.kube import client
-from firstboot.sources import atomic_write
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 
 LOG = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _write_config(ctx: Context, config: OnboardingConfig) -> bool:
         )
     if token is not None:
         token_path = ctx.path(TOKEN_FILE)
-        token_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(token_path.parent)
         atomic_write(token_path, token.get_secret_value() + "\n", mode=0o600)
     server_keys = baked_server_keys(ctx) if config.k3s.role is Role.SERVER else None
     doc = dropin(config, token_file=token is not None, server_keys=server_keys)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from firstboot import subp
 from firstboot.contract import OnboardingConfig
-from firstboot.sources import atomic_write
+from firstboot.fsutil import atomic_write
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta
 
 LOG = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import ntplib
 
 from firstboot import subp
 from firstboot.contract import TimeConfig
-from firstboot.sources import atomic_write
+from firstboot.fsutil import atomic_write
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 
 LOG = logging.getLogger(__name__)
