@@ -301,7 +301,7 @@ def _apply(
         action = "replaced"
     LOG.info("cloning %s from %s", name, template.name)
     annotation = f"arcbake fleet {marks[KEY_FLEET]}: {plan.vm.role.value} {plan.vm.hostname}"
-    clone = vmops.clone(template, name, where, {**guestinfo, **marks}, annotation=annotation)
+    clone = vmops.clone(template, name, where, {**guestinfo, **marks}, annotation=annotation, mac=plan.vm.mac)
     try:
         vmops.power_on(clone, name)
         # Stamped last: a VM without it was not deployed completely and is never taken as unchanged.

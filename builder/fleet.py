@@ -269,9 +269,14 @@ class FleetVM:
     config: OnboardingConfig
     secret_refs: SecretRefs
 
+    @property
+    def mac(self) -> str:
+        """The MAC of the clone's NIC (deploy sets it at clone time)."""
+        return clone_mac(self.name)
+
     def metadata(self) -> dict[str, Any]:
         """cloud-init meta-data for the VMware datasource: instance-id, local-hostname, network v2."""
-        body = {"local-hostname": self.hostname, "network": network_v2(self.network)}
+        body = {"local-hostname": self.hostname, "network": network_v2(self.network, self.mac)}
         digest = _digest({"md": body, "ud": self.userdata(), "cfg": self.config_json()})[:12]
         return {"instance-id": f"iid-arcbake-{self.name}-{digest}", **body}
 
@@ -354,19 +359,41 @@ def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def network_v2(net: NetworkSpec) -> dict[str, Any]:
-    """cloud-init network config version 2 for the clone's one NIC (matched by name, any `e*`)."""
-    nic: dict[str, Any] = {"match": {"name": "e*"}}
+# The name cloud-init gives the clone's NIC (`set-name`): what vmxnet3's first NIC is called on EL, so the
+# name is the same on every clone whatever its hardware version.
+NIC_NAME = "ens192"
+# VMware's range for manually assigned MACs (00:50:56:00:00:00 - 00:50:56:3F:FF:FF).
+_MANUAL_MAC_PREFIX, _MANUAL_MAC_BITS = "00:50:56", 22
+
+
+def clone_mac(vm_name: str) -> str:
+    """The MAC deploy gives a clone's first NIC: from the VM name, in VMware's manual range, so the network
+    config written before the clone exists can bind the address to it (cloud-init's NetworkManager and
+    sysconfig renderers match a NIC by MAC, not by a name glob)."""
+    bits = int.from_bytes(hashlib.sha256(f"arcbake-nic:{vm_name}".encode()).digest()[:4], "big")
+    low = bits & ((1 << _MANUAL_MAC_BITS) - 1)
+    return f"{_MANUAL_MAC_PREFIX}:{low >> 16:02x}:{(low >> 8) & 0xFF:02x}:{low & 0xFF:02x}"
+
+
+def network_v2(net: NetworkSpec, mac: str) -> dict[str, Any]:
+    """cloud-init network config version 2 for the clone's one NIC, matched by its MAC and named NIC_NAME.
+
+    The default route is a `routes:` entry (`gateway4` is deprecated); `0.0.0.0/0` rather than `default`,
+    which the renderers of EL 8's cloud-init do not parse. DNS servers and search domains go with the NIC
+    (NetworkManager puts them in the clone's resolver unless the image's DNS fix owns /etc/resolv.conf:
+    README, "Fleets: network").
+    """
+    nic: dict[str, Any] = {"match": {"macaddress": mac}, "set-name": NIC_NAME}
     if net.static and net.address is not None:
         nic["dhcp4"] = False
         nic["addresses"] = [str(net.address)]
         if net.gateway is not None:
-            nic["gateway4"] = str(net.gateway)
+            nic["routes"] = [{"to": "0.0.0.0/0", "via": str(net.gateway)}]
     else:
         nic["dhcp4"] = True
     if net.dns or net.search:
         nic["nameservers"] = {"addresses": [str(a) for a in net.dns], "search": list(net.search)}
-    return {"version": 2, "ethernets": {"nic0": nic}}
+    return {"version": 2, "ethernets": {NIC_NAME: nic}}
 
 
 def _merge(defaults: VmSettings, vm: VmEntry) -> dict[str, Any]:

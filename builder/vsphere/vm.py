@@ -7,6 +7,7 @@ writers read back what they wrote, so the same code is right on both.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -141,36 +142,46 @@ def destroy(vm: Any, name: str) -> None:
 
 @dataclass(frozen=True)
 class CloneSource:
-    """What every clone of one source needs, read once: its name and the NIC change for the network."""
+    """What every clone of one source needs, read once: its name, its first NIC and the target network."""
 
     obj: Any
     name: str
-    device_change: list[Any]
+    nic: Any | None
+    network: Any | None
 
 
 def clone_source(obj: Any, name: str, devices: Iterable[Any] | None, network: Any | None) -> CloneSource:
     """A `CloneSource` from the source's name and devices (already read) and the target network."""
-    return CloneSource(
-        obj, name, _nic_change(name, list(devices or []), network) if network is not None else []
-    )
+    nics = [d for d in devices or [] if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    if network is not None and not nics:
+        raise VSphereError(f"template {name!r} has no network adapter to attach to {network.name!r}")
+    return CloneSource(obj, name, nics[0] if nics else None, network)
 
 
-def _nic_change(source_name: str, devices: list[Any], network: Any) -> list[Any]:
-    # Point the clone's first NIC at `network` (a standard port group or a distributed one).
-    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
-    if not nics:
-        raise VSphereError(f"template {source_name!r} has no network adapter to attach to {network.name!r}")
-    nic = nics[0]
+def _nic_change(source: CloneSource, mac: str | None) -> list[Any]:
+    # The clone's first NIC: on `network` (a standard port group or a distributed one) and with the MAC the
+    # clone's network config binds its address to. A copy per clone: the source's device stays as read.
+    if source.nic is None:
+        if mac is not None:
+            raise VSphereError(f"template {source.name!r} has no network adapter to give MAC {mac}")
+        return []
+    if source.network is None and mac is None:
+        return []
+    nic = copy.deepcopy(source.nic)
+    network = source.network
     if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
         nic.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
             port=vim.dvs.PortConnection(
                 portgroupKey=network.key, switchUuid=network.config.distributedVirtualSwitch.uuid
             )
         )
-    else:
+    elif network is not None:
         nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
             network=network, deviceName=network.name
         )
+    if mac is not None:
+        nic.addressType = "manual"
+        nic.macAddress = mac
     return [
         vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=nic)
     ]
@@ -184,8 +195,10 @@ def clone(
     *,
     template: bool = False,
     annotation: str | None = None,
+    mac: str | None = None,
 ) -> Any:
-    """Clone `source` to a new VM `name` at `where`, with extraConfig `extra` set in the same call.
+    """Clone `source` to a new VM `name` at `where`, with extraConfig `extra` set in the same call, and
+    the first NIC's MAC set to `mac` (manual) when given.
 
     Pass a `CloneSource` when cloning the same source many times: a bare VM object is read again here.
     """
@@ -199,8 +212,9 @@ def clone(
     config = vim.vm.ConfigSpec(extraConfig=option_values(extra))
     if annotation is not None:
         config.annotation = annotation
-    if source.device_change:
-        config.deviceChange = source.device_change
+    device_change = _nic_change(source, mac)
+    if device_change:
+        config.deviceChange = device_change
     spec = vim.vm.CloneSpec(location=relocate, config=config, powerOn=False, template=template)
     return wait(
         source.obj.CloneVM_Task(folder=where.folder, name=name, spec=spec),

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -18,44 +17,22 @@ from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from firstboot import contract
 from firstboot.contract import OnboardingConfig, State, Status
-from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for, vm_extra, vm_info, vm_raw_keys
+from integration.vsphere_helpers import (
+    SECRET_ENV,
+    cloudinit_decode,
+    fleet_file,
+    session_for,
+    vm_extra,
+    vm_info,
+    vm_raw_keys,
+)
 
 pytestmark = pytest.mark.integration
-
-CLOUDINIT_DECODE = r"""
-import json, sys
-from cloudinit.sources.DataSourceVMware import guestinfo_envvar, load_json_or_yaml, process_metadata
-md = process_metadata(load_json_or_yaml(guestinfo_envvar("metadata")))
-print(json.dumps({
-    "metadata": md,
-    "userdata": guestinfo_envvar("userdata"),
-    "config": guestinfo_envvar("arcbake.config"),
-    "secrets": guestinfo_envvar("arcbake.secrets"),
-}))
-"""
 
 
 def run_cli(sim: VcsimHandle, *args: str, **env: str) -> Result:
     runner = CliRunner()
     return runner.invoke(cli, list(args), env={**sim.env(), **SECRET_ENV, **env}, catch_exceptions=False)
-
-
-def cloudinit_decode(extra: dict[str, str]) -> dict[str, Any]:
-    """Decode guestinfo exactly as cloud-init's VMware datasource does (its VMX_GUESTINFO_* transport)."""
-    env = {"PATH": "/usr/bin:/bin", "VMX_GUESTINFO": "1"}
-    for key, value in extra.items():
-        if key.startswith("guestinfo."):
-            env[("vmx." + key).upper().replace(".", "_")] = value
-    out = subprocess.run(
-        ["/usr/bin/python3", "-c", CLOUDINIT_DECODE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    decoded: dict[str, Any] = json.loads(out.stdout)
-    return decoded
 
 
 def test_deploy_writes_guestinfo_that_cloudinit_decodes(vcsim: VcsimHandle, tmp_path: Path) -> None:
@@ -69,8 +46,9 @@ def test_deploy_writes_guestinfo_that_cloudinit_decodes(vcsim: VcsimHandle, tmp_
     md = server["metadata"]
     assert md["local-hostname"] == "ci-dec-01"
     assert md["instance-id"].startswith("iid-arcbake-ci-dec-01-")
-    nic = md["network"]["config"]["ethernets"]["nic0"]
-    assert nic["addresses"] == ["192.168.50.11/24"] and nic["gateway4"] == "192.168.50.1"
+    nic = md["network"]["config"]["ethernets"]["ens192"]
+    assert nic["addresses"] == ["192.168.50.11/24"]
+    assert nic["routes"] == [{"to": "0.0.0.0/0", "via": "192.168.50.1"}]
     assert nic["nameservers"]["addresses"] == ["192.168.50.1"]
     assert server["userdata"].startswith("#cloud-config\n")
     assert "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemo" in server["userdata"]
@@ -93,7 +71,7 @@ def test_deploy_writes_guestinfo_that_cloudinit_decodes(vcsim: VcsimHandle, tmp_
     agent_secrets = contract.OnboardingSecrets.model_validate_json(agent["secrets"])
     assert agent_secrets.sp_secret is None, "agents get no Azure secret"
     dhcp_agent = cloudinit_decode(vm_extra(vcsim, "ci-dec-03"))
-    assert dhcp_agent["metadata"]["network"]["config"]["ethernets"]["nic0"]["dhcp4"] is True
+    assert dhcp_agent["metadata"]["network"]["config"]["ethernets"]["ens192"]["dhcp4"] is True
 
     extra = vm_extra(vcsim, "ci-dec-01")
     for key in (contract.KEY_METADATA, contract.KEY_USERDATA, contract.KEY_CONFIG, contract.KEY_SECRETS):

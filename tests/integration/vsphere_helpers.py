@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,11 @@ from fixtures.vcsim import VcsimHandle
 
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
+from builder.vsphere._vmomi import vim
 from builder.vsphere.connection import Credentials, Session, connect
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_FLEET = REPO / "examples" / "demo-fleet.yaml"
+
 SECRET_ENV = {"ARC_SP_SECRET": "sp-Secret-Value-7f3a9", "K3S_TOKEN": "k3s-Token-Value-c81e2"}
 
 
@@ -24,11 +27,13 @@ def fleet_file(
     template: str = "DC0_H0_VM0",
     agents: int = 2,
     subst: dict[str, str] | None = None,
+    source: str = "demo-fleet",
 ) -> Path:
-    """The demo fleet with unique VM names (`prefix-01`, ...), cloning `template`, text substitutions."""
-    text = DEMO_FLEET.read_text()
+    """An example fleet (default: the demo) with unique VM names (`prefix-01`, ...), cloning `template`,
+    text substitutions."""
+    text = (REPO / "examples" / f"{source}.yaml").read_text()
     text = re.sub(r"^template: .*$", f"template: {template}", text, flags=re.M)
-    text = text.replace("edge-demo-0", f"{prefix}-0")
+    text = text.replace("edge-demo-0", f"{prefix}-0").replace("edge-ha-0", f"{prefix}-0")
     for old, new in (subst or {}).items():
         assert old in text, old
         text = text.replace(old, new)
@@ -41,6 +46,37 @@ def fleet_file(
     path = tmp_path / f"{prefix}.yaml"
     path.write_text(text)
     return path
+
+
+CLOUDINIT_DECODE = r"""
+import json, sys
+from cloudinit.sources.DataSourceVMware import guestinfo_envvar, load_json_or_yaml, process_metadata
+md = process_metadata(load_json_or_yaml(guestinfo_envvar("metadata")))
+print(json.dumps({
+    "metadata": md,
+    "userdata": guestinfo_envvar("userdata"),
+    "config": guestinfo_envvar("arcbake.config"),
+    "secrets": guestinfo_envvar("arcbake.secrets"),
+}))
+"""
+
+
+def cloudinit_decode(extra: dict[str, str]) -> dict[str, Any]:
+    """Decode guestinfo exactly as cloud-init's VMware datasource does (its VMX_GUESTINFO_* transport)."""
+    env = {"PATH": "/usr/bin:/bin", "VMX_GUESTINFO": "1"}
+    for key, value in extra.items():
+        if key.startswith("guestinfo."):
+            env[("vmx." + key).upper().replace(".", "_")] = value
+    out = subprocess.run(
+        ["/usr/bin/python3", "-c", CLOUDINIT_DECODE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    decoded: dict[str, Any] = json.loads(out.stdout)
+    return decoded
 
 
 def session_for(sim: VcsimHandle) -> Session:
@@ -57,6 +93,18 @@ def vm_raw_keys(sim: VcsimHandle, name: str) -> list[str]:
     with session_for(sim) as s:
         dc = inventory.datacenter(s, "DC0")
         return [o.key for o in inventory.vm(s, dc, name).config.extraConfig]
+
+
+def vm_macs(sim: VcsimHandle, names: list[str]) -> dict[str, str]:
+    """The MAC of each named VM's first NIC, as the simulator holds it."""
+    with session_for(sim) as s:
+        dc = inventory.datacenter(s, "DC0")
+        out = {}
+        for name in names:
+            devices = inventory.vm(s, dc, name).config.hardware.device
+            nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+            out[name] = str(nics[0].macAddress)
+        return out
 
 
 def vm_info(sim: VcsimHandle, name: str) -> dict[str, Any]:
