@@ -31,15 +31,17 @@ from pydantic import (
 )
 
 from builder.yamlsrc import InputError, Issue, LocatedYaml, dotted, read_located
+from firstboot import sizing
 
 LOG = logging.getLogger(__name__)
 
 SPEC_SCHEMA_VERSION: Literal[1] = 1
 
 # Seed minimum (rejected below) and recommendation (warned below) for a K3s server with Arc agents.
-MIN_CPUS, RECOMMENDED_CPUS = 2, 4
-MIN_MEMORY_MIB, RECOMMENDED_MEMORY_MIB = 4096, 8192
-MIN_DISK_GIB = 20
+# One source with firstboot's resources check: a template below these makes clones that fail it.
+MIN_CPUS, RECOMMENDED_CPUS = sizing.MIN_CPUS, sizing.RECOMMENDED_CPUS
+MIN_MEMORY_MIB, RECOMMENDED_MEMORY_MIB = sizing.MIN_MEMORY_MIB, sizing.RECOMMENDED_MEMORY_MIB
+MIN_DISK_GIB = sizing.MIN_DISK_GIB
 
 K3S_VERSION_RE = r"^v\d+\.\d+\.\d+\+k3s\d+$"
 SHA256_RE = r"^[0-9a-f]{64}$"
@@ -203,8 +205,27 @@ class HardwareSpec(_Model):
 
     cpus: Annotated[int, Field(ge=MIN_CPUS, le=128)] = MIN_CPUS
     memory_mib: Annotated[int, Field(ge=MIN_MEMORY_MIB, le=1048576)] = MIN_MEMORY_MIB
-    disk_gib: Annotated[int, Field(ge=MIN_DISK_GIB, le=16384)] = MIN_DISK_GIB
+    disk_gib: Annotated[
+        int,
+        Field(
+            le=16384,
+            json_schema_extra={"minimum": MIN_DISK_GIB},
+            description=f"at least {MIN_DISK_GIB}: firstboot needs {sizing.MIN_FREE_DISK_GIB} GiB free under "
+            f"/var/lib/rancher and the image takes up to {sizing.IMAGE_FOOTPRINT_GIB} GiB",
+        ),
+    ] = sizing.DEFAULT_DISK_GIB
     firmware: Firmware = Firmware.EFI
+
+    @field_validator("disk_gib")
+    @classmethod
+    def _clones_pass_firstboot(cls, value: int) -> int:
+        if value < MIN_DISK_GIB:
+            raise ValueError(
+                f"{value} GiB leaves a clone less than the {sizing.MIN_FREE_DISK_GIB} GiB free under "
+                f"/var/lib/rancher that firstboot's resources check needs (the image takes up to "
+                f"{sizing.IMAGE_FOOTPRINT_GIB} GiB): give at least {MIN_DISK_GIB}"
+            )
+        return value
 
 
 class K3sSha256(_Model):

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from firstboot import sizing
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta
 
 LOG = logging.getLogger(__name__)
@@ -25,9 +26,9 @@ META = StepMeta(
     summary="checking CPU, memory and disk",
 )
 
-GIB = 1024**3
-MIN_CPUS, MIN_MEMORY, MIN_DISK = 2, 4 * GIB, 20 * GIB
-RECOMMENDED_CPUS, RECOMMENDED_MEMORY = 4, 8 * GIB
+GIB = sizing.GIB
+MIN_CPUS, MIN_MEMORY, MIN_DISK = sizing.MIN_CPUS, sizing.MIN_MEMORY_MIB << 20, sizing.MIN_FREE_DISK_GIB * GIB
+RECOMMENDED_CPUS, RECOMMENDED_MEMORY = sizing.RECOMMENDED_CPUS, sizing.RECOMMENDED_MEMORY_MIB << 20
 DATA_DIR = "/var/lib/rancher"
 # The kernel keeps some memory for itself: a 4 GiB VM reports a little less in MemTotal.
 MEMORY_SLACK = 0.95
@@ -88,8 +89,9 @@ def evaluate(res: Resources) -> tuple[list[str], list[str]]:
 
 
 REMEDY = (
-    "give the VM at least 2 vCPU, 4 GiB memory and 20 GiB free under /var/lib/rancher "
-    "(change the fleet file's VM size or grow the disk), then reboot"
+    f"give the VM at least {MIN_CPUS} vCPU, {_gib(MIN_MEMORY)} memory and {_gib(MIN_DISK)} free under "
+    f"{DATA_DIR} (grow the disk and the root volume, or rebuild the template with hardware.disk_gib >= "
+    f"{sizing.MIN_DISK_GIB}), then reboot"
 )
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from spec_base import BASE, variant
 
-from builder.spec import ImageSpec, SpecError, load_spec, parse_spec, spec_warnings
+from builder.spec import MIN_DISK_GIB, ImageSpec, SpecError, load_spec, parse_spec, spec_warnings
 from builder.yamlsrc import InputError, Issue, load_located
+from firstboot import sizing
+from firstboot.steps import resources
 
 
 def parse(text: str) -> ImageSpec:
@@ -169,10 +171,10 @@ ERRORS = [
     ),
     (
         "disk-low",
-        variant("build:\n", "hardware: {disk_gib: 10}\nbuild:\n"),
+        variant("build:\n", "hardware: {disk_gib: 20}\nbuild:\n"),
         "hardware.disk_gib",
         27,
-        "greater than or equal to 20",
+        "firstboot's resources check needs (the image takes up to 8 GiB): give at least 28",
     ),
     (
         "dns-outside",
@@ -454,3 +456,14 @@ def test_examples_cover_every_variant() -> None:
 @pytest.mark.parametrize("path", IMAGE_EXAMPLES, ids=[p.stem for p in IMAGE_EXAMPLES])
 def test_image_examples_are_valid(path: Path) -> None:
     assert isinstance(load_spec(path), ImageSpec)
+
+
+def test_default_disk_leaves_a_clone_what_firstboot_checks() -> None:
+    """The old default (20 GiB) failed every clone's resources check; spec and firstboot now share one
+    source (firstboot/sizing.py)."""
+    spec = parse(BASE)
+    free_gib = spec.hardware.disk_gib - sizing.IMAGE_FOOTPRINT_GIB
+    clone = resources.Resources(2, 4 << 30, free_gib * resources.GIB, Path("/var/lib/rancher"))
+    assert resources.evaluate(clone)[0] == []
+    # The smallest disk the spec accepts leaves exactly what the check demands.
+    assert MIN_DISK_GIB - sizing.IMAGE_FOOTPRINT_GIB == sizing.MIN_FREE_DISK_GIB
