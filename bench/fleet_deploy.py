@@ -10,27 +10,41 @@ simulator's method delays set to a vCenter-like task latency (`--task-latency`, 
 clone task and 100 ms per power-on, far below a real full clone): there each clone waits on vCenter, which
 is the waiting the bounded pool exists to overlap.
 
+Then `builder status` at 100 and 1,000 deployed VMs (`--status-sizes`), each fleet on a fresh simulator:
+the bulk read builder does (the fleet's VMs in one PropertyCollector query) beside the per-VM read it
+replaced (each VM's `config` and `runtime` fetched one by one), with their SOAP round trips counted at
+pyVmomi's stub (`builder.vsphere.roundtrips`), and the whole `builder status FLEET --format json` command
+in a fresh process (start-up, login and logout included).
+
     python bench/fleet_deploy.py [--sizes 10,100] [--concurrency 1,8] [--task-latency M=ms,...]
+                                 [--status-sizes 100,1000] [--only deploy|status]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.dont_write_bytecode = True  # the bench leaves no __pycache__ in the tree
 
+from builder import status as st  # noqa: E402
 from builder.deploy import deploy  # noqa: E402
-from builder.fleet import load_fleet  # noqa: E402
-from builder.vsphere.connection import Credentials, connect  # noqa: E402
+from builder.fleet import Fleet, load_fleet  # noqa: E402
+from builder.vsphere import inventory  # noqa: E402
+from builder.vsphere.connection import Credentials, Session, connect  # noqa: E402
+from builder.vsphere.roundtrips import counting  # noqa: E402
 
 VCSIM = REPO / ".bin" / "vcsim"
 HEAD = """\
@@ -125,22 +139,136 @@ def run_grid(sizes: list[int], levels: list[int], task_latency: str, workdir: Pa
         print(f"speed-up of concurrency {high} over {low} for {size} clones: {speedup:.2f}x")
 
 
+def per_vm_read(session: Session, fleet: Fleet) -> int:
+    """The read `builder status` made before the bulk query: names, then each VM's config and runtime."""
+    dc = inventory.datacenter(session, fleet.placement.datacenter)
+    found = inventory.vms_by_name(session, dc, [v.name for v in fleet.vms])
+    rows = 0
+    for fvm in fleet.vms:
+        for vm in found.get(fvm.name, [])[-1:]:
+            config, power = vm.config, vm.runtime.powerState
+            rows += bool(config is not None and power)
+    return rows
+
+
+def median_of(runs: int, fn: Callable[[], tuple[float, int]]) -> tuple[float, int]:
+    """Median seconds of `runs` calls of `fn` (seconds, round trips), with the round trips of the last."""
+    results = [fn() for _ in range(runs)]
+    return statistics.median(r[0] for r in results), results[-1][1]
+
+
+def measure_status(size: int, workdir: Path, runs: int) -> dict[str, float]:
+    """Deploy `size` clones on a fresh simulator, then time and count the status reads."""
+    path = workdir / f"status-{size}.yaml"
+    path.write_text(fleet_text(size))
+    fleet = load_fleet(path)
+    proc, env = start_sim("")
+    try:
+        with connect(Credentials.from_env(env)) as session:
+            environ = {"BENCH_SP": "sp-" + secrets.token_hex(8), "BENCH_TOKEN": "tok-" + secrets.token_hex(8)}
+            report = deploy(fleet, session, environ, concurrency=8)
+            if not report.ok:
+                raise SystemExit(f"deploy of {size} clones failed")
+
+            cpu: list[float] = []
+
+            def bulk() -> tuple[float, int]:
+                with counting() as trips:
+                    started, cpu0 = time.perf_counter(), time.process_time()
+                    rows = st.read_status(session, fleet)
+                    seconds = time.perf_counter() - started
+                    cpu.append(time.process_time() - cpu0)
+                if len(rows) != size or any(r.state != st.NO_REPORT for r in rows):
+                    raise SystemExit(f"status of {size} VMs read wrong rows")
+                return seconds, trips.total
+
+            def per_vm() -> tuple[float, int]:
+                with counting() as trips:
+                    started = time.perf_counter()
+                    rows = per_vm_read(session, fleet)
+                    seconds = time.perf_counter() - started
+                if rows != size:
+                    raise SystemExit(f"per-VM read of {size} VMs found {rows}")
+                return seconds, trips.total
+
+            bulk_s, bulk_trips = median_of(runs, bulk)
+            per_vm_s, per_vm_trips = median_of(1 if size > 100 else runs, per_vm)
+
+        def command() -> tuple[float, int]:
+            started = time.perf_counter()
+            script = "from builder.cli import main; main()"
+            out = subprocess.run(
+                [sys.executable, "-c", script, "status", str(path), "--format", "json"],
+                env={**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            seconds = time.perf_counter() - started
+            if out.returncode != 0 or len(json.loads(out.stdout)["vms"]) != size:
+                raise SystemExit(f"builder status failed: {out.stderr.strip()}")
+            return seconds, 0
+
+        cli_s, _ = median_of(runs, command)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return {
+        "bulk_cpu_s": statistics.median(cpu),
+        "bulk_s": bulk_s,
+        "bulk_trips": bulk_trips,
+        "per_vm_s": per_vm_s,
+        "per_vm_trips": per_vm_trips,
+        "cli_s": cli_s,
+    }
+
+
+def run_status(sizes: list[int], workdir: Path, runs: int) -> None:
+    """`builder status` read at each fleet size, bulk beside per-VM; the table and the ratios."""
+    print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall seconds stretch with it)")
+    print(
+        f"{'VMs':>5}  {'bulk s':>7}  {'CPU s':>6}  {'trips':>5}  "
+        f"{'per-VM s':>8}  {'trips':>5}  {'per-VM/bulk':>11}  {'command s':>9}"
+    )
+    results: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        r = results[size] = measure_status(size, workdir, runs)
+        print(
+            f"{size:>5}  {r['bulk_s']:>7.3f}  {r['bulk_cpu_s']:>6.3f}  {r['bulk_trips']:>5.0f}  "
+            f"{r['per_vm_s']:>8.3f}  {r['per_vm_trips']:>5.0f}  {r['per_vm_s'] / r['bulk_s']:>10.1f}x  "
+            f"{r['cli_s']:>9.3f}",
+            flush=True,
+        )
+    small, large = min(sizes), max(sizes)
+    if small != large:
+        ratio = (results[large]["bulk_s"] / large) / (results[small]["bulk_s"] / small)
+        print(f"bulk read s/VM {large} vs {small} VMs: {ratio:.2f} (1.00 = linear in fleet size)")
+
+
 def main() -> int:
-    """Run the grid without and with task latency and print the tables and the ratios."""
+    """Run the deploy grid without and with task latency, then the status reads; print tables, ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100")
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--task-latency", default="CloneVM_Task=300,PowerOnVM_Task=100")
+    parser.add_argument("--status-sizes", default="100,1000")
+    parser.add_argument("--runs", type=int, default=3, help="status: median of this many runs")
+    parser.add_argument("--only", choices=("deploy", "status"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     levels = [int(c) for c in args.concurrency.split(",")]
     if not os.access(VCSIM, os.X_OK):
         sys.exit(f"{VCSIM} is missing: run `bash tools/dev.sh setup`")
     with tempfile.TemporaryDirectory(prefix="arcbake-bench-") as tmp:
-        print("simulator as is (builder's own cost per clone):")
-        run_grid(sizes, levels, "", Path(tmp))
-        print(f"\nwith vCenter-like task latency ({args.task_latency} ms):")
-        run_grid(sizes, levels, args.task_latency, Path(tmp))
+        if args.only != "status":
+            print("simulator as is (builder's own cost per clone):")
+            run_grid(sizes, levels, "", Path(tmp))
+            print(f"\nwith vCenter-like task latency ({args.task_latency} ms):")
+            run_grid(sizes, levels, args.task_latency, Path(tmp))
+        if args.only != "deploy":
+            print("\nbuilder status: bulk read vs per-VM read (SOAP round trips counted at the stub):")
+            run_status([int(s) for s in args.status_sizes.split(",")], Path(tmp), args.runs)
     return 0
 
 

@@ -29,6 +29,8 @@ LOG = logging.getLogger(__name__)
 NO_REPORT = "no report"
 MISSING = "missing"
 UNREADABLE = "unreadable"
+# What a status row needs (the name is known from the query of names).
+STATUS_PROPS = ("config.extraConfig", "runtime.powerState")
 FINAL = {contract.State.DONE.value, contract.State.FAILED.value}
 
 
@@ -79,7 +81,7 @@ def read_status(session: Session, fleet: Fleet) -> list[VmStatus]:
     """
     dc = inventory.datacenter(session, fleet.placement.datacenter)
     names = [v.name for v in fleet.vms]
-    found = vmops.read_rows(session, inventory.vms_by_name(session, dc, names), names)
+    found = vmops.read_rows(session, inventory.vms_by_name(session, dc, names), names, STATUS_PROPS)
     rows: list[VmStatus] = []
     for fvm in fleet.vms:
         vms = found.get(fvm.name, [])
