@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from builder import packer as pk
+from builder.events import NULL, Recorder
 from builder.spec import ImageSpec, load_spec
+from builder.validators import Outcome
 from builder.vsphere import inventory, retention
 from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Credentials, NotFoundError, Session, VSphereError, connect
@@ -39,6 +42,8 @@ LOG = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 LOG_NAME = "packer-build.log"
+# Where packer/build.pkr.hcl's image-suite provisioner has pytest write its JUnit (relative to DIR).
+IMAGE_SUITE_JUNIT = "image-suite.junit.xml"
 
 
 class ValidationFailedError(Exception):
@@ -56,6 +61,9 @@ class BuildOptions:
     now: datetime | None = None
     quiet: bool = False
     validator_names: list[str] | None = field(default=None)
+    # JUnit file: one case per validator and per image-suite check (written on failure too).
+    junit: Path | None = None
+    recorder: Recorder = NULL
 
 
 def _git(spec_path: Path) -> dict[str, Any] | None:
@@ -88,10 +96,14 @@ def _arcbake_version() -> str:
         return "unknown"
 
 
-def _validate(out_dir: Path, names: list[str] | None) -> list[dict[str, object]]:
+def _validate(
+    out_dir: Path, names: list[str] | None, rec: Recorder, collected: list[Outcome]
+) -> list[dict[str, object]]:
     from builder.validators import Status, run_validators
 
-    outcomes = run_validators(out_dir, only=names)
+    with rec.step("validators"):
+        outcomes = run_validators(out_dir, only=names, recorder=rec)
+    collected.extend(outcomes)
     failed = [o for o in outcomes if o.status is Status.FAILED]
     for outcome in outcomes:
         LOG.info("validator %s: %s %s", outcome.name, outcome.status.value, outcome.message.splitlines()[:1])
@@ -102,6 +114,23 @@ def _validate(out_dir: Path, names: list[str] | None) -> list[dict[str, object]]
         )
         raise ValidationFailedError(f"rendered build dir rejected by {detail}")
     return [o.to_dict() for o in outcomes]
+
+
+def _write_junit(path: Path, out_dir: Path, outcomes: list[Outcome]) -> None:
+    """validators + the image suite's cases (Packer's pytest writes IMAGE_SUITE_JUNIT when it ran)."""
+    from builder import junit
+
+    suites = [junit.Suite("arcbake validators", junit.validator_cases(outcomes))]
+    suite_file = out_dir / IMAGE_SUITE_JUNIT
+    if suite_file.is_file():
+        try:
+            suites.append(junit.Suite("arcbake image suite", junit.read_cases(suite_file, "image.")))
+        except ET.ParseError as exc:
+            LOG.warning("cannot read the image suite's JUnit file %s: %s", suite_file, exc)
+    try:
+        junit.write(path, suites)
+    except OSError as exc:
+        LOG.error("cannot write the JUnit file %s: %s", path, exc.strerror)
 
 
 def _wheelhouse(spec: ImageSpec, out_dir: Path) -> list[str]:
@@ -126,16 +155,22 @@ def _cleanup_after_interrupt(session: Session, dc: Any, vm_name: str) -> None:
         vmops.destroy(obj, vm_name)
 
 
-def _progress_line(quiet: bool, message: str) -> None:
-    if not quiet:
-        import sys
-
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-
-
 def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) -> dict[str, Any]:
-    """Run the whole build; return the manifest (also written to `DIR/manifest.json`)."""
+    """Run the whole build; return the manifest (also written to `DIR/manifest.json`).
+
+    With `options.junit`, the JUnit file is written however the build ends (validators that ran, and
+    the image suite's checks when Packer ran them)."""
+    outcomes: list[Outcome] = []
+    try:
+        return _build(spec_path, environ, options, outcomes)
+    finally:
+        if options.junit is not None:
+            _write_junit(options.junit, options.out_dir.absolute(), outcomes)
+
+
+def _build(
+    spec_path: Path, environ: Mapping[str, str], options: BuildOptions, outcomes: list[Outcome]
+) -> dict[str, Any]:
     from builder.render import SecretEnvError, packer_secret_env, render
     from builder.render_context import spec_digest
 
@@ -145,14 +180,22 @@ def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) ->
     packer = pk.find_packer(environ)
     base_env = pk.child_env(environ, {})
     packer_version = pk.version(packer, base_env)
+    rec = options.recorder
     with connect(creds) as session:
-        dc = _preflight(session, spec)
+        with rec.step("preflight", announce=False):
+            dc = _preflight(session, spec)
         out_dir = options.out_dir.absolute()
-        rendered = render(spec, out_dir, now=options.now, packer=packer_version)
+        with rec.step("render", label=f"render {spec.os.variant} into {out_dir}") as step:
+            rendered = render(spec, out_dir, now=options.now, packer=packer_version)
+            step.fields["template"] = rendered.vm_name
         vm_name = rendered.vm_name
-        _progress_line(options.quiet, f"rendered {spec.os.variant} into {out_dir} (template {vm_name})")
-        validators = _validate(out_dir, options.validator_names) if options.run_validators else []
-        wheels = _wheelhouse(spec, out_dir)
+        (out_dir / IMAGE_SUITE_JUNIT).unlink(missing_ok=True)
+        validators = (
+            _validate(out_dir, options.validator_names, rec, outcomes) if options.run_validators else []
+        )
+        with rec.step("wheelhouse", label="assemble the guest wheelhouse") as step:
+            wheels = _wheelhouse(spec, out_dir)
+            step.fields["wheels"] = len(wheels)
         try:
             secret_vars = {**pk.vsphere_vars(environ), **packer_secret_env(spec, environ)}
         except SecretEnvError as exc:
@@ -164,27 +207,32 @@ def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) ->
         if inventory.vms_by_name(session, dc, [vm_name]).get(vm_name):
             raise VSphereError(f"a VM or template named {vm_name!r} already exists in datacenter {dc.name!r}")
         if packer_version >= (1, 7, 0):
-            pk.init(packer, workdir, env, secrets)
-        pk.validate(packer, workdir, rendered.packer_only, env, secrets)
+            with rec.step("packer init"):
+                pk.init(packer, workdir, env, secrets)
+        with rec.step("packer validate"):
+            pk.validate(packer, workdir, rendered.packer_only, env, secrets)
         shown_version = ".".join(map(str, packer_version))
-        _progress_line(options.quiet, f"packer {shown_version} build {rendered.packer_only}")
+        LOG.info("packer %s build %s", shown_version, rendered.packer_only)
         try:
-            outcome = pk.build(
-                packer,
-                workdir,
-                only=rendered.packer_only,
-                env=env,
-                secrets=secrets,
-                log_path=out_dir / LOG_NAME,
-                timeout=options.timeout,
-                on_error=options.on_error,
-                progress=pk.Progress(quiet=options.quiet),
-            )
+            with rec.step("packer build", label=f"packer {shown_version} build {rendered.packer_only}"):
+                outcome = pk.build(
+                    packer,
+                    workdir,
+                    only=rendered.packer_only,
+                    env=env,
+                    secrets=secrets,
+                    log_path=out_dir / LOG_NAME,
+                    timeout=options.timeout,
+                    on_error=options.on_error,
+                    progress=pk.Progress(quiet=options.quiet, recorder=rec),
+                )
         except KeyboardInterrupt:
             _cleanup_after_interrupt(session, dc, vm_name)
             raise
-        published = _published(session, dc, spec, vm_name)
-        kept = retention.apply(session, dc, spec.template_name_regex(), spec.publish.keep)
+        with rec.step("publish", announce=False):
+            published = _published(session, dc, spec, vm_name)
+        with rec.step("retention", announce=False):
+            kept = retention.apply(session, dc, spec.template_name_regex(), spec.publish.keep)
         if kept.errors:
             LOG.warning("retention: %s", "; ".join(kept.errors))
     ended = datetime.now(UTC)

@@ -1,15 +1,14 @@
 """`builder init | schema | validate | render`: the image spec side of the CLI.
 
-Exit codes (`builder.rc.RC`): 0 ok, 1 the operation failed, 3 invalid spec (every problem listed as
-`FILE:LINE: path: message` on stderr), 4 a rendered artifact was rejected by a validator.
-Results go to stdout, problems and logs to stderr. `NO_COLOR` turns colour off.
+Exit codes (`builder.rc.RC`): 0 ok, 1 the operation failed, 2 usage (an unknown `--only` name), 3
+invalid spec (every problem listed as `FILE:LINE: path: message` on stderr, and in the JSON document with
+`--format json`), 4 a rendered artifact was rejected by a validator. Results go to stdout, problems and
+logs to stderr. `NO_COLOR` turns colour off.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,18 +16,41 @@ from pathlib import Path
 
 import click
 
+from builder import junit
 from builder.assets import templates_dir
-from builder.cli_common import FORMAT, echo_issues, fail
+from builder.cli_common import (
+    COMMON_ENV,
+    EVENTS,
+    FORMAT,
+    default_build_dir,
+    epilog,
+    fail,
+    fail_input,
+    json_output,
+    recorder,
+)
+from builder.progress import interactive
 from builder.rc import RC
 from builder.render import RenderError, render
 from builder.spec import ImageSpec, SpecError, json_schema, load_spec, spec_warnings
-from builder.validators import Outcome, Status, run_validators
+from builder.validators import VALIDATORS, Outcome, Status, run_validators, unknown_names
 
 INIT_TEMPLATE = "init/image-spec.yaml"
 
 
 def _color() -> bool:
+    import os
+    import sys
+
     return "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+JUNIT = click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JUnit XML file: one test case per validator (failures carry the tool's message).",
+)
 
 
 @contextmanager
@@ -37,8 +59,7 @@ def _spec_errors() -> Iterator[None]:
     try:
         yield
     except SpecError as exc:
-        echo_issues(exc)
-        fail(f"invalid image spec ({len(exc.issues)} problem(s))", RC.INVALID_INPUT)
+        fail_input(exc, "image spec")
     except RenderError as exc:
         fail(str(exc))
 
@@ -47,7 +68,10 @@ def _load(path: Path) -> ImageSpec:
     return load_spec(path)
 
 
-@click.command("init")
+@click.command(
+    "init",
+    epilog=epilog(["builder init image.yaml", "builder init image.yaml --force"], COMMON_ENV, (RC.FAILED,)),
+)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init_command(path: Path, force: bool) -> None:
@@ -62,10 +86,13 @@ def init_command(path: Path, force: bool) -> None:
         tmp.replace(path)
     except OSError as exc:
         fail(f"cannot write {path}: {exc}")
-    click.echo(str(path))
+    if json_output():
+        click.echo(json.dumps({"ok": True, "path": str(path)}))
+    else:
+        click.echo(str(path))
 
 
-@click.command("schema")
+@click.command("schema", epilog=epilog("builder schema > image-spec.schema.json"))
 def schema_command() -> None:
     """Print the image spec's JSON Schema."""
     click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
@@ -86,61 +113,111 @@ def _print_outcomes(outcomes: list[Outcome], color: bool) -> None:
             click.echo(f"{'':20}{line}", color=color)
 
 
-@click.command("validate")
+@click.command(
+    "validate",
+    epilog=epilog(
+        [
+            "builder validate examples/rocky9.yaml",
+            "builder validate examples/rocky9.yaml --only kickstart --only shellcheck --junit validate.xml",
+            "builder validate --build-dir build/rocky9 --format json",
+        ],
+        ["PATH: the validators' tools (" + ", ".join(t for t, _ in VALIDATORS.values()) + ")", *COMMON_ENV],
+        (RC.FAILED, RC.INVALID_INPUT, RC.ARTIFACT_REJECTED),
+    ),
+)
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option(
     "--build-dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Validate an already rendered build dir instead of rendering SPEC.",
 )
-@click.option("--only", multiple=True, help="Run only this validator (repeatable).")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this validator (repeatable): " + ", ".join(VALIDATORS) + ".",
+)
+@JUNIT
+@EVENTS
 @FORMAT
-def validate_command(spec: Path | None, build_dir: Path | None, only: tuple[str, ...], fmt: str) -> None:
+def validate_command(
+    spec: Path | None, build_dir: Path | None, only: tuple[str, ...], junit_path: Path | None, fmt: str
+) -> None:
     """Check SPEC, render it to a temporary dir and run every validator found on the result."""
     if (spec is None) == (build_dir is None):
         raise click.UsageError("give either SPEC or --build-dir")
+    unknown = unknown_names(only)
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        fail(f"unknown validator(s) {names} for --only; known: {', '.join(VALIDATORS)}", RC.USAGE)
     warnings: list[str] = []
+    rec = recorder()
     with _spec_errors():
         if spec is not None:
             image = _load(spec)
             warnings = spec_warnings(image)
             with tempfile.TemporaryDirectory(prefix="arcbake-validate-") as tmp:
-                result = render(image, Path(tmp) / "build")
-                outcomes = run_validators(result.out_dir, only=only or None)
+                with rec.step("render", announce=False):
+                    result = render(image, Path(tmp) / "build")
+                with rec.step("validators", announce=interactive()):
+                    outcomes = run_validators(result.out_dir, only=only or None, recorder=rec)
         else:
             assert build_dir is not None  # noqa: S101 - narrowed by the check above
-            outcomes = run_validators(build_dir, only=only or None)
+            with rec.step("validators", announce=interactive()):
+                outcomes = run_validators(build_dir, only=only or None, recorder=rec)
+    if junit_path is not None:
+        try:
+            junit.write(junit_path, [junit.Suite("arcbake validate", junit.validator_cases(outcomes))])
+        except OSError as exc:
+            fail(f"cannot write the JUnit file {junit_path}: {exc.strerror}")
     failed = [o for o in outcomes if o.status is Status.FAILED]
+    rejected = f"rejected by {', '.join(o.name for o in failed)}"
     if fmt == "json":
-        doc = {
+        doc: dict[str, object] = {
             "spec": str(spec) if spec else None,
             "build_dir": str(build_dir) if build_dir else None,
             "ok": not failed,
             "warnings": warnings,
             "validators": [o.to_dict() for o in outcomes],
         }
+        if failed:
+            # The same document, with the error fields every failing --format json answer has.
+            doc.update(error=rejected, exit_code=int(RC.ARTIFACT_REJECTED))
         click.echo(json.dumps(doc, indent=2))
+        if failed:
+            click.echo(f"error: {rejected}", err=True)
+            raise click.exceptions.Exit(int(RC.ARTIFACT_REJECTED))
     else:
         _print_outcomes(outcomes, _color())
     if failed:
-        fail(f"rejected by {', '.join(o.name for o in failed)}", RC.ARTIFACT_REJECTED)
+        fail(rejected, RC.ARTIFACT_REJECTED)
 
 
-@click.command("render")
+@click.command(
+    "render",
+    epilog=epilog(
+        [
+            "builder render examples/rocky9.yaml",
+            "builder render examples/rocky9.yaml -o /tmp/build --format json",
+        ],
+        COMMON_ENV,
+        (RC.FAILED, RC.INVALID_INPUT),
+    ),
+)
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "-o",
     "--output",
     "out_dir",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Build dir.",
+    help="Build dir (default: build/<spec name>, as for build).",
 )
 @FORMAT
-def render_command(spec: Path, out_dir: Path, fmt: str) -> None:
-    """Render SPEC into the build dir OUT_DIR (packer/, http/, rootfs/, scripts/)."""
+def render_command(spec: Path, out_dir: Path | None, fmt: str) -> None:
+    """Render SPEC into the build dir (packer/, http/, rootfs/, scripts/)."""
     with _spec_errors():
-        result = render(_load(spec), out_dir)
+        result = render(_load(spec), out_dir or default_build_dir(spec))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if fmt == "json":

@@ -2,7 +2,8 @@
 
 Every failure is one line on stderr and an exit code of `builder.rc.RC`: 1 the operation failed (vSphere
 unreachable, login refused, an object missing, Packer failed), 3 an invalid spec or fleet file (every
-problem listed with file, line and path), 130 interrupted. Results (tables, `--format json`) go to stdout.
+problem listed with file, line and path), 4 a rendered artifact rejected, 130 interrupted. Results
+(tables, `--format json`, errors included) go to stdout; progress and logs to stderr.
 """
 
 from __future__ import annotations
@@ -16,9 +17,22 @@ from typing import Any
 
 import click
 
-from builder.cli_common import FORMAT, echo_issues, fail
+from builder.cli_common import (
+    COMMON_ENV,
+    EVENTS,
+    FORMAT,
+    VSPHERE_ENV,
+    default_build_dir,
+    epilog,
+    fail,
+    fail_input,
+    recorder,
+    verbosity,
+)
 from builder.rc import RC
 from builder.yamlsrc import InputError
+
+VSPHERE_HELP_ENV = (VSPHERE_ENV, *COMMON_ENV)
 
 
 @contextmanager
@@ -26,6 +40,7 @@ def _errors() -> Iterator[None]:
     """Map the project's exceptions to one-line messages and exit codes (never a traceback)."""
     from builder.azure_arm import AzureError
     from builder.build import ValidationFailedError
+    from builder.fleet import FleetError
     from builder.packer import PackerError
     from builder.render import RenderError
     from builder.vsphere.connection import VSphereError
@@ -33,8 +48,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except InputError as exc:
-        echo_issues(exc)
-        raise click.exceptions.Exit(int(RC.INVALID_INPUT)) from None
+        fail_input(exc, "fleet file" if isinstance(exc, FleetError) else "image spec")
     except ValidationFailedError as exc:
         fail(str(exc), RC.ARTIFACT_REJECTED)
     except (VSphereError, PackerError, RenderError, AzureError) as exc:
@@ -51,27 +65,38 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.command()
+@click.command(
+    epilog=epilog(
+        [
+            "builder deploy examples/demo-fleet.yaml",
+            "builder deploy fleet.yaml --replace --events deploy.jsonl",
+        ],
+        [VSPHERE_ENV, "the secrets the fleet file references by {env: NAME}", *COMMON_ENV],
+        (RC.FAILED, RC.INVALID_INPUT),
+    )
+)
 @click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Delete and clone again VMs whose configuration changed.")
 @click.option(
     "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Clones at a time."
 )
+@EVENTS
 @FORMAT
 def deploy(fleet_file: Path, replace: bool, concurrency: int, fmt: str) -> None:
-    """Clone the fleet's VMs from its template, write their guestinfo and power them on (idempotent)."""
-    from builder.deploy import VmResult
+    """Clone the fleet's VMs from its template, write their guestinfo and power them on (idempotent).
+
+    Each VM is printed once, in the result table; on a terminal, a spinner per clone and power-on shows
+    what is in flight."""
     from builder.deploy import deploy as run_deploy
     from builder.fleet import load_fleet
 
-    def progress(result: VmResult) -> None:
-        click.echo(f"  {result.name}: {result.action} ({result.seconds:.1f}s) {result.message}", err=True)
-
+    rec = recorder()
     with _errors():
         fleet = load_fleet(fleet_file)
-        with _session() as session:
+        label = f"deploy fleet {fleet.name} ({len(fleet.vms)} VMs)"
+        with _session() as session, rec.step("deploy", label=label, announce=False):
             report = run_deploy(
-                fleet, session, os.environ, replace=replace, concurrency=concurrency, progress=progress
+                fleet, session, os.environ, replace=replace, concurrency=concurrency, recorder=rec
             )
     if fmt == "json":
         _emit_json(report.as_dict())
@@ -91,10 +116,22 @@ def deploy(fleet_file: Path, replace: bool, concurrency: int, fmt: str) -> None:
         raise click.exceptions.Exit(int(RC.FAILED))
 
 
-@click.command()
+@click.command(
+    epilog=epilog(
+        [
+            "builder status examples/demo-fleet.yaml",
+            "builder status fleet.yaml --wait --timeout 3600 --format json",
+        ],
+        VSPHERE_HELP_ENV,
+        (RC.FAILED, RC.INVALID_INPUT),
+    )
+)
 @click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
-    "--wait", is_flag=True, help="Poll until every VM is done or failed; exit 0 only if all are done."
+    "--wait",
+    is_flag=True,
+    help="Poll until every VM is done or failed (returns at once when no guest can report); "
+    "exit 0 only if all are done.",
 )
 @click.option(
     "--timeout", type=click.FloatRange(0), default=1800.0, show_default=True, help="Seconds for --wait."
@@ -113,19 +150,11 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
         with _session() as session:
             simulator = st.is_simulator(session)
             if wait:
-
-                def on_poll(rows: list[st.VmStatus]) -> None:
-                    counts: dict[str, int] = {}
-                    for row in rows:
-                        counts[row.state] = counts.get(row.state, 0) + 1
-                    click.echo(
-                        "waiting: " + ", ".join(f"{n} {state}" for state, n in counts.items()), err=True
-                    )
-
-                rows, finished = st.wait_status(session, fleet, timeout, interval, on_poll=on_poll)
+                rows, finished = _wait(session, fleet, timeout, interval, simulator)
             else:
                 rows, finished = st.read_status(session, fleet), True
     no_report = sum(r.state == st.NO_REPORT for r in rows)
+    stuck = [r.name for r in rows if st.cannot_report(r, simulator)]
     if fmt == "json":
         _emit_json({"fleet": fleet.name, "simulator": simulator, "vms": [r.as_dict() for r in rows]})
     else:
@@ -139,7 +168,9 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
             click.echo(f"{no_report} of {len(rows)} VM(s) have no report from their guest: {why}.")
     if wait:
         code = RC.OK if finished and all(r.state == "done" for r in rows) else RC.FAILED
-        if not finished:
+        if not finished and stuck and all(r.state in st.FINAL or r.name in stuck for r in rows):
+            click.echo(f"error: no report can come from {', '.join(stuck)}; not waiting", err=True)
+        elif not finished:
             click.echo(f"error: not every VM finished within {timeout:g}s", err=True)
     else:
         code = RC.FAILED if any(r.state in ("failed", st.MISSING, st.UNREADABLE) for r in rows) else RC.OK
@@ -147,7 +178,52 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
         raise click.exceptions.Exit(int(code))
 
 
-@click.command()
+def _wait(
+    session: Any, fleet: Any, timeout: float, interval: float, simulator: bool
+) -> tuple[list[Any], bool]:
+    """status --wait: a spinner on a terminal (plain `waiting:` lines elsewhere) naming the slowest VM."""
+    from builder import status as st
+    from builder.progress import interactive
+
+    rec = recorder()
+    plain = not interactive() and verbosity() >= 0
+    with rec.step("status wait", label=f"waiting for fleet {fleet.name}", announce=False) as step:
+
+        def on_poll(rows: list[st.VmStatus]) -> None:
+            counts: dict[str, int] = {}
+            for row in rows:
+                counts[row.state] = counts.get(row.state, 0) + 1
+            text = ", ".join(f"{n} {state}" for state, n in counts.items())
+            slowest = st.slowest_pending(rows)
+            if slowest is not None:
+                row, seconds = slowest
+                text += f"; slowest: {row.name} ({row.step or row.state}, {seconds:.0f}s)"
+            step.update(text)
+            if plain:
+                click.echo(f"waiting: {text}", err=True)
+
+        rows, finished = st.wait_status(
+            session, fleet, timeout, interval, on_poll=on_poll, simulator=simulator
+        )
+        step.fields["finished"] = finished
+    return rows, finished
+
+
+@click.command(
+    epilog=epilog(
+        [
+            "builder build examples/demo-image.yaml",
+            "builder build image.yaml -q --junit build.xml --events build.jsonl --format json",
+        ],
+        [
+            VSPHERE_ENV,
+            "PACKER: the packer binary (default: packer on PATH)",
+            "the secrets the spec references by {env: NAME}",
+            *COMMON_ENV,
+        ],
+        (RC.FAILED, RC.INVALID_INPUT, RC.ARTIFACT_REJECTED),
+    )
+)
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "-o",
@@ -168,19 +244,37 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
     "--timeout", type=click.FloatRange(1), default=4 * 3600.0, show_default=True, help="Seconds for Packer."
 )
 @click.option("--skip-validators", is_flag=True, help="Do not run the validators on the rendered build dir.")
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JUnit XML file: one case per validator and per image-suite check (on failure too).",
+)
+@EVENTS
 @FORMAT
 def build(
-    spec_file: Path, out_dir: Path | None, on_error: str, timeout: float, skip_validators: bool, fmt: str
+    spec_file: Path,
+    out_dir: Path | None,
+    on_error: str,
+    timeout: float,
+    skip_validators: bool,
+    junit_path: Path | None,
+    fmt: str,
 ) -> None:
-    """Render, validate, run Packer, publish the template, prune old ones; write DIR/manifest.json."""
+    """Render, validate, run Packer, publish the template, prune old ones; write DIR/manifest.json.
+
+    -q leaves Packer's streamed output out (it is always in DIR/packer-build.log)."""
     from builder.build import BuildOptions
     from builder.build import build as run_build
 
     options = BuildOptions(
-        out_dir=out_dir or Path("build") / spec_file.stem,
+        out_dir=out_dir or default_build_dir(spec_file),
         on_error=on_error,
         timeout=timeout,
         run_validators=not skip_validators,
+        quiet=verbosity() < 0,
+        junit=junit_path,
+        recorder=recorder(),
     )
     with _errors():
         manifest = run_build(spec_file, os.environ, options)

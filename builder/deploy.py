@@ -20,11 +20,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.events import NULL, Recorder
 from builder.fleet import Fleet, FleetVM, newest_match, resolve_secrets, secrets_json, template_matcher
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
@@ -187,9 +188,11 @@ def deploy(
     *,
     replace: bool = False,
     concurrency: int = DEFAULT_CONCURRENCY,
-    progress: Callable[[VmResult], None] | None = None,
+    recorder: Recorder = NULL,
 ) -> DeployReport:
-    """Deploy `fleet`; raise FleetError (secrets), NotFoundError/VSphereError (placement, conflicts)."""
+    """Deploy `fleet`; raise FleetError (secrets), NotFoundError/VSphereError (placement, conflicts).
+
+    Each VM's clone and power-on are steps of `recorder` (events file with `vm`, progress display)."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     started = time.monotonic()
@@ -215,13 +218,11 @@ def deploy(
         with in_flight:
             try:
                 result = _apply(
-                    plan, template, where, marks, guestinfo_values(plan.vm, secrets[plan.vm.name])
+                    plan, template, where, marks, guestinfo_values(plan.vm, secrets[plan.vm.name]), recorder
                 )
             except VSphereError as exc:
                 result = VmResult(plan.vm.name, "failed", str(exc))
         result.seconds = time.monotonic() - t0
-        if progress is not None:
-            progress(result)
         return result
 
     results: dict[str, VmResult] = {}
@@ -236,8 +237,7 @@ def deploy(
                 row.obj._moId,
                 row.instance_uuid or None,
             )
-            if progress is not None:
-                progress(results[plan.vm.name])
+            recorder.emit("vm_unchanged", vm=plan.vm.name, moid=row.obj._moId)
         else:
             todo.append(plan)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="deploy") as pool:
@@ -293,17 +293,24 @@ def _apply(
     where: inventory.Placement,
     marks: dict[str, str],
     guestinfo: dict[str, str],
+    rec: Recorder,
 ) -> VmResult:
     name = plan.vm.name
     action = "cloned"
     if plan.action == "replace" and plan.existing is not None:
-        vmops.destroy(plan.existing.obj, name)
+        with rec.step("destroy", announce=False, vm=name):
+            vmops.destroy(plan.existing.obj, name)
         action = "replaced"
     LOG.info("cloning %s from %s", name, template.name)
     annotation = f"arcbake fleet {marks[KEY_FLEET]}: {plan.vm.role.value} {plan.vm.hostname}"
-    clone = vmops.clone(template, name, where, {**guestinfo, **marks}, annotation=annotation, mac=plan.vm.mac)
+    with rec.step("clone", announce=False, vm=name) as step:
+        clone = vmops.clone(
+            template, name, where, {**guestinfo, **marks}, annotation=annotation, mac=plan.vm.mac
+        )
+        step.fields["moid"] = clone._moId
     try:
-        vmops.power_on(clone, name)
+        with rec.step("power-on", announce=False, vm=name):
+            vmops.power_on(clone, name)
         # Stamped last: a VM without it was not deployed completely and is never taken as unchanged.
         config = vmops.set_extra_config(
             clone, {KEY_IDENTITY: plan.identity}, f"recording the identity of VM {name!r}"

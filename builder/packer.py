@@ -18,10 +18,12 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from builder.events import Recorder
 from firstboot import subp
 
 LOG = logging.getLogger(__name__)
@@ -175,25 +177,53 @@ def vsphere_vars(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 class Progress:
-    """Progress on stderr: each step as a line with the elapsed time; NO_COLOR and non-TTYs get plain text."""
+    """Packer's ui lines on stderr with the elapsed time, and each `==>` stage as a step of `recorder`
+    (events file, progress display). -q (`quiet`) prints nothing; the stages still reach the events file.
+    NO_COLOR and non-TTYs get plain text."""
 
-    def __init__(self, stream: IO[str] | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, stream: IO[str] | None = None, quiet: bool = False, recorder: Recorder | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
+        self.recorder = recorder
         self.started = time.monotonic()
-        self.color = "NO_COLOR" not in os.environ and self.stream.isatty()
+        self.color = recorder is None and "NO_COLOR" not in os.environ and self.stream.isatty()
+        self._stage = ExitStack()
 
     def elapsed(self) -> str:
         """`mm:ss` since the start."""
         secs = int(time.monotonic() - self.started)
         return f"{secs // 60:02d}:{secs % 60:02d}"
 
+    def _next_stage(self, text: str) -> None:
+        if self.recorder is None:
+            return
+        self._stage.close()
+        # "==> vsphere-clone.demo: Cloning VM..." -> "Cloning VM"
+        title = text.lstrip().removeprefix("==>").strip()
+        title = title.split(": ", 1)[-1].strip().rstrip(".") or title
+        self._stage.enter_context(
+            self.recorder.step("packer stage", label=f"packer: {title}", announce=False, stage=title)
+        )
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the last stage (failed when `error` is given)."""
+        if error is None:
+            self._stage.close()
+        else:
+            self._stage.__exit__(type(error), error, error.__traceback__)
+
     def show(self, event: Event) -> None:
-        """Print a ui line."""
-        if self.quiet or event.ui_level is None:
+        """Print a ui line; a `==>` line starts the next stage."""
+        if event.ui_level is None:
             return
         text = event.text.strip("\n")
         if not text.strip():
+            return
+        if text.lstrip().startswith("==>"):
+            self._next_stage(text)
+        if self.quiet:
             return
         prefix = f"[{self.elapsed()}] "
         if self.color and event.ui_level == "error":
@@ -201,8 +231,12 @@ class Progress:
         elif self.color and text.lstrip().startswith("==>"):
             text = f"\x1b[1m{text}\x1b[0m"
         for line in text.splitlines():
-            self.stream.write(prefix + line + "\n")
-        self.stream.flush()
+            if self.recorder is not None:
+                self.recorder.display.print(prefix + line)
+            else:
+                self.stream.write(prefix + line + "\n")
+        if self.recorder is None:
+            self.stream.flush()
 
 
 def init(packer: str, workdir: Path, env: Mapping[str, str], secrets: Iterable[str]) -> None:
@@ -288,12 +322,19 @@ def build(
                 cwd=workdir,
                 secrets=secrets,
             )
-        except subp.ProcessExecutionError as exc:
+        except BaseException as exc:
+            if progress is not None:
+                progress.close(exc)
+            if not isinstance(exc, subp.ProcessExecutionError):
+                raise
+
             collector.outcome.seconds = time.monotonic() - started
             if exc.timed_out:
                 raise PackerError(f"packer build timed out after {timeout:g}s (log: {log_path})") from None
             errors = collector.outcome.errors
             last = errors[-1].strip().splitlines()[-1] if errors and errors[-1].strip() else _last_line(exc)
             raise PackerError(f"packer build failed: {last} (log: {log_path})") from None
+    if progress is not None:
+        progress.close()
     collector.outcome.seconds = time.monotonic() - started
     return collector.outcome

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -45,10 +46,16 @@ class VmStatus:
     remedy: str | None = None
     updated: str | None = None
     power: str | None = None
+    # The guest's step timings (contract.StepTiming as JSON: step, started, ended, attempts, outcome).
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready row."""
         return dict(self.__dict__)
+
+    def timings(self) -> list[contract.StepTiming]:
+        """The step timings as models."""
+        return [contract.StepTiming.model_validate(t) for t in self.steps]
 
 
 def is_simulator(session: Session) -> bool:
@@ -95,8 +102,39 @@ def read_status(session: Session, fleet: Fleet) -> list[VmStatus]:
             row.step = status.step
             row.remedy = status.remedy
             row.updated = status.updated.isoformat()
+            row.steps = [t.model_dump(mode="json") for t in status.steps]
         rows.append(row)
     return rows
+
+
+def cannot_report(row: VmStatus, simulator: bool) -> bool:
+    """True when waiting longer cannot change this VM's row: it is missing, powered off, or it is a
+    simulator VM without a report (the simulator runs no guest OS and no VMware Tools)."""
+    if row.state in FINAL:
+        return False
+    return row.state == MISSING or row.power == "poweredOff" or (simulator and row.state == NO_REPORT)
+
+
+def slowest_pending(rows: list[VmStatus], now: datetime | None = None) -> tuple[VmStatus, float] | None:
+    """The unfinished VM that has been on its current step longest, and for how many seconds.
+
+    The current step's start comes from the guest's timings (the newest running entry), else from
+    the status's `updated`; VMs without a report have neither and are left out."""
+    now = now or datetime.now(UTC)
+    best: tuple[VmStatus, float] | None = None
+    for row in rows:
+        if row.state in FINAL:
+            continue
+        running = [t for t in row.timings() if t.outcome is contract.StepOutcome.RUNNING]
+        since = running[-1].started if running else None
+        if since is None and row.updated:
+            since = datetime.fromisoformat(row.updated)
+        if since is None:
+            continue
+        seconds = max(0.0, (now - since).total_seconds())
+        if best is None or seconds > best[1]:
+            best = (row, seconds)
+    return best
 
 
 def wait_status(
@@ -105,8 +143,11 @@ def wait_status(
     timeout: float,
     interval: float = 10.0,
     on_poll: Callable[[list[VmStatus]], None] | None = None,
+    simulator: bool = False,
 ) -> tuple[list[VmStatus], bool]:
-    """Poll until every VM is done or failed, or `timeout` passes; (rows, True when all finished)."""
+    """Poll until every VM is done or failed, or `timeout` passes; (rows, True when all finished).
+
+    Returns at once, not finished, when every unfinished VM is one that `cannot_report`."""
     deadline = time.monotonic() + timeout
     while True:
         rows = read_status(session, fleet)
@@ -114,6 +155,8 @@ def wait_status(
             on_poll(rows)
         if all(r.state in FINAL for r in rows):
             return rows, True
+        if all(r.state in FINAL or cannot_report(r, simulator) for r in rows):
+            return rows, False
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return rows, False

@@ -30,6 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from builder import render_context
+from builder.events import NULL, Recorder
 from firstboot import subp
 
 LOG = logging.getLogger(__name__)
@@ -303,6 +304,15 @@ VALIDATORS: dict[str, tuple[str, Check]] = {
 }
 
 
+def _recorded(name: str, build_dir: Path, info: BuildInfo, timeout: float, recorder: Recorder) -> Outcome:
+    with recorder.step("validator", label=f"validator {name}", announce=False, validator=name) as step:
+        outcome = _one(name, build_dir, info, timeout)
+        step.fields["status"] = outcome.status.value
+        if outcome.status is Status.FAILED:
+            step.fail(outcome.message.strip().splitlines()[-1] if outcome.message.strip() else "rejected")
+    return outcome
+
+
 def _one(name: str, build_dir: Path, info: BuildInfo, timeout: float) -> Outcome:
     tool, check = VALIDATORS[name]
     start = time.monotonic()
@@ -321,13 +331,27 @@ def _one(name: str, build_dir: Path, info: BuildInfo, timeout: float) -> Outcome
     return Outcome(name, Status.PASSED, detail, tool, time.monotonic() - start)
 
 
+def unknown_names(names: Sequence[str]) -> list[str]:
+    """The names that are not validators (for `--only`)."""
+    return [n for n in names if n not in VALIDATORS]
+
+
 def run_validators(
-    build_dir: Path, *, only: Sequence[str] | None = None, timeout: float = DEFAULT_TIMEOUT, workers: int = 4
+    build_dir: Path,
+    *,
+    only: Sequence[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    workers: int = 4,
+    recorder: Recorder = NULL,
 ) -> list[Outcome]:
-    """Run the validators (all, or `only`) on a rendered build dir; outcomes in VALIDATORS order."""
+    """Run the validators (all, or `only`) on a rendered build dir; outcomes in VALIDATORS order.
+
+    Each validator is a step of `recorder` (events file, progress spinner); the caller checks `only`
+    with `unknown_names` first (a name that is not a validator is a usage error, not an empty run).
+    """
     build_dir = Path(build_dir).absolute()
     info = BuildInfo.load(build_dir)
     names = [n for n in VALIDATORS if only is None or n in only]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(_one, name, build_dir, info, timeout) for name in names]
+        futures = [pool.submit(_recorded, name, build_dir, info, timeout, recorder) for name in names]
         return [f.result() for f in futures]

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from firstboot import doctor
+from firstboot import about, doctor
 from firstboot.contract import State, Status
 from firstboot.engine import Engine, build_context
 from firstboot.sources import SourceError, make_source
@@ -25,6 +25,17 @@ LOG = logging.getLogger("firstboot")
 STATUS_POLL_SECONDS = 0.5
 
 
+class _Version(argparse.Action):
+    """`--version`, computed only when asked (it may run git; every other start-up stays lean)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(about.version_text("firstboot"))
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
@@ -32,23 +43,86 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--root", type=Path, default=Path("/"), help="take every file path under DIR (tests)")
 
     parser = argparse.ArgumentParser(
-        prog="firstboot", description="first-boot onboarding of an arcbake clone"
+        prog="firstboot",
+        description="first-boot onboarding of an arcbake clone",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(
+            "firstboot status --wait --timeout 600",
+            "0 ok (run: done; status: done; doctor: healthy), 1 failed or problems found, "
+            "2 status: not finished / usage error, 130 interrupted",
+        ),
     )
+    parser.add_argument("--version", action=_Version, help="show version, git commit and Python, then exit")
+    # The same -v/-q before the subcommand; counted with the subcommand's own (argparse would let the
+    # subparser's default overwrite a shared dest, so these have their own).
+    parser.add_argument(
+        "-v", "--verbose", dest="top_verbose", action="count", default=0, help=argparse.SUPPRESS
+    )
+    parser.add_argument("-q", "--quiet", dest="top_quiet", action="count", default=0, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[common], help="run the onboarding steps not yet done")
+    run = _subcommand(
+        sub,
+        common,
+        "run",
+        "run the onboarding steps not yet done",
+        "firstboot run --source file:/tmp/guestinfo.yaml --root /tmp/guest",
+        "0 done, 1 failed",
+    )
     run.add_argument("--source", default="auto", help="auto | guestinfo | env | file:PATH (default auto)")
     run.add_argument("--only", choices=ORDER, help="run just this step (after metadata)")
 
-    status = sub.add_parser("status", parents=[common], help="show the onboarding status")
+    status = _subcommand(
+        sub,
+        common,
+        "status",
+        "show the onboarding status",
+        "firstboot status --format json",
+        "0 done, 1 failed, 2 not finished",
+    )
     status.add_argument("--format", choices=("text", "json"), default="text")
     status.add_argument("--wait", action="store_true", help="wait until done or failed")
     status.add_argument("--timeout", type=float, default=1800.0, help="with --wait: give up after S seconds")
 
-    doc = sub.add_parser("doctor", parents=[common], help="read-only diagnosis of every link")
+    doc = _subcommand(
+        sub,
+        common,
+        "doctor",
+        "read-only diagnosis of every link",
+        "firstboot doctor --format json",
+        "0 healthy, 1 problems found",
+    )
     doc.add_argument("--format", choices=("text", "json"), default="text")
     doc.add_argument("--source", default="auto", help="auto | guestinfo | env | file:PATH (default auto)")
     return parser
+
+
+ENVIRONMENT = (
+    "ARCBAKE_TIME_SCALE (multiplies step timeouts and retry waits; tests), "
+    "VMX_GUESTINFO_* (with --source env), HTTPS_PROXY/NO_PROXY as set by the proxy step"
+)
+
+
+def _epilog(example: str, codes: str) -> str:
+    return f"example:\n  {example}\n\nenvironment:\n  {ENVIRONMENT}\n\nexit codes:\n  {codes}"
+
+
+def _subcommand(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    summary: str,
+    example: str,
+    codes: str,
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with an example, the environment it reads and its exit codes."""
+    return sub.add_parser(
+        name,
+        parents=[common],
+        help=summary,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(example, codes),
+    )
 
 
 def _logging(verbose: int, quiet: int) -> None:
@@ -142,7 +216,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `firstboot` console script."""
     args = _parser().parse_args(argv)
-    _logging(args.verbose, args.quiet)
+    _logging(args.verbose + args.top_verbose, args.quiet + args.top_quiet)
     handlers = {"run": cmd_run, "status": cmd_status, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)

@@ -62,7 +62,8 @@ build {
   }
 
   # The testinfra suite a template must pass, run from the build machine before sealing, with the Python
-  # of var.image_tests_python (builder build sets PKR_VAR_image_tests_python to its own venv).
+  # of var.image_tests_python (builder build sets PKR_VAR_image_tests_python to its own venv). Its JUnit
+  # (one case per check) lands in the build dir, where `builder build --junit` merges it.
   provisioner "shell-local" {
     except = local.offline
     environment_vars = [
@@ -74,7 +75,7 @@ build {
     ]
     inline = [
       "if [ \"$ARCBAKE_RUN_IMAGE_TESTS\" != true ]; then echo 'image tests disabled by the spec'; exit 0; fi",
-      "${var.image_tests_python} -m pytest -p no:cacheprovider -q -m 'not sealed' '${path.root}/../tests/image' --hosts=\"ssh://$ARCBAKE_IMAGE_USER@$ARCBAKE_IMAGE_HOST\" --ssh-identity-file=\"$ARCBAKE_SSH_KEY\" --ssh-extra-args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' --sudo",
+      "${var.image_tests_python} -m pytest -p no:cacheprovider -q -m 'not sealed' '${path.root}/../tests/image' --junitxml='${path.root}/../image-suite.junit.xml' --hosts=\"ssh://$ARCBAKE_IMAGE_USER@$ARCBAKE_IMAGE_HOST\" --ssh-identity-file=\"$ARCBAKE_SSH_KEY\" --ssh-extra-args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' --sudo",
     ]
   }
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from builder.cli import cli
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from firstboot import contract
-from firstboot.contract import OnboardingConfig, State, Status
+from firstboot.contract import OnboardingConfig, State, Status, StepOutcome, StepTiming
 from integration.vsphere_helpers import (
     SECRET_ENV,
     cloudinit_decode,
@@ -158,16 +161,48 @@ def test_status_reads_guest_reports(vcsim: VcsimHandle, tmp_path: Path) -> None:
     assert pending.exit_code == 0
     assert pending.stdout.count("  no report  ") == 3
     assert "vCenter simulator, which runs no guest OS" in pending.stdout
-    waited = run_cli(vcsim, "status", str(fleet), "--wait", "--timeout", "0.5", "--interval", "0.2")
-    assert waited.exit_code == 1 and "not every VM finished" in waited.stderr
+    # No guest of the simulator can report: --wait returns at once instead of polling to its timeout.
+    t0 = time.monotonic()
+    waited = run_cli(vcsim, "status", str(fleet), "--wait", "--timeout", "600", "--interval", "5")
+    assert time.monotonic() - t0 < 30
+    assert waited.exit_code == 1
+    assert "no report can come from ci-stat-01, ci-stat-02, ci-stat-03; not waiting" in waited.stderr
+
+    # One VM still running: it is waited for, named as the slowest, until the timeout.
+    started = datetime.now(UTC) - timedelta(seconds=90)
+    for name in ("ci-stat-02", "ci-stat-03"):
+        _set_status(vcsim, name, Status(state=State.DONE, step=None, message="onboarded"))
+    _set_status(
+        vcsim,
+        "ci-stat-01",
+        Status(
+            state=State.RUNNING,
+            step="k3s",
+            message="waiting for the node",
+            steps=[StepTiming(step="k3s", started=started)],
+        ),
+    )
+    slow = run_cli(vcsim, "status", str(fleet), "--wait", "--timeout", "0.5", "--interval", "0.2")
+    assert slow.exit_code == 1 and "not every VM finished" in slow.stderr
+    assert re.search(r"waiting: 1 running, 2 done; slowest: ci-stat-01 \(k3s, 9\ds\)", slow.stderr), (
+        slow.stderr
+    )
 
     _set_status(vcsim, "ci-stat-01", Status(state=State.RUNNING, step="time", message="waiting for NTP"))
+    timing = StepTiming(
+        step="time",
+        started=started,
+        ended=started + timedelta(seconds=4),
+        attempts=2,
+        outcome=StepOutcome.DONE,
+    )
     for name in ("ci-stat-01", "ci-stat-02", "ci-stat-03"):
-        _set_status(vcsim, name, Status(state=State.DONE, step="flux", message="onboarded"))
+        _set_status(vcsim, name, Status(state=State.DONE, step="flux", message="onboarded", steps=[timing]))
     done = run_cli(vcsim, "status", str(fleet), "--wait", "--timeout", "5", "--format", "json")
     assert done.exit_code == 0, done.output
     rows = json.loads(done.stdout)["vms"]
     assert [r["state"] for r in rows] == ["done"] * 3 and rows[0]["step"] == "flux"
+    assert rows[0]["steps"] == [json.loads(timing.model_dump_json())]
 
     _set_status(
         vcsim,
