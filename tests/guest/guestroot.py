@@ -271,8 +271,11 @@ class Guest:
             if init is None:
                 raise GuestError(f"the guest did not start (nspawn exit {proc.poll()})")
             wait = self.enter(init, "systemctl", "is-system-running", "--wait", timeout=timeout)
-            # Right after start, systemd's socket may not exist yet: ask again until it answers.
-            while "Failed to connect" in wait.stderr and time.monotonic() < deadline:
+            # Right after start, systemd's socket may not exist yet, or the PID found is still nspawn's
+            # child before it execs systemd ("offline": no manager yet): ask again until it answers.
+            while (
+                "Failed to connect" in wait.stderr or wait.stdout.strip() == "offline"
+            ) and time.monotonic() < deadline:
                 time.sleep(0.1)
                 wait = self.enter(init, "systemctl", "is-system-running", "--wait", timeout=timeout)
             if wait.stdout.strip() not in ("running", "degraded"):
