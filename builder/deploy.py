@@ -25,12 +25,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder import topology
 from builder.events import NULL, Recorder
-from builder.fleet import Fleet, FleetVM, newest_match, resolve_secrets, secrets_json, template_matcher
+from builder.fleet import (
+    Fleet,
+    FleetError,
+    FleetVM,
+    newest_match,
+    resolve_secrets,
+    secrets_json,
+    template_matcher,
+)
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vim
 from builder.vsphere.connection import NotFoundError, Session, VSphereError
+from builder.yamlsrc import Issue
 from firstboot import contract
 from firstboot.encoding import GZIP_BASE64, encode
 
@@ -201,7 +211,10 @@ def deploy(
     # Every VM and template name of the datacenter, once: the template and the fleet's VMs come from it.
     names = inventory.vms_by_name(session, where.datacenter)
     template_name = resolve_template(names, fleet.template, where.datacenter)
-    template, source_uuid = _read_template(session, names, template_name, where)
+    template, source_uuid, template_extra = _read_template(session, names, template_name, where)
+    problems = topology.profile_problems(fleet.vms, template_extra.get(topology.PROFILE_KEY), template_name)
+    if problems:
+        raise FleetError([Issue(str(fleet.path), None, "vms", p) for p in problems])
     fleet = dataclasses.replace(fleet, template=template_name)
     plans = _plan(session, names, template, fleet, replace)
     conflicts = [pl for pl in plans if pl.action == "conflict"]
@@ -268,12 +281,12 @@ def resolve_template(names: Mapping[str, list[Any]], template: str, dc: Any) -> 
     return name
 
 
-TEMPLATE_PROPS = ("name", "config.instanceUuid", "config.hardware.device")
+TEMPLATE_PROPS = ("name", "config.instanceUuid", "config.hardware.device", "config.extraConfig")
 
 
 def _read_template(
     session: Session, names: Mapping[str, list[Any]], name: str, where: inventory.Placement
-) -> tuple[vmops.CloneSource, str]:
+) -> tuple[vmops.CloneSource, str, dict[str, str]]:
     # The template's configuration, read once per deploy (not per clone): its devices give the NIC change.
     found = names.get(name, [])
     if len(found) > 1:
@@ -284,7 +297,8 @@ def _read_template(
         raise NotFoundError(f"template {name!r} was deleted while deploying")
     devices = props.get("config.hardware.device")
     uuid = str(props.get("config.instanceUuid") or "")
-    return vmops.clone_source(obj, name, devices, where.network), uuid
+    extra = vmops.options(props.get("config.extraConfig"))
+    return vmops.clone_source(obj, name, devices, where.network), uuid, extra
 
 
 def _apply(

@@ -169,6 +169,7 @@ def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
         "k3s_version": spec.k3s.version,
         "azure_cli_version": spec.azure.cli_version,
         "azure_extensions": spec.azure.extensions.model_dump(),
+        "firewall_profile": spec.firewall.profile.value,
     }
     expect = {
         "variant": spec.os.variant,
@@ -214,6 +215,8 @@ LINEAGE_KEYS = {
     "arcbake.image.built": "built_at",
     "arcbake.image.k3s_version": "k3s_version",
     "arcbake.image.spec_sha256": "spec_sha256",
+    # What deploy checks a fleet's clusters against (builder/topology.py).
+    "arcbake.image.firewall_profile": "firewall_profile",
 }
 
 
