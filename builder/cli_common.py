@@ -183,3 +183,9 @@ COMMON_ENV = ("NO_COLOR: no colour in output (progress and colour need a termina
 def default_build_dir(spec: Path) -> Path:
     """`build/<spec file stem>`: where render and build write when -o is not given."""
     return Path("build") / spec.stem
+
+
+def output_option(dest: str, *, directory: bool, help_text: str) -> Callable[[F], F]:
+    """`-o/--output`, optional (each command has its default under build/)."""
+    kind = click.Path(file_okay=not directory, dir_okay=directory, path_type=Path)
+    return click.option("-o", "--output", dest, type=kind, default=None, help=help_text)

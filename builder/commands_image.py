@@ -27,6 +27,7 @@ from builder.cli_common import (
     fail,
     fail_input,
     json_output,
+    output_option,
     recorder,
 )
 from builder.progress import interactive
@@ -205,14 +206,7 @@ def validate_command(
     ),
 )
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    default=None,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Build dir (default: build/<spec name>, as for build).",
-)
+@output_option("out_dir", directory=True, help_text="Build dir (default: build/<spec name>, as for build).")
 @FORMAT
 def render_command(spec: Path, out_dir: Path | None, fmt: str) -> None:
     """Render SPEC into the build dir (packer/, http/, rootfs/, scripts/)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from builder.cli_common import (
     epilog,
     fail,
     fail_input,
+    output_option,
     recorder,
     verbosity,
 )
@@ -63,6 +64,19 @@ def _session() -> Any:
 
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _fleet_command(*examples: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A command on FLEET that reads vSphere: its --help examples, environment and exit codes."""
+
+    def wrap(func: Callable[..., None]) -> click.Command:
+        fleet_arg = click.argument(
+            "fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path)
+        )
+        help_end = epilog(list(examples), VSPHERE_HELP_ENV, (RC.FAILED, RC.INVALID_INPUT))
+        return click.command(epilog=help_end)(fleet_arg(func))
+
+    return wrap
 
 
 @click.command(
@@ -116,17 +130,9 @@ def deploy(fleet_file: Path, replace: bool, concurrency: int, fmt: str) -> None:
         raise click.exceptions.Exit(int(RC.FAILED))
 
 
-@click.command(
-    epilog=epilog(
-        [
-            "builder status examples/demo-fleet.yaml",
-            "builder status fleet.yaml --wait --timeout 3600 --format json",
-        ],
-        VSPHERE_HELP_ENV,
-        (RC.FAILED, RC.INVALID_INPUT),
-    )
+@_fleet_command(
+    "builder status examples/demo-fleet.yaml", "builder status fleet.yaml --wait --timeout 3600 --format json"
 )
-@click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--wait",
     is_flag=True,
@@ -225,14 +231,7 @@ def _wait(
     )
 )
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Build dir (default: build/<spec name>).",
-)
+@output_option("out_dir", directory=True, help_text="Build dir (default: build/<spec name>).")
 @click.option(
     "--on-error",
     type=click.Choice(["cleanup", "abort"]),
@@ -296,4 +295,52 @@ def build(
     click.echo(f"manifest   {options.out_dir / 'manifest.json'}")
 
 
-COMMANDS: list[click.Command] = [build, deploy, status]
+@_fleet_command(
+    "builder report examples/demo-fleet.yaml -o report.html", "builder report fleet.yaml --format json"
+)
+@output_option(
+    "out_file", directory=False, help_text="The HTML file (default: build/<fleet name>-report.html)."
+)
+@FORMAT
+def report(fleet_file: Path, out_file: Path | None, fmt: str) -> None:
+    """Write one self-contained HTML page of the fleet's onboarding: a timeline per VM and step, the
+    failed steps with their remedies, and the fleet's median and slowest per step.
+
+    It reads the same guestinfo.arcbake.status as `builder status`; the page loads nothing (no network,
+    no CDN, no script) and escapes every text the guests reported."""
+    from builder import report as rp
+    from builder import status as st
+    from builder.fleet import load_fleet
+
+    with _errors():
+        fleet = load_fleet(fleet_file)
+        with _session() as session:
+            rows = st.read_status(session, fleet)
+    path = out_file or Path("build") / f"{fleet_file.stem}-report.html"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(rp.render_html(fleet.name, rows), encoding="utf-8")
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+    stats = rp.step_stats(rows)
+    if fmt == "json":
+        _emit_json(
+            {
+                "ok": True,
+                "report": str(path.absolute()),
+                "fleet": fleet.name,
+                "vms": len(rows),
+                "states": {r.name: r.state for r in rows},
+                "steps": [s.__dict__ for s in stats],
+            }
+        )
+    else:
+        click.echo(
+            f"report of fleet {fleet.name} ({len(rows)} VMs, {len(stats)} steps timed): {path.absolute()}"
+        )
+
+
+COMMANDS: list[click.Command] = [build, deploy, status, report]
