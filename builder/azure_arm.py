@@ -86,7 +86,8 @@ class AzureSettings:
         """Keyword arguments for an azure-mgmt client: endpoint, scope and CA overrides, LRO poll interval."""
         kwargs: dict[str, Any] = {"polling_interval": POLL_SECONDS, **self._transport()}
         if self.endpoint:
-            kwargs.update(base_url=self.endpoint, credential_scopes=[self.endpoint.rstrip("/") + "/.default"])
+            # Only the URL moves: the token is still asked for Resource Manager's own audience.
+            kwargs["base_url"] = self.endpoint
         return kwargs
 
 
@@ -143,6 +144,9 @@ class ArcClusters:
         from azure.core.exceptions import AzureError as SdkError
         from azure.core.exceptions import ResourceNotFoundError
 
+        # ARM answers a DELETE of a missing resource with 204 too: ask first, to report what was there.
+        if not self.exists(ref):
+            return False
         try:
             clusters = self._client(ref.subscription_id).connected_cluster
             clusters.begin_delete(ref.resource_group, ref.name).result()

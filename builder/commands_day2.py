@@ -127,4 +127,86 @@ def templates(spec_file: Path, fmt: str) -> None:
         click.echo(f"no published template matches {spec.vsphere.template_name!r}")
 
 
-COMMANDS: list[click.Command] = [destroy, templates]
+ROLLOUT_HELP = """Move the fleet onto a newer template, one VM at a time, keeping it serving.
+
+\b
+Per cluster: agents, then joining servers, then the initialising server. Each VM: clone NAME.rollout
+from the template (powered off), power the old VM off and the replacement on, wait for it to report
+done (an agent: also Ready in its server's status), delete the old VM, rename the replacement. A failure
+powers the old VM back on and stops. A single-server cluster is refused unless --rebuild-cluster
+(server first, its Arc connected cluster deleted and connected anew; needs AZURE_CLIENT_ID,
+AZURE_CLIENT_SECRET, AZURE_TENANT_ID). Resumable: run it again after an interruption.
+
+\b
+Example:
+  builder rollout examples/demo-fleet.yaml --template demo-rocky9-k3s-202602011200 --dry-run
+  builder rollout examples/demo-fleet.yaml --template 'demo-{os}-k3s-{timestamp}' --yes
+
+\b
+Exit codes: 0 rolled out (or nothing to do, or --dry-run), 1 a replacement failed or timed out (the
+old VM serves again) or the plan was refused (nothing changed), 2 usage (no --yes without a terminal),
+3 invalid fleet file or unset secret, 130 interrupted (run it again to resume).
+"""
+
+
+@click.command(help=ROLLOUT_HELP)
+@FLEET_ARG
+@click.option("--template", "template", required=True, metavar="NAME", help="Target template (or pattern).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@YES
+@click.option("--rebuild-cluster", is_flag=True, help="Allow rebuilding single-server clusters.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1),
+    default=3600.0,
+    show_default=True,
+    help="Seconds each replacement may take to report done.",
+)
+@click.option(
+    "--interval", type=click.FloatRange(0.01), default=10.0, show_default=True, help="Poll interval."
+)
+@FORMAT
+def rollout(
+    fleet_file: Path,
+    template: str,
+    dry_run: bool,
+    yes: bool,
+    rebuild_cluster: bool,
+    timeout: float,
+    interval: float,
+    fmt: str,
+) -> None:
+    from builder import rollout as ro
+    from builder.fleet import load_fleet
+
+    with _errors():
+        fleet = load_fleet(fleet_file)
+        with _session() as session:
+            the_plan = ro.plan(session, fleet, template, rebuild_cluster=rebuild_cluster)
+            for line in the_plan.lines():
+                click.echo(line, err=fmt == "json" or not dry_run)
+            todo = [s for s in the_plan.steps if s.action in ("replace", "rebuild")]
+            if dry_run:
+                if fmt == "json":
+                    click.echo(json.dumps({"ok": not the_plan.refused, **the_plan.as_dict()}, indent=2))
+                raise click.exceptions.Exit(int(RC.FAILED if the_plan.refused else RC.OK))
+            if todo and not the_plan.refused:
+                confirm(f"roll {len(todo)} VM(s) of fleet {fleet.name} onto {the_plan.template}", yes)
+
+            def say(line: str) -> None:
+                click.echo(f"  {line}", err=True)
+
+            opts = ro.Options(rebuild_cluster, timeout, interval, say)
+            ok = ro.run(session, fleet, the_plan, os.environ, opts)
+    if fmt == "json":
+        click.echo(json.dumps({"ok": ok, **the_plan.as_dict()}, indent=2))
+    for step in the_plan.steps:
+        if step.done.startswith("failed"):
+            click.echo(f"error: {step.done.removeprefix('failed: ')}", err=True)
+    if not ok:
+        raise click.exceptions.Exit(int(RC.FAILED))
+    if fmt == "text":
+        click.echo(f"fleet {fleet.name}: {len(todo)} VM(s) rolled onto {the_plan.template}")
+
+
+COMMANDS: list[click.Command] = [destroy, rollout, templates]

@@ -211,7 +211,7 @@ def deploy(
     # Every VM and template name of the datacenter, once: the template and the fleet's VMs come from it.
     names = inventory.vms_by_name(session, where.datacenter)
     template_name = resolve_template(names, fleet.template, where.datacenter)
-    template, source_uuid, template_extra = _read_template(session, names, template_name, where)
+    template, source_uuid, template_extra = read_template(session, names, template_name, where)
     problems = topology.profile_problems(fleet.vms, template_extra.get(topology.PROFILE_KEY), template_name)
     if problems:
         raise FleetError([Issue(str(fleet.path), None, "vms", p) for p in problems])
@@ -224,7 +224,7 @@ def deploy(
 
     report = DeployReport(fleet.name, fleet.template)
     in_flight = _InFlight()
-    marks = {KEY_FLEET: fleet.name, KEY_SOURCE_TEMPLATE: fleet.template, KEY_SOURCE_UUID: source_uuid}
+    marks = fleet_marks(fleet.name, template_name, source_uuid)
 
     def one(plan: _Plan) -> VmResult:
         t0 = time.monotonic()
@@ -284,10 +284,11 @@ def resolve_template(names: Mapping[str, list[Any]], template: str, dc: Any) -> 
 TEMPLATE_PROPS = ("name", "config.instanceUuid", "config.hardware.device", "config.extraConfig")
 
 
-def _read_template(
+def read_template(
     session: Session, names: Mapping[str, list[Any]], name: str, where: inventory.Placement
 ) -> tuple[vmops.CloneSource, str, dict[str, str]]:
-    # The template's configuration, read once per deploy (not per clone): its devices give the NIC change.
+    """The template's clone source, instance UUID and extraConfig, read once per deploy or rollout (not per
+    clone): its devices give the NIC change."""
     found = names.get(name, [])
     if len(found) > 1:
         raise VSphereError(f"template {name!r} is ambiguous: {len(found)} VMs have that name")
@@ -299,6 +300,25 @@ def _read_template(
     uuid = str(props.get("config.instanceUuid") or "")
     extra = vmops.options(props.get("config.extraConfig"))
     return vmops.clone_source(obj, name, devices, where.network), uuid, extra
+
+
+def fleet_marks(fleet: str, template: str, template_uuid: str) -> dict[str, str]:
+    """The non-guestinfo keys that make a clone the fleet's own (destroy, rollout, rotate, retention)."""
+    return {KEY_FLEET: fleet, KEY_SOURCE_TEMPLATE: template, KEY_SOURCE_UUID: template_uuid}
+
+
+def clone_fleet_vm(
+    vm: FleetVM,
+    name: str,
+    template: vmops.CloneSource,
+    where: inventory.Placement,
+    marks: dict[str, str],
+    guestinfo: dict[str, str],
+) -> Any:
+    """Clone `template` to VM `name` (powered off) for fleet VM `vm`, with its guestinfo and marks."""
+    LOG.info("cloning %s from %s", name, template.name)
+    annotation = f"arcbake fleet {marks[KEY_FLEET]}: {vm.role.value} {vm.hostname}"
+    return vmops.clone(template, name, where, {**guestinfo, **marks}, annotation=annotation, mac=vm.mac)
 
 
 def _apply(

@@ -5,15 +5,15 @@
 fleet when it is not a template and carries that fleet's mark: destroy, rollout and rotate act on owned
 VMs only, never on a template or on a VM that merely has a fleet VM's name.
 
-The fleet-to-cluster mapping (which VMs make up one K3s cluster and its one Arc connected cluster) also
-lives here: a VM belongs to the cluster of the server it joins (`server:`), followed to the initialising
-server, whose `arc` section names the connected cluster.
+`clusters()` gives the fleet's K3s clusters (`builder.topology`) with their VMs: the initialising
+server's `arc` section names the cluster's one Arc connected cluster.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from builder import topology
 from builder.deploy import KEY_FLEET, KEY_IDENTITY, KEY_SOURCE_TEMPLATE, KEY_SOURCE_UUID
 from builder.fleet import Fleet, FleetVM
 from builder.vsphere import vm as vmops
@@ -67,21 +67,8 @@ def by_name(records: list[VmRecord]) -> dict[str, list[VmRecord]]:
     return out
 
 
-def initialising_server(fleet: Fleet, vm: FleetVM) -> FleetVM:
-    """The server at the root of `vm`'s cluster (an agent's or joining server's `server:`, followed)."""
-    names = {v.name: v for v in fleet.vms}
-    seen = {vm.name}
-    while vm.server is not None and vm.server in names and vm.server not in seen:
-        vm = names[vm.server]
-        seen.add(vm.name)
-    return vm
-
-
 def clusters(fleet: Fleet) -> dict[str, list[FleetVM]]:
-    """The fleet's clusters, by initialising server name, each with its VMs (servers first, fleet order)."""
-    out: dict[str, list[FleetVM]] = {}
-    for vm in fleet.vms:
-        out.setdefault(initialising_server(fleet, vm).name, []).append(vm)
-    for members in out.values():
-        members.sort(key=lambda v: 0 if v.role.value == "server" else 1)
-    return out
+    """The fleet's K3s clusters (`topology.clusters`), by initialising server name, each with its VMs:
+    the initialising server, the servers joining it, then the agents."""
+    by_name = {v.name: v for v in fleet.vms}
+    return {c.name: [by_name[n] for n in (*c.servers, *c.agents)] for c in topology.clusters(fleet.vms)}

@@ -74,7 +74,7 @@ def lineage(session: Session, spec: ImageSpec) -> list[TemplateRow]:
                 built=got["built"] or rec.created,
                 k3s_version=got["k3s_version"] or "?",
                 spec_sha256=got["spec_sha256"] or "?",
-                clones=clones.get(rec.instance_uuid, 0),
+                clones=clones.get(rec.instance_uuid or "", 0),
                 current_spec=bool(got["spec_sha256"]) and digest.startswith(got["spec_sha256"]),
             )
         )

@@ -239,6 +239,7 @@ class State(StrEnum):
 # A clone runs ten steps; retries of a failed step after reboots add entries. The oldest are dropped past
 # this bound, so the status JSON stays small enough for guestinfo (each entry is about 120 bytes).
 MAX_STEP_TIMINGS = 32
+MAX_NODES_REPORTED = 256
 StepName = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z0-9_-]+$")]
 
 
@@ -275,6 +276,9 @@ class Status(_Model):
     updated: datetime = Field(default_factory=lambda: datetime.now(UTC))
     # Per-step timings, oldest first, at most MAX_STEP_TIMINGS (firstboot keeps the newest).
     steps: list[StepTiming] = Field(default_factory=list, max_length=MAX_STEP_TIMINGS)
+    # Servers: the cluster's nodes that are Ready, as this server's API sees them when it reports
+    # (builder rollout waits for a replaced agent here). Bounded like every guest-written value.
+    nodes_ready: list[HostName] = Field(default_factory=list, max_length=MAX_NODES_REPORTED)
 
     def to_json(self) -> str:
         """Compact JSON with `updated` as UTC ISO 8601."""

@@ -146,6 +146,11 @@ def destroy(vm: Any, name: str) -> None:
     wait(vm.Destroy_Task(), f"deleting VM {name!r}")
 
 
+def rename(vm: Any, old: str, new: str) -> None:
+    """Rename the VM (its files keep their names; vSphere renames only the inventory object)."""
+    wait(vm.Rename_Task(newName=new), f"renaming VM {old!r} to {new!r}")
+
+
 @dataclass(frozen=True)
 class CloneSource:
     """What every clone of one source needs, read once: its name, its first NIC and the target network."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from doubles.arm_double import ArmDouble
+from fixtures.firstboot_plugin import Pki
 from fixtures.vcsim import VcsimHandle, start_vcsim
+
+from integration.vsphere_helpers import DEMO_ARC_ID, azure_env
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +26,12 @@ def fresh_vcsim() -> Iterator[VcsimHandle]:
     handle = start_vcsim()
     yield handle
     handle.stop()
+
+
+@pytest.fixture
+def arm_env(arm: ArmDouble, pki: Pki) -> dict[str, str]:
+    """builder's Azure environment for the ARM double, which holds the demo fleet's connected cluster;
+    operations answer with Retry-After: 0, so the SDK polls a long-running delete at once."""
+    arm.config.retry_after = 0
+    arm.put_resource(DEMO_ARC_ID, {"provisioningState": "Succeeded"}, location="westeurope")
+    return azure_env(arm.url, pki.ca.cert)

@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner, Result
 from fixtures.vcsim import VcsimHandle
 
+from builder.cli import cli
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vim
@@ -77,6 +79,41 @@ def cloudinit_decode(extra: dict[str, str]) -> dict[str, Any]:
     )
     decoded: dict[str, Any] = json.loads(out.stdout)
     return decoded
+
+
+# The Arc connected cluster of the demo fleet (examples/demo-fleet.yaml) as the ARM double names it.
+DEMO_SUBSCRIPTION = "00000000-0000-4000-8000-000000000001"
+DEMO_ARC_ID = (
+    f"/subscriptions/{DEMO_SUBSCRIPTION}/resourceGroups/rg-edge-demo/providers/Microsoft.Kubernetes/"
+    "connectedClusters/edge-demo"
+)
+
+
+def azure_env(arm_url: str, ca_file: Path) -> dict[str, str]:
+    """builder's Azure environment for the ARM double with the harness's service principal."""
+    from doubles.harness import GUID_CLIENT, GUID_TENANT, SP_SECRET
+
+    return {
+        "AZURE_TENANT_ID": GUID_TENANT,
+        "AZURE_CLIENT_ID": GUID_CLIENT,
+        "AZURE_CLIENT_SECRET": SP_SECRET,
+        "ARCBAKE_ARM_ENDPOINT": arm_url,
+        "ARCBAKE_AZURE_AUTHORITY": arm_url,
+        "ARCBAKE_AZURE_CA_BUNDLE": str(ca_file),
+    }
+
+
+def run_cli(sim: VcsimHandle, *args: str, **env: str) -> Result:
+    """`builder ARGS` in process against `sim`, with the fleet secrets and `env` in the environment."""
+    return CliRunner().invoke(cli, list(args), env={**sim.env(), **SECRET_ENV, **env}, catch_exceptions=False)
+
+
+def deployed(sim: VcsimHandle, tmp_path: Path, prefix: str) -> tuple[Path, list[str]]:
+    """The demo fleet (1 server + 2 agents) deployed as `prefix-01..03`: its file and VM names."""
+    path = fleet_file(tmp_path, prefix)
+    result = run_cli(sim, "deploy", str(path))
+    assert result.exit_code == 0, result.output
+    return path, [f"{prefix}-01", f"{prefix}-02", f"{prefix}-03"]
 
 
 def session_for(sim: VcsimHandle) -> Session:

@@ -1,0 +1,138 @@
+"""builder rollout on the vCenter simulator, with the guests played through the vSphere API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from doubles.arm_double import ArmDouble
+from fixtures.guest_player import playing
+from fixtures.vcsim import VcsimHandle
+
+from builder import fleetvms
+from builder import rollout as ro
+from builder.fleet import load_fleet
+from builder.vsphere import inventory
+from integration.vsphere_helpers import (
+    DEMO_ARC_ID,
+    SECRET_ENV,
+    deployed,
+    run_cli,
+    session_for,
+    vm_info,
+)
+
+pytestmark = pytest.mark.integration
+
+FAST = ("--timeout", "60", "--interval", "0.05")
+
+
+def rebuild(path: Path) -> tuple[str, ...]:
+    """`builder rollout` onto DC0_H0_VM1 with --rebuild-cluster --yes, polling fast."""
+    return ("rollout", str(path), "--template", "DC0_H0_VM1", "--rebuild-cluster", "--yes", *FAST)
+
+
+def sources(sim: VcsimHandle, names: list[str]) -> dict[str, tuple[str | None, str, int]]:
+    """name -> (source template, power, how many VMs of that name or its .rollout twin)."""
+    with session_for(sim) as s:
+        found = fleetvms.by_name(fleetvms.read_all(s, inventory.datacenter(s, "DC0")))
+    out = {}
+    for n in names:
+        recs = found.get(n, [])
+        twins = found.get(n + fleetvms.ROLLOUT_SUFFIX, [])
+        out[n] = (
+            recs[0].source_template if recs else None,
+            recs[0].power if recs else "-",
+            len(recs) + len(twins),
+        )
+    return out
+
+
+def test_single_server_cluster_is_refused_without_rebuild(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    fleet, _vms = deployed(vcsim, tmp_path, "rs")
+    dry = run_cli(vcsim, "rollout", str(fleet), "--template", "DC0_H0_VM1", "--dry-run")
+    assert dry.exit_code == 1
+    assert "cluster rs-01 has a single server (rs-01)" in dry.stdout and "--rebuild-cluster" in dry.stdout
+    refused = run_cli(vcsim, "rollout", str(fleet), "--template", "DC0_H0_VM1", "--yes")
+    assert refused.exit_code == 1 and "nothing was changed" in refused.stderr
+    # With --rebuild-cluster the dry run shows the order: the server first, then the agents.
+    plan = run_cli(vcsim, "rollout", str(fleet), "--template", "DC0_H0_VM1", "--dry-run", "--rebuild-cluster")
+    assert plan.exit_code == 0, plan.output
+    order = [ln.split()[1] for ln in plan.stdout.splitlines()[1:]]
+    assert order == ["rs-01", "rs-02", "rs-03"]
+    assert "rs-01 (server, cluster rs-01): rebuild from DC0_H0_VM0" in plan.stdout
+    assert {k: v[0] for k, v in sources(vcsim, ["rs-01", "rs-02", "rs-03"]).items()} == {
+        "rs-01": "DC0_H0_VM0",
+        "rs-02": "DC0_H0_VM0",
+        "rs-03": "DC0_H0_VM0",
+    }
+    assert vm_info(vcsim, "rs-01.rollout")["count"] == 0
+
+
+def test_rollout_rebuilds_a_one_plus_two_cluster(
+    vcsim: VcsimHandle, tmp_path: Path, arm: ArmDouble, arm_env: dict[str, str]
+) -> None:
+    path, vms = deployed(vcsim, tmp_path, "r1")
+    with playing(vcsim, load_fleet(path)) as player:
+        result = run_cli(vcsim, *rebuild(path), **arm_env)
+    assert result.exit_code == 0, result.output
+    assert "fleet demo: 3 VM(s) rolled onto DC0_H0_VM1" in result.stdout
+    assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
+    # The single server went first; its stale Arc resource was deleted before the replacement booted.
+    replaced = [r for r in player.reported if r.endswith(".rollout")]
+    assert replaced == ["r1-01.rollout", "r1-02.rollout", "r1-03.rollout"]
+    assert arm.resource(DEMO_ARC_ID) is None
+    # A second rollout onto the same template has nothing to do.
+    again = run_cli(vcsim, "rollout", str(path), "--template", "DC0_H0_VM1", "--rebuild-cluster", "--yes")
+    assert again.exit_code == 0 and "0 VM(s) rolled" in again.stdout
+    assert again.stderr.count("current (already on DC0_H0_VM1)") == 3
+
+
+def test_failed_replacement_leaves_the_old_vm_serving_and_a_rerun_resumes(
+    vcsim: VcsimHandle, tmp_path: Path, arm_env: dict[str, str]
+) -> None:
+    path, vms = deployed(vcsim, tmp_path, "rf")
+    args = rebuild(path)
+    with playing(vcsim, load_fleet(path)) as player:
+        player.fail.add("rf-02")
+        failed = run_cli(vcsim, *args, **arm_env)
+        assert failed.exit_code == 1
+        assert "rf-02: the replacement failed at step k3s: node not Ready (played)" in failed.stderr
+        assert "the old VM is powered on again" in failed.stderr
+        state = sources(vcsim, vms)
+        assert state["rf-01"] == ("DC0_H0_VM1", "poweredOn", 1)
+        assert state["rf-02"] == ("DC0_H0_VM0", "poweredOn", 2)  # + rf-02.rollout, powered off
+        assert vm_info(vcsim, "rf-02.rollout")["power"] == ["poweredOff"]
+        assert state["rf-03"] == ("DC0_H0_VM0", "poweredOn", 1)
+
+        player.fail.clear()
+        resumed = run_cli(vcsim, *args, **arm_env)
+    assert resumed.exit_code == 0, resumed.output
+    assert "rf-01 (server, cluster rf-01): current" in resumed.stderr
+    assert "deleting the failed replacement of an earlier run" in resumed.stderr
+    assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
+
+
+def test_interrupted_rollout_resumes(vcsim: VcsimHandle, tmp_path: Path, arm_env: dict[str, str]) -> None:
+    path, vms = deployed(vcsim, tmp_path, "ri")
+    fleet = load_fleet(path)
+
+    def interrupt(line: str) -> None:
+        # Ctrl-C while the agent's replacement runs beside its powered-off predecessor.
+        if line.startswith("ri-02: ri-02.rollout powered on"):
+            raise KeyboardInterrupt
+
+    with playing(vcsim, fleet):
+        with session_for(vcsim) as s:
+            plan = ro.plan(s, fleet, "DC0_H0_VM1", rebuild_cluster=True)
+            with pytest.raises(KeyboardInterrupt):
+                ro.run(s, fleet, plan, {**SECRET_ENV, **arm_env}, ro.Options(True, 60, 0.05, interrupt))
+        middle = sources(vcsim, vms)
+        assert middle["ri-01"][0] == "DC0_H0_VM1" and middle["ri-02"][2] == 2
+        resumed = run_cli(vcsim, *rebuild(path), **arm_env)
+    assert resumed.exit_code == 0, resumed.output
+    assert (
+        "ri-02 (agent, cluster ri-01): replace from (old VM already deleted) (resuming)" not in resumed.stderr
+    )
+    assert "ri-02 (agent, cluster ri-01): replace from DC0_H0_VM0 (resuming)" in resumed.stderr
+    assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
