@@ -180,15 +180,21 @@ class OnboardingConfig(_Model):
     time: TimeConfig
     dns: DnsConfig = DnsConfig()
     proxy: ProxyConfig = ProxyConfig()
-    # Required for servers; agents stop after k3s.
+    # Required on the cluster's initialising server; agents and joining servers stop after k3s.
     arc: ArcConfig | None = None
     flux: FluxConfig = FluxConfig()
 
     @model_validator(mode="after")
     def _server_has_arc(self) -> OnboardingConfig:
-        if self.k3s.role is Role.SERVER and self.arc is None:
+        if self.onboards_cluster and self.arc is None:
             raise ValueError("a server node needs an arc section")
         return self
+
+    @property
+    def onboards_cluster(self) -> bool:
+        """True on the server that starts the cluster (it joins no other): Arc and Flux run there, once
+        per cluster; agents and joining servers stop once they have joined."""
+        return self.k3s.role is Role.SERVER and not self.k3s.server_url
 
 
 class GitCredential(_Model):

@@ -11,8 +11,9 @@ Programmatic use (what the CLI does):
 `ARCBAKE_TIME_SCALE` environment variable, else 1.0), so tests exercise the real policy in milliseconds.
 `sleep` replaces the backoff sleep (tests record the waits).
 
-Per step: skipped when stamped for this instance id (unless `always_run`), skipped on agents when
-`servers_only`; else run in a worker thread, bounded by `timeout_seconds` (the thread is abandoned and
+Per step: skipped when stamped for this instance id (unless `always_run`), skipped when `servers_only`
+on a node that joins a cluster (agents, joining servers: Arc and Flux run once per cluster, on the
+server that starts it); else run in a worker thread, bounded by `timeout_seconds` (the thread is abandoned and
 `ctx.cancel` set when it hangs), TransientFailure retried by tenacity with exponential backoff and full
 jitter until the step's deadline, PermanentFailure (or any other error) fails at once. Stamped only after
 success. Status is reported after every transition: status.json, `guestinfo.arcbake.status` (a failed
@@ -35,7 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_random_exponential
 
 from firstboot import metadata, steps
-from firstboot.contract import KEY_STATUS, MAX_STEP_TIMINGS, Role, State, Status, StepOutcome, StepTiming
+from firstboot.contract import KEY_STATUS, MAX_STEP_TIMINGS, State, Status, StepOutcome, StepTiming
 from firstboot.sources import SourceError
 from firstboot.state import LockedError, StateStore
 from firstboot.step import Context, MetadataSource, PermanentFailure, StepFailure
@@ -224,8 +225,10 @@ class Engine:
             wanted = only is None or step.name == only or step.meta.always_run
             if not wanted:
                 continue
-            if self._agent() and step.meta.servers_only:
-                LOG.info("step %s: skipped (agent node)", step.name)
+            if self._joins() and step.meta.servers_only:
+                LOG.info(
+                    "step %s: skipped (this node joins a cluster; its first server onboards it)", step.name
+                )
                 continue
             if step.name != only and not step.meta.always_run and self.state.is_stamped(iid, step.name):
                 LOG.info("step %s: already done for instance %s", step.name, iid)
@@ -240,12 +243,12 @@ class Engine:
         message = f"step {only} done; not yet done: {', '.join(pending)}"
         return RunResult(True, self.report(State.PENDING, only, message, "run `firstboot run`"))
 
-    def _agent(self) -> bool:
+    def _joins(self) -> bool:
         config = self.ctx.config
-        return config is not None and config.k3s.role is Role.AGENT
+        return config is not None and not config.onboards_cluster
 
     def _applicable(self) -> list[steps.Step]:
-        return [s for s in self.steps if not (self._agent() and s.meta.servers_only)]
+        return [s for s in self.steps if not (self._joins() and s.meta.servers_only)]
 
     def _all_stamped(self, iid: str) -> bool:
         if self.ctx.config is None and any(s.meta.servers_only for s in self.steps):

@@ -68,7 +68,7 @@ class StepMeta:
     needs: tuple[str, ...] = ()
     timeout_seconds: float = 300.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # Steps that an agent node skips (arc, flux).
+    # Steps only the cluster's initialising server runs (arc, flux); agents and joining servers skip them.
     servers_only: bool = False
     summary: str = ""
     # Run even when stamped (cheap and idempotent, and later steps need what it loads: the metadata step).

@@ -133,7 +133,8 @@ def _start_k3s(role: str, first_start: bool) -> None:
         return
     delay = float(os.environ.get("SYSTEMCTL_DOUBLE_DELAY", "0") or 0)
     mode = int(os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG_MODE", "600"), 8)
-    if first_start and role == "server":
+    if first_start:
+        # Each node's scenario registers that node (and, for the first server, CoreDNS) as it starts.
         _post_scenario(src)
     if delay > 0:
         if os.fork() != 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doubles.harness import az_env, dnsmasq, doubles_path, flux_section, kube_double, read_jsonl
+from doubles.harness import K3S_TOKEN, az_env, dnsmasq, doubles_path, flux_section, kube_double, read_jsonl
 from doubles.kube_api import KubeServer
 
 SP_SECRET = "planted-sp-secret-Hv5nQ1"
@@ -118,7 +118,16 @@ def onboarding_world(
         "deployments": [{"namespace": "kube-system", "name": "coredns", "available_after": lat.coredns}],
     }
     (workdir / "k3s-scenario.json").write_text(json.dumps(scenario))
-    az_config = {
+    with kube_double() as server, dnsmasq() as cluster_dns:
+        source_kubeconfig = server.write_kubeconfig(workdir / "k3s-double.yaml")
+        env = _node_env(preflight, workdir, root, workdir, source_kubeconfig, cluster_dns, lat)
+        env.update(az_env(workdir / "az", _az_config(lat, **az_extra)))
+        yield World(root, meta, workdir, env, server, config, secrets)
+
+
+def _az_config(lat: Latencies, **extra: Any) -> dict[str, Any]:
+    """The az double's config: the test SP, latencies, the pods connect and extension create start."""
+    return {
         "secret": SP_SECRET,
         "client_id": CLIENT_ID,
         "latency": {
@@ -129,24 +138,134 @@ def onboarding_world(
         "arc_pods": [{"name": n, "ready_after": lat.arc_pods} for n in ARC_PODS],
         "flux_pods": [{"name": n, "ready_after": lat.flux_pods} for n in FLUX_PODS],
         "compliance": {"cluster-config": {"state": "Compliant", "after": lat.compliance}},
-        **az_extra,
+        **extra,
     }
+
+
+def _node_env(
+    preflight: Any,
+    workdir: Path,
+    root: Path,
+    node_dir: Path,
+    kubeconfig: Path,
+    cluster_dns: str,
+    lat: Latencies,
+) -> dict[str, str]:
+    """A node's `firstboot run` environment: the preflight seams, the doubles on PATH, its systemctl state."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AZ_DOUBLE", "SYSTEMCTL_DOUBLE"))},
+        **preflight.env,
+        "PATH": doubles_path(),
+        "SYSTEMCTL_DOUBLE_LOG": str(node_dir / "systemctl.log"),
+        "SYSTEMCTL_DOUBLE_STATE": str(node_dir / "systemctl.json"),
+        "SYSTEMCTL_DOUBLE_ROOT": str(root),
+        "SYSTEMCTL_DOUBLE_KUBECONFIG": str(kubeconfig),
+        "SYSTEMCTL_DOUBLE_SCENARIO": str(node_dir / "k3s-scenario.json"),
+        "SYSTEMCTL_DOUBLE_DELAY": str(lat.kubeconfig),
+        "SYSTEMCTL_DOUBLE_CLUSTER": str(workdir / "k3s-cluster.json"),
+        "SYSTEMCTL_DOUBLE_JOURNAL": str(workdir / "k3s-journal.jsonl"),
+        "ARCBAKE_CLUSTER_DNS": cluster_dns,
+    }
+
+
+@dataclass(frozen=True)
+class Node:
+    """One clone of a multi-node world: host name (also its Kubernetes node name), the address other
+    nodes' `server:` URLs name, its `k3s` contract section and the join token its secrets carry."""
+
+    name: str
+    address: str
+    k3s: dict[str, Any]
+    token: str | None = K3S_TOKEN
+
+    @property
+    def onboards(self) -> bool:
+        """Whether this node starts its cluster (so it carries arc and flux)."""
+        return self.k3s.get("role", "server") == "server" and not self.k3s.get("server_url")
+
+
+@dataclass
+class FleetWorld:
+    """Several clones onboarding against shared doubles: one Kubernetes API, one az state, one K3s
+    cluster registry (who initialised which cluster with which token, who joined)."""
+
+    workdir: Path
+    kube: KubeServer
+    nodes: dict[str, World]
+
+    def registry(self) -> dict[str, Any]:
+        """The K3s double's cluster registry: initialising address -> token, etcd, members."""
+        path = self.workdir / "k3s-cluster.json"
+        doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        return doc
+
+    def refusals(self) -> list[dict[str, str]]:
+        """What the K3s double refused to start (unit, K3s's message)."""
+        return read_jsonl(self.workdir / "k3s-journal.jsonl")
+
+    def az_calls(self, *words: str) -> list[list[str]]:
+        """Every node's az calls starting with `words` (the nodes share one az log)."""
+        return next(iter(self.nodes.values())).az_calls(*words)
+
+    def run(self, names: list[str], timeout: float = 180.0) -> dict[str, subprocess.CompletedProcess[str]]:
+        """`firstboot run` on the named nodes at once; their results."""
+        procs = {
+            n: subprocess.Popen(
+                self.nodes[n].argv("-v"), env=self.nodes[n].env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
+            )
+            for n in names
+        }  # fmt: skip
+        out = {}
+        for name, proc in procs.items():
+            stdout, _ = proc.communicate(timeout=timeout)
+            out[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "")
+            self.nodes[name].runs.append(out[name])
+        return out
+
+
+@contextlib.contextmanager
+def fleet_world(
+    preflight: Any, workdir: Path, nodes: list[Node], latencies: Latencies | None = None
+) -> Iterator[FleetWorld]:
+    """A world per node around one preflight world, sharing the Kubernetes API, az and K3s doubles."""
+    from fixtures.guestinfo import write_metadata
+
+    lat = latencies or Latencies()
+    workdir.mkdir(parents=True, exist_ok=True)
     with kube_double() as server, dnsmasq() as cluster_dns:
         source_kubeconfig = server.write_kubeconfig(workdir / "k3s-double.yaml")
-        env: dict[str, str] = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("AZ_DOUBLE", "SYSTEMCTL_DOUBLE"))},
-            **preflight.env,
-            **az_env(workdir / "az", az_config),
-            "PATH": doubles_path(),
-            "SYSTEMCTL_DOUBLE_LOG": str(workdir / "systemctl.log"),
-            "SYSTEMCTL_DOUBLE_STATE": str(workdir / "systemctl.json"),
-            "SYSTEMCTL_DOUBLE_ROOT": str(root),
-            "SYSTEMCTL_DOUBLE_KUBECONFIG": str(source_kubeconfig),
-            "SYSTEMCTL_DOUBLE_SCENARIO": str(workdir / "k3s-scenario.json"),
-            "SYSTEMCTL_DOUBLE_DELAY": str(lat.kubeconfig),
-            "ARCBAKE_CLUSTER_DNS": cluster_dns,
-        }
-        yield World(root, meta, workdir, env, server, config, secrets)
+        worlds = {}
+        for node in nodes:
+            node_dir = workdir / node.name
+            root = preflight.prepare_root(node_dir / "root")
+            config = {
+                **preflight.config,
+                "hostname": node.name,
+                "k3s": {"ready_timeout_seconds": 120, **node.k3s},
+            }
+            secrets: dict[str, Any] = {"sp_secret": SP_SECRET}
+            if node.onboards:
+                arc = {**config["arc"], "cluster_name": f"arc-{node.name}", "onboarding_timeout_seconds": 300}
+                config.update(arc=arc, flux=flux_section())
+                secrets["git"] = {"cluster-config": {"https_user": "git", "https_key": GIT_SECRET}}
+            else:
+                config.pop("arc", None)
+            if node.token is not None:
+                secrets["k3s_token"] = node.token
+            meta = write_metadata(
+                node_dir / "meta.json", config, secrets=secrets, instance_id=f"vm-{node.name}"
+            )
+            scenario: dict[str, Any] = {"nodes": [{"name": node.name, "ready_after": lat.node}]}
+            if node.onboards:
+                scenario["deployments"] = [
+                    {"namespace": "kube-system", "name": "coredns", "available_after": lat.coredns}
+                ]
+            (node_dir / "k3s-scenario.json").write_text(json.dumps(scenario))
+            env = _node_env(preflight, workdir, root, node_dir, source_kubeconfig, cluster_dns, lat)
+            env.update(az_env(workdir / "az", _az_config(lat)), SYSTEMCTL_DOUBLE_ADDRESS=node.address)
+            worlds[node.name] = World(root, meta, workdir, env, server, config, secrets)
+        yield FleetWorld(workdir, server, worlds)
 
 
 def run_once(
