@@ -33,11 +33,9 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from doubles.harness import doubles_path  # noqa: E402
 from doubles.world import Latencies, World, onboarding_world  # noqa: E402
-from fixtures.dnsserver import point_resolv_at_loopback, start_dnsmasq  # noqa: E402
+from fixtures.dnsserver import point_resolv_at_loopback  # noqa: E402
 from fixtures.guestinfo import onboarding_config  # noqa: E402
-from fixtures.httpproxy import ConnectProxy  # noqa: E402
-from fixtures.ntp import start_chronyd  # noqa: E402
-from fixtures.tls import TlsServer, make_ca, make_cert  # noqa: E402
+from fixtures.preflight import loopback_preflight  # noqa: E402
 
 from firstboot.contract import OnboardingConfig  # noqa: E402
 from firstboot.steps.dns import endpoints  # noqa: E402
@@ -110,28 +108,14 @@ def main() -> int:
     # Every endpoint the dns and connectivity steps check for this config: resolvable, and tunnelled by the
     # proxy to a TLS server whose certificate names them all.
     targets = endpoints(OnboardingConfig.model_validate(onboarding_config()), environ={})
-    names = sorted({t.host for t in targets})
-    ntp = start_chronyd(work / "ntp")
-    dnsd = start_dnsmasq(work / "dns", dict.fromkeys(names, "127.0.0.1"))
-    ca = make_ca(work / "ca", "bench CA")
-    tls = TlsServer(make_cert(ca, work / "leaf", [*names, "localhost", "127.0.0.1"]))
-    proxy = ConnectProxy(routes={f"{t.host}:{t.port}": ("127.0.0.1", tls.port) for t in targets})
     runs = []
-    try:
-        config = onboarding_config(
-            ntp_port=ntp.port,
-            dns_port=dnsd.port,
-            upstreams=["127.0.0.1"],
-            proxy={"https_proxy": proxy.url, "http_proxy": proxy.url},
-        )
-        pre = Preflight(config, {"ARCBAKE_DNS_PORT": str(dnsd.port), "SSL_CERT_FILE": str(ca.cert)})
+    with loopback_preflight(work, targets) as servers:
+        config = {**onboarding_config(), **servers.sections()}
+        pre = Preflight(config, servers.env)
         for i in range(max(1, args.repeat)):
             with onboarding_world(pre, work / f"root{i}", work / f"world{i}", DEFAULT) as world:
                 runs.append(one_run(world))
         cost = az_double_cost({"PATH": doubles_path(), "AZ_DOUBLE_STATE": str(work / "az-version.json")})
-    finally:
-        for closer in (proxy.close, tls.close, dnsd.stop, ntp.stop):
-            closer()
 
     best = min(runs, key=lambda r: r["wall"])
     critical = DEFAULT.critical_path()

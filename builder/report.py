@@ -105,6 +105,8 @@ def step_stats(rows: list[VmStatus]) -> list[StepStats]:
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 10:
+        return f"{value:.2f} s"
     if value < 60:
         return f"{value:.1f} s"
     minutes, secs = divmod(round(value), 60)

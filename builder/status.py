@@ -57,6 +57,15 @@ class VmStatus:
         """The step timings as models."""
         return [contract.StepTiming.model_validate(t) for t in self.steps]
 
+    def took(self) -> str:
+        """`12.3s (slowest k3s 8.1s)`: first step start to last step end, and the longest step run."""
+        done = [t for t in self.timings() if t.ended is not None]
+        if not done:
+            return "-"
+        total = (max(t.ended for t in done if t.ended) - min(t.started for t in done)).total_seconds()
+        slowest = max(done, key=lambda t: t.seconds or 0.0)
+        return f"{total:.1f}s (slowest {slowest.step} {slowest.seconds or 0.0:.1f}s)"
+
 
 def is_simulator(session: Session) -> bool:
     """True when the endpoint is govmomi's vCenter simulator (it publishes `vcsim.server.url`)."""
@@ -164,14 +173,15 @@ def wait_status(
 
 
 def table(rows: list[VmStatus]) -> str:
-    """A plain aligned table: VM, power, state, step, message, updated."""
-    header = ("VM", "POWER", "STATE", "STEP", "MESSAGE", "UPDATED")
+    """A plain aligned table: VM, power, state, step, time taken (and slowest step), message, updated."""
+    header = ("VM", "POWER", "STATE", "STEP", "TOOK", "MESSAGE", "UPDATED")
     body = [
         (
             r.name,
             r.power or "-",
             r.state,
             r.step or "-",
+            r.took(),
             (r.message or "-") + (f" (remedy: {r.remedy})" if r.remedy else ""),
             r.updated or "-",
         )

@@ -1,5 +1,7 @@
 """The demo (`bash tools/dev.sh demo`): bake a template on the bundled vCenter simulator, deploy a
-three-node fleet from it, show what each clone received, and ask for its status.
+three-node fleet from it, show what each clone received, play each clone's first boot on this machine
+(tools/demo_guests.py) with its status carried into vSphere, then `builder status` (every VM done, with
+its timings) and `builder report` (one HTML page; the demo prints where it is).
 
 Runs the real `builder` commands as a user would, against `.bin/vcsim` on loopback with a user and a
 random password; the fleet's secrets are fake values set in this process's environment only.
@@ -27,6 +29,8 @@ BUILDER = shutil.which("builder") or str(Path(sys.executable).parent / "builder"
 IMAGE = "examples/demo-image.yaml"
 FLEET = "examples/demo-fleet.yaml"
 BUILD_DIR = "build/demo-image"
+REPORT = "build/demo-report.html"
+GUESTS_DIR = "build/demo-guests"
 COLOR = "NO_COLOR" not in os.environ and sys.stdout.isatty()
 
 
@@ -127,6 +131,32 @@ def show_clones(env: dict[str, str]) -> None:
             print(textwrap.indent(yaml.safe_dump(mask(secret_data), sort_keys=False).rstrip(), "     "))
 
 
+def play_guests(env: dict[str, str]) -> bool:
+    """Play every clone's first boot (tools/demo_guests.py); one line per clone."""
+    import demo_guests
+
+    from builder.fleet import load_fleet
+    from builder.vsphere.connection import Credentials, connect
+
+    def done(result: demo_guests.Played) -> None:
+        print(
+            f"   {result.name}: firstboot run exit {result.exit_code}, {result.state} in "
+            f"{result.seconds:.1f}s (journal: {result.log.relative_to(REPO)})",
+            flush=True,
+        )
+
+    fleet = load_fleet(REPO / FLEET)
+    work = REPO / GUESTS_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    with connect(Credentials.from_env(env)) as session:
+        played = demo_guests.play(session, fleet, work, done)
+    failed = [p for p in played if p.exit_code != 0]
+    for result in failed:
+        print(f"\n-- last lines of {result.name}'s journal:", flush=True)
+        print(textwrap.indent("\n".join(result.log.read_text().splitlines()[-15:]), "   "), flush=True)
+    return not failed
+
+
 def main() -> int:
     """Run the demo; return the exit code."""
     os.chdir(REPO)
@@ -173,11 +203,31 @@ def main() -> int:
         say("5. Onboarding status, read from each VM's guestinfo.arcbake.status")
         run("status", FLEET, env=env)
         note(
-            "No guest has reported: the simulator runs no guest OS. On a real vCenter, firstboot inside each "
-            "clone writes its progress there, and `builder status --wait` waits for every VM to be done."
+            "No guest has reported yet: the simulator runs no guest OS (and `builder status --wait` says so "
+            "at once rather than poll). So the demo plays the guests next."
         )
+
+        say("6. Play each clone's first boot on this machine, its status carried into vSphere")
+        note(
+            "For every VM, `firstboot run` runs in its own --root with the guestinfo deploy wrote into that "
+            "VM (read back through the vSphere API), its time, DNS and proxy pointed at loopback servers "
+            "(chronyd, dnsmasq, a TLS server behind a CONNECT proxy), and K3s, Arc and Flux played by the "
+            "doubles of tests/doubles. Its status.json goes into the VM's guestinfo.arcbake.status through "
+            "the vSphere API while it runs, as vmware-rpctool info-set does inside a real clone."
+        )
+        if not play_guests(env):
+            return 1
+
+        say("7. Onboarding status again: every VM done, with its timings")
+        if run("status", FLEET, "--wait", "--timeout", "60", "--interval", "1", env=env) != 0:
+            return 1
+
+        say("8. Where the time went: one self-contained HTML page")
+        if run("report", FLEET, "-o", REPORT, env=env) != 0:
+            return 1
+        note(f"Open it in a browser: file://{REPO / REPORT}")
     finally:
-        say("6. Stop the simulator")
+        say("9. Stop the simulator")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
         print("   stopped", flush=True)

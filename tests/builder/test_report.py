@@ -14,9 +14,10 @@ from fixtures import browser
 from builder.report import render_html, step_stats
 from builder.status import NO_REPORT, VmStatus
 from firstboot.contract import StepOutcome, StepTiming
+from firstboot.steps import ORDER
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-STEPS = ["metadata", "hostname", "time", "dns", "proxy", "connectivity", "resources", "k3s", "arc", "flux"]
+STEPS = list(ORDER)
 HOSTILE = '<script>alert(1)</script><img src="http://127.0.0.1:9/x.png">\x1b[31m'
 
 
