@@ -113,6 +113,10 @@ def _register(
         return
     host = urlsplit(server).hostname or ""
     entry = clusters.get(host)
+    if entry is not None and "alias_of" in entry:
+        # A server that joined: it serves its cluster's supervisor API too.
+        host = entry["alias_of"]
+        entry = clusters[host]
     if entry is None:
         raise k3s_rules.K3sRefused(f"failed to get CA certs: Get {server}/cacerts: connection refused")
     if token != entry["token"]:
@@ -124,6 +128,8 @@ def _register(
             f"{server} runs without embedded etcd: a server joins only a cluster started with --cluster-init"
         )
     entry["members"].append({"address": address, "role": role, "init": False})
+    if role == "server":
+        clusters[address] = {"alias_of": host}
 
 
 def _start_k3s(role: str, first_start: bool) -> None:
