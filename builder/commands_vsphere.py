@@ -44,7 +44,7 @@ def _errors() -> Iterator[None]:
     from builder.fleet import FleetError
     from builder.packer import PackerError
     from builder.render import RenderError
-    from builder.vsphere.connection import VSphereError
+    from builder.vsphere.connection import TRANSPORT_ERRORS, VSphereError, fault_message
 
     try:
         yield
@@ -54,6 +54,9 @@ def _errors() -> Iterator[None]:
         fail(str(exc), RC.ARTIFACT_REJECTED)
     except (VSphereError, PackerError, RenderError, AzureError) as exc:
         fail(str(exc))
+    except TRANSPORT_ERRORS as exc:
+        # The vCenter connection broke where no operation named it (status, a lookup).
+        fail(f"vCenter connection lost ({fault_message(exc)})")
 
 
 def _session() -> Any:
@@ -159,6 +162,7 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
                 rows, finished = _wait(session, fleet, timeout, interval, simulator)
             else:
                 rows, finished = st.read_status(session, fleet), True
+                _say_secrets(rows)
     no_report = sum(r.state == st.NO_REPORT for r in rows)
     stuck = [r.name for r in rows if st.cannot_report(r, simulator)]
     if fmt == "json":
@@ -184,6 +188,13 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
         raise click.exceptions.Exit(int(code))
 
 
+def _say_secrets(rows: list[Any]) -> None:
+    """Tell the operator on stderr which VMs' secrets status removed (or could not remove) just now."""
+    for row in rows:
+        if row.secrets:
+            click.echo(f"{row.name}: {row.secrets}", err=True)
+
+
 def _wait(
     session: Any, fleet: Any, timeout: float, interval: float, simulator: bool
 ) -> tuple[list[Any], bool]:
@@ -196,6 +207,7 @@ def _wait(
     with rec.step("status wait", label=f"waiting for fleet {fleet.name}", announce=False) as step:
 
         def on_poll(rows: list[st.VmStatus]) -> None:
+            _say_secrets(rows)
             counts: dict[str, int] = {}
             for row in rows:
                 counts[row.state] = counts.get(row.state, 0) + 1

@@ -5,8 +5,11 @@ with a different configuration, without `--replace`) stops the deploy with nothi
 
 - missing VM          -> clone (guestinfo written in the clone's own ConfigSpec), power on, then stamp
                          `arcbake.identity`; a failure after the clone deletes the half-made VM.
-- same identity       -> unchanged (reported, not touched).
+- same identity       -> unchanged (reported, not touched; but once the clone reports past `metadata`,
+                         `guestinfo.arcbake.secrets` is removed from its configuration, as status does).
 - other identity      -> error, or with `--replace` delete and clone again.
+- a template, or the clone source itself, under a fleet VM's name -> error, even with `--replace`:
+                         deploy never deletes or reconfigures a template.
 
 The identity is a sha256 of the template name, placement and every guestinfo payload except secret
 values (the references count); it lives in a non-guestinfo extraConfig key, invisible to the guest.
@@ -36,10 +39,11 @@ from builder.fleet import (
     secrets_json,
     template_matcher,
 )
+from builder.status import parse_status, remove_secrets, secrets_to_remove
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vim
-from builder.vsphere.connection import NotFoundError, Session, VSphereError
+from builder.vsphere.connection import TRANSPORT_ERRORS, NotFoundError, Session, VSphereError, lost
 from builder.yamlsrc import Issue
 from firstboot import contract
 from firstboot.encoding import GZIP_BASE64, encode
@@ -235,6 +239,10 @@ def deploy(
                 )
             except VSphereError as exc:
                 result = VmResult(plan.vm.name, "failed", str(exc))
+            except TRANSPORT_ERRORS as exc:
+                # vCenter went away: every other VM would fail the same way, so the deploy stops here.
+                during = f"deploying VM {plan.vm.name!r}; run deploy again once vCenter is back"
+                raise lost(session.creds.server, exc, during) from None
         result.seconds = time.monotonic() - t0
         return result
 
@@ -243,12 +251,12 @@ def deploy(
     for plan in plans:
         row = plan.existing
         if plan.action == "unchanged" and row is not None:
+            message = "already deployed with this configuration"
+            _, guest_status, _ = parse_status(row.extra)
+            if secrets_to_remove(row.extra, guest_status):
+                message += "; " + remove_secrets(row.obj, plan.vm.name)
             results[plan.vm.name] = VmResult(
-                plan.vm.name,
-                "unchanged",
-                "already deployed with this configuration",
-                row.obj._moId,
-                row.instance_uuid or None,
+                plan.vm.name, "unchanged", message, row.obj._moId, row.instance_uuid or None
             )
             recorder.emit("vm_unchanged", vm=plan.vm.name, moid=row.obj._moId)
         else:
@@ -258,8 +266,9 @@ def deploy(
         try:
             for plan, future in futures:
                 results[plan.vm.name] = future.result()
-        except KeyboardInterrupt:
-            # Running clones finish (and clean up on failure); queued ones never start.
+        except BaseException:
+            # Ctrl-C or a lost connection: running clones finish (and clean up on failure); queued ones
+            # never start. A clone cut off half-way is not stamped: the next deploy reports it.
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     report.results = [results[v.name] for v in fleet.vms]

@@ -3,13 +3,22 @@
 firstboot inside a clone writes the status key with `vmware-rpctool info-set`; vSphere shows it in the
 VM's extraConfig. A VM whose guest never wrote it is reported as `no report` (not yet booted, firstboot
 not reached, or no guest OS at all: the bundled simulator runs none).
+
+Everything the guest wrote is untrusted: the status is size-capped before it is decoded, and every string
+of it passes `guesttext.clean()` before it reaches a terminal or JSON.
+
+Once a clone reports past `metadata` (it has persisted its secrets, 0600, bound to its instance-id),
+`guestinfo.arcbake.secrets` is removed from the VM's configuration: the guest's own `---` overwrite is
+runtime-only and would leave the deployed value in the `.vmx` on the datastore. When the status and the
+deployed secrets both carry a `generation`, only a status that has reached that generation counts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +26,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from builder.fleet import Fleet
+from builder.guesttext import clean
 from builder.texttable import aligned
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vmodl
-from builder.vsphere.connection import Session
+from builder.vsphere.connection import Session, VSphereError
 from firstboot import contract
 from firstboot.encoding import DecodeError, decode
 
@@ -33,6 +43,12 @@ UNREADABLE = "unreadable"
 # What a status row needs (the name is known from the query of names).
 STATUS_PROPS = ("config.extraConfig", "runtime.powerState")
 FINAL = {contract.State.DONE.value, contract.State.FAILED.value}
+# A status is a few hundred bytes (32 step timings about 4 KiB); anything far larger is not read.
+MAX_STATUS_CHARS = 64 * 1024
+SECRET_KEYS = (contract.KEY_SECRETS, contract.KEY_SECRETS + contract.ENCODING_SUFFIX)
+SECRETS_REMOVED = (
+    "guestinfo.arcbake.secrets removed from the VM's configuration (the clone reported past metadata)"
+)
 
 
 @dataclass
@@ -46,8 +62,10 @@ class VmStatus:
     remedy: str | None = None
     updated: str | None = None
     power: str | None = None
+    generation: int | None = None  # of the secrets the guest has taken in
     # The guest's step timings (contract.StepTiming as JSON: step, started, ended, attempts, outcome).
     steps: list[dict[str, Any]] = field(default_factory=list)
+    secrets: str | None = None  # SECRETS_REMOVED, or why they could not be removed
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready row."""
@@ -75,25 +93,82 @@ def is_simulator(session: Session) -> bool:
         return False
 
 
-def parse_status(extra: dict[str, str]) -> tuple[str, contract.Status | None, str]:
-    """(state, Status or None, message) from a VM's extraConfig."""
+def parse_status(extra: Mapping[str, str]) -> tuple[str, contract.Status | None, str]:
+    """(state, Status or None, message) from a VM's extraConfig; the message is already `clean()`."""
     raw = extra.get(contract.KEY_STATUS, "")
     if not raw.strip():
         return NO_REPORT, None, ""
+    if len(raw) > MAX_STATUS_CHARS:
+        return UNREADABLE, None, f"guestinfo.arcbake.status is too large ({len(raw)} characters)"
     try:
         text = decode(raw, extra.get(contract.KEY_STATUS + contract.ENCODING_SUFFIX))
         status = contract.Status.model_validate_json(text)
     except (DecodeError, ValidationError, ValueError) as exc:
-        first = str(exc).splitlines()[0]
+        # Validation errors quote the offending input: it is guest text like the rest.
+        first = clean(str(exc).splitlines()[0])
         return UNREADABLE, None, f"guestinfo.arcbake.status is not a valid status: {first}"
-    return status.state.value, status, status.message
+    return status.state.value, status, clean(status.message)
 
 
-def read_status(session: Session, fleet: Fleet) -> list[VmStatus]:
-    """Status of every VM of the fleet, in fleet order.
+def _row(name: str, power: str, extra: Mapping[str, str]) -> tuple[VmStatus, contract.Status | None]:
+    state, status, message = parse_status(extra)
+    row = VmStatus(name, state, message=message, power=power)
+    if status is not None:
+        row.step = clean(status.step, 40) if status.step else None
+        row.remedy = clean(status.remedy) if status.remedy else None
+        row.updated = status.updated.isoformat()
+        generation = getattr(status, "generation", None)
+        row.generation = generation if isinstance(generation, int) else None
+        row.steps = [t.model_dump(mode="json") for t in status.steps]
+    return row, status
 
-    Round trips do not grow with the fleet: the datacenter, the names of its VMs, then name, extraConfig
-    and power state of the fleet's VMs in one PropertyCollector query (bench/fleet_deploy.py counts them).
+
+def past_metadata(status: contract.Status) -> bool:
+    """True once the clone has taken in its secrets: done, or running/failed at a step after metadata."""
+    if status.state is contract.State.DONE:
+        return True
+    if any(t.step == "metadata" and t.outcome.value == "done" for t in status.steps):
+        return True
+    running_or_failed = status.state in (contract.State.RUNNING, contract.State.FAILED)
+    return running_or_failed and status.step not in (None, "metadata")
+
+
+def _deployed_generation(extra: Mapping[str, str]) -> int | None:
+    # The secrets stay in memory here, never logged: only their generation is looked at.
+    try:
+        text = decode(extra[contract.KEY_SECRETS], extra.get(SECRET_KEYS[1]))
+        generation = json.loads(text).get("generation")
+    except (KeyError, DecodeError, ValueError, AttributeError):
+        return None
+    return generation if isinstance(generation, int) else None
+
+
+def secrets_to_remove(extra: Mapping[str, str], status: contract.Status | None) -> bool:
+    """True when the VM's configuration still holds secrets that the clone has taken in."""
+    if status is None or not any(extra.get(k) for k in SECRET_KEYS) or not past_metadata(status):
+        return False
+    reported = getattr(status, "generation", None)
+    deployed = _deployed_generation(extra)
+    return not (isinstance(reported, int) and deployed is not None and reported < deployed)
+
+
+def remove_secrets(vm: Any, name: str) -> str:
+    """Remove the secrets keys from the VM's configuration; what to tell the operator."""
+    try:
+        vmops.remove_extra_config(vm, SECRET_KEYS, f"removing the secrets from VM {name!r}")
+    except VSphereError as exc:
+        LOG.warning("%s", exc)
+        return f"guestinfo.arcbake.secrets could not be removed from the VM's configuration: {exc}"
+    LOG.debug("VM %s: %s", name, SECRETS_REMOVED)
+    return SECRETS_REMOVED
+
+
+def read_status(session: Session, fleet: Fleet, *, clear_secrets: bool = True) -> list[VmStatus]:
+    """Status of every VM of the fleet, in fleet order; secrets removed where the clone is past metadata.
+
+    Round trips do not grow with the fleet: the datacenter, the names of its VMs, then extraConfig and
+    power state of the fleet's VMs in one PropertyCollector query (bench/fleet_deploy.py counts them).
+    Removing secrets adds one reconfiguration per VM, once in its life.
     """
     dc = inventory.datacenter(session, fleet.placement.datacenter)
     names = [v.name for v in fleet.vms]
@@ -105,13 +180,9 @@ def read_status(session: Session, fleet: Fleet) -> list[VmStatus]:
             rows.append(VmStatus(fvm.name, MISSING, message="no such VM (not deployed?)"))
             continue
         vm = vms[-1]
-        state, status, message = parse_status(vm.extra)
-        row = VmStatus(fvm.name, state, message=message, power=vm.power)
-        if status is not None:
-            row.step = status.step
-            row.remedy = status.remedy
-            row.updated = status.updated.isoformat()
-            row.steps = [t.model_dump(mode="json") for t in status.steps]
+        row, status = _row(fvm.name, vm.power, vm.extra)
+        if clear_secrets and secrets_to_remove(vm.extra, status):
+            row.secrets = remove_secrets(vm.obj, fvm.name)
         rows.append(row)
     return rows
 
@@ -173,10 +244,11 @@ def wait_status(
 
 
 def table(rows: list[VmStatus]) -> str:
-    """A plain aligned table: VM, power, state, step, time taken (and slowest step), message, updated."""
-    header = ("VM", "POWER", "STATE", "STEP", "TOOK", "MESSAGE", "UPDATED")
+    """A plain aligned table: VM, power, state, step, time taken (and slowest step), message, updated;
+    the secrets generation when some guest reports one."""
+    header = ["VM", "POWER", "STATE", "STEP", "TOOK", "MESSAGE", "UPDATED"]
     body = [
-        (
+        [
             r.name,
             r.power or "-",
             r.state,
@@ -184,7 +256,11 @@ def table(rows: list[VmStatus]) -> str:
             r.took(),
             (r.message or "-") + (f" (remedy: {r.remedy})" if r.remedy else ""),
             r.updated or "-",
-        )
+        ]
         for r in rows
     ]
+    if any(r.generation is not None for r in rows):
+        header.append("GEN")
+        for line, r in zip(body, rows, strict=True):
+            line.append("-" if r.generation is None else str(r.generation))
     return aligned(header, body)

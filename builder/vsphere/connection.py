@@ -29,6 +29,25 @@ class VSphereError(Exception):
     """A vSphere operation failed; the message is one line, names the object and holds no secret."""
 
 
+class ConnectionLostError(VSphereError):
+    """The connection to vCenter broke in the middle of an operation (vCenter restarted, network down)."""
+
+
+# What pyVmomi lets through when the server goes away mid-call (a dropped connection, a refused
+# reconnect, a timeout, a TLS failure); `lost()` turns them into one line.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    ssl.SSLError,
+    http.client.HTTPException,
+)
+
+
+def lost(server: str, exc: BaseException, during: str) -> ConnectionLostError:
+    """The one-line error for a transport failure while doing `during`."""
+    return ConnectionLostError(f"vCenter {server}: connection lost while {during} ({fault_message(exc)})")
+
+
 class NotFoundError(VSphereError):
     """A named inventory object (datacenter, datastore, network, template, VM, ...) does not exist."""
 

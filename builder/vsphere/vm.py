@@ -1,8 +1,10 @@
 """Operations on one VM: tasks, extraConfig (guestinfo) read and write, clone, power, template, destroy.
 
-extraConfig on the simulator: reconfiguring an existing key appends a duplicate entry instead of
-replacing it (a real vCenter replaces it). Readers here therefore take the *last* entry of a key, and
-writers read back what they wrote, so the same code is right on both.
+extraConfig: vCenter replaces a key that is set again and removes a key set to an empty value. govmomi
+0.24's simulator (Debian 12) appends a duplicate entry instead and removes nothing; the bundled launcher
+(sim/vcsim/extraconfig.go) applies vCenter's rules after each reconfiguration, as vcsim itself does from
+govmomi v0.31.0. Readers here still take the *last* entry of a key and writers read back what they wrote,
+so the same code is right on a simulator without that fix too (except that it cannot remove a key).
 """
 
 from __future__ import annotations
@@ -113,16 +115,33 @@ def option_values(values: Mapping[str, str]) -> list[Any]:
     return [vim.option.OptionValue(key=k, value=v) for k, v in values.items()]
 
 
-def set_extra_config(vm: Any, values: Mapping[str, str], what: str) -> Any:
-    """Write extraConfig keys, check by reading back that each holds the new value; the read `config`."""
+def _reconfigure_extra(vm: Any, values: Mapping[str, str], what: str) -> tuple[Any, dict[str, str]]:
     spec = vim.vm.ConfigSpec(extraConfig=option_values(values))
     wait(vm.ReconfigVM_Task(spec=spec), what)
     config = vm.config
-    current = options(config.extraConfig if config else None)
+    return config, options(config.extraConfig if config else None)
+
+
+def set_extra_config(vm: Any, values: Mapping[str, str], what: str) -> Any:
+    """Write extraConfig keys, check by reading back that each holds the new value; the read `config`."""
+    config, current = _reconfigure_extra(vm, values, what)
     wrong = [k for k, v in values.items() if current.get(k) != v]
     if wrong:
         raise VSphereError(f"{what}: the VM did not keep {', '.join(sorted(wrong))}")
     return config
+
+
+def remove_extra_config(vm: Any, keys: Iterable[str], what: str) -> None:
+    """Remove extraConfig keys from the VM's configuration (its .vmx), checked by reading back.
+
+    vSphere removes a key that is set to an empty string; the bundled simulator does the same (its
+    launcher, sim/vcsim/extraconfig.go, applies vCenter's rule that govmomi 0.24 lacks).
+    """
+    keys = list(keys)
+    _, current = _reconfigure_extra(vm, dict.fromkeys(keys, ""), what)
+    kept = [k for k in keys if current.get(k)]
+    if kept:
+        raise VSphereError(f"{what}: the VM still holds {', '.join(sorted(kept))}")
 
 
 def power_on(vm: Any, name: str) -> None:
@@ -153,12 +172,13 @@ def rename(vm: Any, old: str, new: str) -> None:
 
 @dataclass(frozen=True)
 class CloneSource:
-    """What every clone of one source needs, read once: its name, its first NIC and the target network."""
+    """What every clone of one source needs, read once: its name, its first NIC and that NIC's backing
+    on the target network (None: the network is left as the source has it)."""
 
     obj: Any
     name: str
     nic: Any | None
-    network: Any | None
+    backing: Any | None
 
 
 def clone_source(obj: Any, name: str, devices: Iterable[Any] | None, network: Any | None) -> CloneSource:
@@ -166,30 +186,34 @@ def clone_source(obj: Any, name: str, devices: Iterable[Any] | None, network: An
     nics = [d for d in devices or [] if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     if network is not None and not nics:
         raise VSphereError(f"template {name!r} has no network adapter to attach to {network.name!r}")
-    return CloneSource(obj, name, nics[0] if nics else None, network)
+    return CloneSource(obj, name, nics[0] if nics else None, _backing(network))
 
 
-def _nic_change(source: CloneSource, mac: str | None) -> list[Any]:
-    # The clone's first NIC: on `network` (a standard port group or a distributed one) and with the MAC the
-    # clone's network config binds its address to. A copy per clone: the source's device stays as read.
-    if source.nic is None:
-        if mac is not None:
-            raise VSphereError(f"template {source.name!r} has no network adapter to give MAC {mac}")
-        return []
-    if source.network is None and mac is None:
-        return []
-    nic = copy.deepcopy(source.nic)
-    network = source.network
+def _backing(network: Any | None) -> Any | None:
+    # A NIC backing on `network` (a standard port group or a distributed one); read once per deploy.
+    if network is None:
+        return None
     if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
-        nic.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+        return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
             port=vim.dvs.PortConnection(
                 portgroupKey=network.key, switchUuid=network.config.distributedVirtualSwitch.uuid
             )
         )
-    elif network is not None:
-        nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
-            network=network, deviceName=network.name
-        )
+    return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(network=network, deviceName=network.name)
+
+
+def _nic_change(source: CloneSource, mac: str | None) -> list[Any]:
+    # The clone's first NIC: on the target network and with the MAC the clone's network config binds its
+    # address to. A copy per clone: the source's device stays as read.
+    if source.nic is None:
+        if mac is not None:
+            raise VSphereError(f"template {source.name!r} has no network adapter to give MAC {mac}")
+        return []
+    if source.backing is None and mac is None:
+        return []
+    nic = copy.deepcopy(source.nic)
+    if source.backing is not None:
+        nic.backing = source.backing
     if mac is not None:
         nic.addressType = "manual"
         nic.macAddress = mac

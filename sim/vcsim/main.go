@@ -85,6 +85,7 @@ func main() {
 	}
 	defer model.Remove()
 	model.DelayConfig.MethodDelay = delays
+	simulator.Map.AddHandler(extraConfigAsVCenter{})
 
 	u := &url.URL{Host: *listen}
 	if *user != "" {

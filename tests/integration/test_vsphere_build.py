@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from builder.deploy import deploy
 from builder.fleet import load_fleet
 from builder.vsphere import inventory
 from builder.vsphere.connection import NotFoundError
-from integration.vsphere_helpers import REPO, SECRET_ENV, fleet_file, session_for
+from integration.vsphere_helpers import REPO, SECRET_ENV, builder_until, fleet_file, session_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,24 +121,14 @@ def test_ctrl_c_during_packer_build(tmp_path: Path) -> None:
     # lands while the half-built VM exists.
     sim = start_vcsim("-method-delay", "ReconfigVM_Task=2500")
     try:
-        env = {**os.environ, **sim.env()}
         before = templates(sim, "")
-        proc = subprocess.Popen(
-            [BUILDER, "build", str(DEMO_IMAGE), "-o", str(tmp_path / "b"), "--skip-validators"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        args = ["build", str(DEMO_IMAGE), "-o", str(tmp_path / "b"), "--skip-validators"]
+        proc, seen = builder_until(args, sim.env(), "Customizing hardware")
+        assert "Customizing hardware" in seen[-1], "".join(seen)
+        assert len(templates(sim, "demo-rocky9-k3s-")) == 1, "the half-built VM exists"
+        proc.send_signal(signal.SIGINT)
         assert proc.stderr is not None
-        seen = []
-        deadline = time.monotonic() + 120
-        for line in proc.stderr:
-            seen.append(line)
-            if "Customizing hardware" in line:
-                assert len(templates(sim, "demo-rocky9-k3s-")) == 1, "the half-built VM exists"
-                proc.send_signal(signal.SIGINT)
-            assert time.monotonic() < deadline
+        seen.extend(proc.stderr)
         assert proc.wait(timeout=120) == 130, "".join(seen)
         assert any("Destroying VM" in ln for ln in seen), "".join(seen)
         assert templates(sim, "") == before, "a VM was left behind"

@@ -16,15 +16,13 @@ from click.testing import CliRunner, Result
 from fixtures.vcsim import VcsimHandle
 
 from builder.cli import cli
-from builder.vsphere import inventory
-from builder.vsphere import vm as vmops
 from firstboot import contract
 from firstboot.contract import OnboardingConfig, State, Status, StepOutcome, StepTiming
 from integration.vsphere_helpers import (
     SECRET_ENV,
     cloudinit_decode,
     fleet_file,
-    session_for,
+    set_extra,
     vm_extra,
     vm_info,
     vm_raw_keys,
@@ -148,9 +146,7 @@ def test_missing_secret_env_is_an_input_error(vcsim: VcsimHandle, tmp_path: Path
 
 def _set_status(sim: VcsimHandle, name: str, status: Status) -> None:
     # What firstboot's `vmware-rpctool info-set guestinfo.arcbake.status ...` shows through the API.
-    with session_for(sim) as s:
-        vm = inventory.vm(s, inventory.datacenter(s, "DC0"), name)
-        vmops.set_extra_config(vm, {contract.KEY_STATUS: status.to_json()}, "test status")
+    set_extra(sim, name, {contract.KEY_STATUS: status.to_json()})
 
 
 def test_status_reads_guest_reports(vcsim: VcsimHandle, tmp_path: Path) -> None:

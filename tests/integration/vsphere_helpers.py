@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +156,35 @@ def vm_info(sim: VcsimHandle, name: str) -> dict[str, Any]:
             "moids": [v._moId for v in found],
             "power": [str(v.runtime.powerState) for v in found],
         }
+
+
+def set_extra(sim: VcsimHandle, name: str, values: dict[str, str]) -> None:
+    """Write extraConfig keys of VM `name`: what a guest's `vmware-rpctool info-set` shows through the API."""
+    with session_for(sim) as s:
+        vm = inventory.vm(s, inventory.datacenter(s, "DC0"), name)
+        vmops.set_extra_config(vm, values, "test guestinfo")
+
+
+def builder_until(
+    args: list[str], env: dict[str, str], marker: str, timeout: float = 120
+) -> tuple[Any, list[str]]:
+    """Start the `builder` console script; read its stderr until a line holds `marker` (or it ends).
+
+    Returns the running process and the stderr lines read so far, for a test that interrupts it there.
+    """
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "builder"), *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if marker in line or not line:
+            break
+    return proc, seen
