@@ -116,7 +116,7 @@ def _validate(
     return [o.to_dict() for o in outcomes]
 
 
-def _write_junit(path: Path, out_dir: Path, outcomes: list[Outcome]) -> None:
+def write_junit(path: Path, out_dir: Path, outcomes: list[Outcome]) -> None:
     """validators + the image suite's cases (Packer's pytest writes IMAGE_SUITE_JUNIT when it ran)."""
     from builder import junit
 
@@ -165,7 +165,7 @@ def build(spec_path: Path, environ: Mapping[str, str], options: BuildOptions) ->
         return _build(spec_path, environ, options, outcomes)
     finally:
         if options.junit is not None:
-            _write_junit(options.junit, options.out_dir.absolute(), outcomes)
+            write_junit(options.junit, options.out_dir.absolute(), outcomes)
 
 
 def _build(

@@ -26,7 +26,6 @@ from builder.cli_common import (
     epilog,
     fail,
     fail_input,
-    json_output,
     output_option,
     recorder,
 )
@@ -75,7 +74,8 @@ def _load(path: Path) -> ImageSpec:
 )
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init_command(path: Path, force: bool) -> None:
+@FORMAT
+def init_command(path: Path, force: bool, fmt: str) -> None:
     """Write a commented example image spec to PATH."""
     if path.exists() and not force:
         fail(f"{path} exists; use --force to overwrite it")
@@ -87,15 +87,16 @@ def init_command(path: Path, force: bool) -> None:
         tmp.replace(path)
     except OSError as exc:
         fail(f"cannot write {path}: {exc}")
-    if json_output():
+    if fmt == "json":
         click.echo(json.dumps({"ok": True, "path": str(path)}))
     else:
         click.echo(str(path))
 
 
 @click.command("schema", epilog=epilog("builder schema > image-spec.schema.json"))
-def schema_command() -> None:
-    """Print the image spec's JSON Schema."""
+@FORMAT
+def schema_command(fmt: str) -> None:
+    """Print the image spec's JSON Schema (JSON whatever --format says)."""
     click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
 
 

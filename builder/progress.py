@@ -94,41 +94,42 @@ class PlainDisplay:
 
 
 class RichDisplay:
-    """Live spinners (transient) for running steps; finished announced steps stay as one line."""
+    """Live spinners (transient) for running steps; finished announced steps stay as one line. The live
+    area exists only while a step runs, so a command's results never print under a spinner."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = Console(file=stream or sys.stderr, highlight=False)
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=True,
-        )
+        self.progress: Any = None
         self._tasks: dict[int, Any] = {}
         self._lock = threading.Lock()
-        self._started = False
 
-    def _ensure(self) -> None:
-        if not self._started:
+    def _live(self) -> Any:
+        if self.progress is None:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.progress.start()
-            self._started = True
+        return self.progress
 
     def start(self, key: int, label: str, *, announce: bool) -> None:
         """A spinner line for the step."""
         with self._lock:
-            self._ensure()
-            self._tasks[key] = self.progress.add_task(label, total=None)
+            self._tasks[key] = self._live().add_task(label, total=None)
 
     def update(self, key: int, text: str) -> None:
         """New text on the step's spinner line."""
         with self._lock:
             task = self._tasks.get(key)
             if task is not None:
-                self.progress.update(task, description=text)
+                self._live().update(task, description=text)
 
     def finish(
         self, key: int, label: str, *, ok: bool, seconds: float, announce: bool, error: str | None
@@ -140,25 +141,30 @@ class RichDisplay:
         with self._lock:
             task = self._tasks.pop(key, None)
             if task is not None:
-                self.progress.remove_task(task)
+                self._live().remove_task(task)
             if error != RAISED and (announce or not ok):
                 mark, style = ("✓", "green") if ok else ("✗", "red")
                 line = Text(f"{mark} ", style=style)
                 line.append(f"{label} ({seconds:.1f}s)")
-                self.progress.console.print(line)
+                self.console.print(line)
+            if not self._tasks:
+                self._stop()
 
     def print(self, line: str) -> None:
         """A line of streamed output above the spinners."""
         from rich.text import Text
 
-        self.progress.console.print(Text(line))
+        self.console.print(Text(line))
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
 
     def stop(self) -> None:
         """Stop the live display."""
         with self._lock:
-            if self._started:
-                self.progress.stop()
-                self._started = False
+            self._stop()
 
 
 def interactive(stream: IO[str] | None = None) -> bool:

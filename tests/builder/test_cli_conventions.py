@@ -225,3 +225,36 @@ def test_colour_on_a_terminal_only_and_never_with_no_color(spec: Path) -> None:
     # Not a terminal: plain text, no progress redraws.
     code, out, err = run(*args)
     assert code == RC.OK and "passed  chrony" in out and "\x1b" not in out + err
+
+
+COMMANDS_WITH_FILE = [
+    ["init", "{missing}/sub/x.yaml"],
+    ["validate", "{missing}.yaml"],
+    ["render", "{missing}.yaml"],
+    ["build", "{missing}.yaml"],
+    ["deploy", "{missing}.yaml"],
+    ["status", "{missing}.yaml"],
+    ["report", "{missing}.yaml"],
+    ["destroy", "{missing}.yaml", "--yes"],
+    ["templates", "{missing}.yaml"],
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS_WITH_FILE, ids=lambda a: a[0])
+def test_every_command_answers_errors_in_json(args: list[str], tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "missing"
+    if args[0] == "init":
+        (tmp_path / "no-such-dir").write_text("a file where a directory is needed")
+    argv = [a.format(missing=missing) for a in args]
+    code, out, err = run(*argv, "--format", "json", env={"VSPHERE_SERVER": "127.0.0.1:9"})
+    assert code in (RC.FAILED, RC.INVALID_INPUT), err
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["exit_code"] == code and doc["error"], doc
+    assert f"error: {doc['error']}" in err
+
+
+def test_schema_and_init_accept_format_json(tmp_path: Path) -> None:
+    code, out, _ = run("schema", "--format", "json")
+    assert code == RC.OK and json.loads(out)["type"] == "object"
+    code, out, _ = run("init", str(tmp_path / "i.yaml"), "--format", "json")
+    assert code == RC.OK and json.loads(out) == {"ok": True, "path": str(tmp_path / "i.yaml")}
