@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from builder.cli_common import FORMAT, fail
+from builder.cli_common import EVENTS, FORMAT, fail, recorder
 from builder.commands_vsphere import _errors, _session
 from builder.rc import RC
 
@@ -56,6 +56,7 @@ Exit codes: 0 done (or nothing to do), 1 a VM or Arc delete failed or a VM was r
 @click.option("--vm", "only", multiple=True, metavar="NAME", help="Only this VM (repeatable).")
 @YES
 @click.option("--keep-arc", is_flag=True, help="Leave Azure alone (no Azure access from here).")
+@EVENTS
 @FORMAT
 def destroy(fleet_file: Path, only: tuple[str, ...], yes: bool, keep_arc: bool, fmt: str) -> None:
     from builder import destroy as ds
@@ -80,10 +81,16 @@ def destroy(fleet_file: Path, only: tuple[str, ...], yes: bool, keep_arc: bool, 
                 confirm(f"destroy {len(acting)} object(s) of fleet {fleet.name}", yes)
             tenant = next((v.config.arc.tenant_id for v in fleet.vms if v.config.arc), None)
 
+            rec = recorder()
+
             def say(line: str) -> None:
                 click.echo(f"  {line}", err=True)
+                rec.emit("progress", message=line)
 
-            ok = ds.apply(the_plan, os.environ, default_tenant=tenant, progress=say)
+            with rec.step("destroy", label=f"destroy fleet {fleet.name}", announce=False) as running:
+                ok = ds.apply(the_plan, os.environ, default_tenant=tenant, progress=say)
+                if not ok:
+                    running.fail("a VM or Arc delete failed")
     if fmt == "json":
         click.echo(json.dumps({"ok": ok, **the_plan.as_dict()}, indent=2))
     elif not acting:
@@ -165,6 +172,7 @@ old VM serves again) or the plan was refused (nothing changed), 2 usage (no --ye
 @click.option(
     "--interval", type=click.FloatRange(0.01), default=10.0, show_default=True, help="Poll interval."
 )
+@EVENTS
 @FORMAT
 def rollout(
     fleet_file: Path,
@@ -193,11 +201,17 @@ def rollout(
             if todo and not the_plan.refused:
                 confirm(f"roll {len(todo)} VM(s) of fleet {fleet.name} onto {the_plan.template}", yes)
 
+            rec = recorder()
+
             def say(line: str) -> None:
                 click.echo(f"  {line}", err=True)
+                rec.emit("progress", message=line)
 
             opts = ro.Options(rebuild_cluster, timeout, interval, say)
-            ok = ro.run(session, fleet, the_plan, os.environ, opts)
+            with rec.step("rollout", label=f"roll fleet {fleet.name} onto {the_plan.template}") as running:
+                ok = ro.run(session, fleet, the_plan, os.environ, opts)
+                if not ok:
+                    running.fail("a replacement failed or timed out")
     if fmt == "json":
         click.echo(json.dumps({"ok": ok, **the_plan.as_dict()}, indent=2))
     for step in the_plan.steps:

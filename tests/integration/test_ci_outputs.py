@@ -112,3 +112,18 @@ def test_deploy_events_per_vm_and_each_vm_printed_once(vcsim: VcsimHandle, tmp_p
         "ci-evt-03",
     ]
     assert sum(ln["event"] == "command_started" for ln in events(log)) == 2
+
+
+def test_destroy_events_through_the_same_api(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    fleet = fleet_file(tmp_path, "ci-dev")
+    assert builder(vcsim, "deploy", str(fleet)).returncode == 0
+    log = tmp_path / "destroy.jsonl"
+    proc = builder(vcsim, "destroy", str(fleet), "--keep-arc", "--yes", "--events", str(log))
+    assert proc.returncode == 0, proc.stderr
+    lines = events(log)
+    assert {ln["command"] for ln in lines} == {"destroy"}
+    finished = [ln for ln in lines if ln["event"] == "step_finished"]
+    assert [(ln["step"], ln["ok"]) for ln in finished] == [("destroy", True)]
+    said = " ".join(ln["message"] for ln in lines if ln["event"] == "progress")
+    assert all(name in said for name in ("ci-dev-01", "ci-dev-02", "ci-dev-03")), said
+    assert lines[-1]["event"] == "command_finished" and lines[-1]["ok"] is True
