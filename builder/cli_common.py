@@ -18,7 +18,7 @@ import click
 from builder.events import NULL, EventsError, Recorder
 from builder.progress import make_display
 from builder.rc import RC
-from builder.yamlsrc import InputError, Issue
+from firstboot.located_yaml import InputError, Issue
 
 F = TypeVar("F", bound=Callable[..., Any])
 

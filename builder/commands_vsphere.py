@@ -31,7 +31,7 @@ from builder.cli_common import (
     verbosity,
 )
 from builder.rc import RC
-from builder.yamlsrc import InputError
+from firstboot.located_yaml import InputError
 
 VSPHERE_HELP_ENV = (VSPHERE_ENV, *COMMON_ENV)
 

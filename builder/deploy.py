@@ -34,19 +34,18 @@ from builder.fleet import (
     Fleet,
     FleetError,
     FleetVM,
-    newest_match,
     resolve_secrets,
     secrets_json,
-    template_matcher,
 )
 from builder.status import parse_status, remove_secrets, secrets_to_remove
+from builder.template_names import newest_match, placeholders
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vim
 from builder.vsphere.connection import TRANSPORT_ERRORS, NotFoundError, Session, VSphereError, lost
-from builder.yamlsrc import Issue
 from firstboot import contract
 from firstboot.encoding import GZIP_BASE64, encode
+from firstboot.located_yaml import Issue
 
 LOG = logging.getLogger(__name__)
 
@@ -279,7 +278,7 @@ def deploy(
 
 def resolve_template(names: Mapping[str, list[Any]], template: str, dc: Any) -> str:
     """The template name to clone: `template` itself, or the newest name (of `names`) matching it."""
-    if template_matcher(template) is None:
+    if not placeholders(template):
         if not names.get(template):
             raise NotFoundError(f"template {template!r} not found in datacenter {dc.name!r}")
         return template

@@ -4,9 +4,12 @@ A fleet file names the template, the vSphere placement of the clones, `defaults`
 replaces the same key of `defaults`, except `arc`, `tags` and `secrets`, which merge key by key (so a
 fleet states its Azure subscription once and each server only its cluster name).
 
-Validation reports every problem at once as `FILE:LINE: path: message` (exit 3), first the schema
-(pydantic, through the image spec's error mapping), then the cross checks (unique names, agents have a
-server to join, servers have a complete `arc` section and the secret its auth method needs).
+Each VM's data is merged as plain data (defaults, then the VM) and validated straight into the
+contract's models (`TimeConfig`, `DnsConfig`, `ProxyConfig`, `K3sSettings`, `ArcConfig`, `FluxConfig`):
+a knob's rule lives in `firstboot/contract.py` alone. Validation reports every problem at once as
+`FILE:LINE: path: message` (exit 3), each located where the value was written (`defaults.time...` or
+`vms.2.time...`); first the schema, then the cross checks (unique names, agents have a server to join,
+servers have an `arc` section and the secret its auth method needs).
 
 Secrets are references only, `{env: NAME}` or `{file: PATH}` (relative to the fleet file); their values
 are read by `resolve_secrets` at deploy time and go nowhere but the VM's `guestinfo.arcbake.secrets`.
@@ -22,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,67 +32,72 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     IPvAnyAddress,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from builder.spec import read_input, validate_located
-from builder.yamlsrc import InputError, Issue, LocatedYaml
+from builder.spec import InventoryName, SshPublicKey
+from builder.template_names import check_placeholders
 from firstboot.contract import (
+    PATTERN_HINTS,
     ArcAuth,
     ArcConfig,
-    AzureName,
+    ArcTags,
+    Bool,
     DnsConfig,
     FluxConfig,
     FQDNOrHost,
-    Guid,
     HostName,
     K3sConfig,
+    K3sSettings,
     OnboardingConfig,
     OnboardingSecrets,
     ProxyConfig,
     Role,
     TimeConfig,
 )
+from firstboot.contract import (
+    Model as _Model,
+)
+from firstboot.located_yaml import (
+    Hints,
+    InputError,
+    Issue,
+    LocatedYaml,
+    PathKey,
+    dotted,
+    issues_from_validation,
+    read_located,
+)
 
 FLEET_SCHEMA_VERSION: Literal[1] = 1
 K3S_API_PORT = 6443
-# What each placeholder of a template name pattern matches (the image spec's `template_name` pattern).
-_PLACEHOLDER_RE = {
-    "date": r"(?P<date>\d{8})",
-    "timestamp": r"(?P<timestamp>\d{12})",
-    "k3s": r"[A-Za-z0-9-]+",
-    "os": r"[a-z]+\d+",
-}
 
 # vSphere allows almost anything in a VM name; we keep names that are safe in paths and messages.
 VmName = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-InventoryName = Annotated[
-    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._()-]*$")
-]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 LinuxUser = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
-SshPublicKey = Annotated[str, Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-\S+) \S+( .*)?$")]
+
+
+_HINTS = Hints(
+    patterns=PATTERN_HINTS,
+    credentials="unknown key; a fleet names secrets only under secrets:, as {env: NAME} or {file: PATH}",
+)
 
 
 class FleetError(InputError):
     """The fleet file (or a secret it references) is invalid; exit code 3."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class SecretRef(_Model):
     """Where a secret value comes from: an environment variable or a file. Never the value itself."""
 
     env: EnvName | None = None
-    file: Annotated[str, Field(min_length=1)] | None = None
+    file: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -104,12 +111,12 @@ class SecretRef(_Model):
 
 
 class GitSecretRefs(_Model):
-    """Credentials for one Flux configuration's repository."""
+    """Credentials for one Flux configuration's repository (the non-secret parts as the contract has them)."""
 
-    https_user: str | None = None
+    https_user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*$")] | None = None
     https_key: SecretRef | None = None
     ssh_private_key: SecretRef | None = None
-    known_hosts: str | None = None
+    known_hosts: Annotated[str, Field(max_length=65536, pattern=r"^[\x20-\x7e\n]*$")] | None = None
 
 
 class SecretRefs(_Model):
@@ -131,7 +138,7 @@ class SecretRefs(_Model):
 class NetworkSpec(_Model):
     """DHCP (the default), or a static IPv4 address with prefix, gateway and DNS servers."""
 
-    dhcp: bool | None = None
+    dhcp: Bool | None = None
     address: ipaddress.IPv4Interface | None = None
     gateway: ipaddress.IPv4Address | None = None
     dns: list[IPvAnyAddress] = Field(default_factory=list)
@@ -164,53 +171,27 @@ class NetworkSpec(_Model):
         return self.address is not None
 
 
-class ArcSettings(_Model):
-    """The Arc connected cluster of a server; every field may come from `defaults.arc`."""
-
-    cluster_name: AzureName | None = None
-    resource_group: AzureName | None = None
-    location: Annotated[str, Field(pattern=r"^[a-z0-9]+$")] | None = None
-    subscription_id: Guid | None = None
-    tenant_id: Guid | None = None
-    client_id: Guid | None = None
-    auth: ArcAuth | None = None
-    onboarding_timeout_seconds: Annotated[int, Field(ge=60, le=3600)] | None = None
-
-
-class K3sSettings(_Model):
-    """K3s settings of a clone besides its role (which is `role`/`server` on the VM)."""
-
-    cluster_cidr: ipaddress.IPv4Network | None = None
-    service_cidr: ipaddress.IPv4Network | None = None
-    cluster_dns: ipaddress.IPv4Address | None = None
-    node_labels: dict[str, str] = Field(default_factory=dict)
-    ready_timeout_seconds: Annotated[int, Field(ge=10, le=3600)] | None = None
-
-
-class VmSettings(_Model):
-    """Keys a VM may set, and `defaults` may set for every VM."""
-
-    hostname: HostName | None = None
-    domain: FQDNOrHost | None = None
-    role: Role | None = None
-    server: VmName | None = Field(default=None, description="agents: name of the server VM to join")
-    network: NetworkSpec | None = None
-    user: LinuxUser | None = None
-    ssh_authorized_keys: list[SshPublicKey] | None = None
-    time: TimeConfig | None = None
-    dns: DnsConfig | None = None
-    proxy: ProxyConfig | None = None
-    k3s: K3sSettings | None = None
-    arc: ArcSettings | None = None
-    tags: dict[str, str] | None = None
-    flux: FluxConfig | None = None
-    secrets: SecretRefs | None = None
-
-
-class VmEntry(VmSettings):
-    """One VM of the fleet."""
+class VmEntry(_Model):
+    """One VM after its entry is merged over `defaults`. The clone-side sections are the contract's own
+    models; `arc` gets `cluster_name` (default: the host name) and `tags` filled in before validation."""
 
     name: VmName
+    hostname: HostName
+    domain: FQDNOrHost | None = None
+    role: Role = Role.SERVER
+    server: VmName | None = Field(default=None, description="agents: name of the server VM to join")
+    network: NetworkSpec = NetworkSpec()
+    user: LinuxUser = "arcbake"
+    ssh_authorized_keys: list[SshPublicKey] = Field(default_factory=list)
+    time: TimeConfig
+    dns: DnsConfig = DnsConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    k3s: K3sSettings = K3sSettings()
+    # Servers only (agents stop after K3s); `null` in a VM entry drops the defaults' section.
+    arc: ArcConfig | None = None
+    tags: ArcTags | None = None
+    flux: FluxConfig = FluxConfig()
+    secrets: SecretRefs | None = None
 
 
 class FleetPlacement(_Model):
@@ -218,7 +199,7 @@ class FleetPlacement(_Model):
 
     datacenter: InventoryName
     cluster: InventoryName | None = None
-    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]+$")] | None = None
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")] | None = None
     resource_pool: InventoryName | None = None
     datastore: InventoryName | None = None
     network: InventoryName | None = None
@@ -232,7 +213,8 @@ class FleetPlacement(_Model):
 
 
 class FleetFile(_Model):
-    """A fleet file as written."""
+    """A fleet file as written: `defaults` and each of `vms` are merged as plain data, then validated as
+    `VmEntry` (so their problems are located where they were written)."""
 
     schema_version: Literal[1] = FLEET_SCHEMA_VERSION
     name: VmName | None = Field(default=None, description="fleet name; default: the file name")
@@ -240,19 +222,10 @@ class FleetFile(_Model):
         str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._(){}-]*$")
     ] = Field(description="template name, or a pattern with {date} {timestamp} {k3s} {os}: the newest match")
     vsphere: FleetPlacement
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    vms: Annotated[list[dict[str, Any]], Field(min_length=1)]
 
-    @field_validator("template")
-    @classmethod
-    def _placeholders(cls, value: str) -> str:
-        unknown = set(re.findall(r"\{([^}]*)\}", value)) - set(_PLACEHOLDER_RE)
-        if unknown:
-            raise ValueError(
-                f"unknown placeholder(s) {sorted(unknown)}; allowed: {{date}} {{timestamp}} {{k3s}} {{os}}"
-            )
-        return value
-
-    defaults: VmSettings = VmSettings()
-    vms: Annotated[list[VmEntry], Field(min_length=1)]
+    _placeholders = field_validator("template")(check_placeholders)
 
 
 @dataclass(frozen=True)
@@ -331,30 +304,6 @@ class Fleet:
     vms: tuple[FleetVM, ...]
 
 
-def template_matcher(template: str) -> re.Pattern[str] | None:
-    """A regex for a template name pattern with placeholders; None for an exact name."""
-    if "{" not in template:
-        return None
-    parts = re.split(r"(\{[a-z0-9]+\})", template)
-    return re.compile(
-        "^" + "".join(_PLACEHOLDER_RE[p[1:-1]] if p.startswith("{") else re.escape(p) for p in parts) + "$"
-    )
-
-
-def newest_match(template: str, names: list[str]) -> str | None:
-    """The newest name matching the pattern `template` (by its date/timestamp, then by name)."""
-    matcher = template_matcher(template)
-    if matcher is None:
-        return template if template in names else None
-    found = []
-    for name in names:
-        m = matcher.match(name)
-        if m:
-            stamp = (m.groupdict().get("timestamp") or "") + (m.groupdict().get("date") or "")
-            found.append((stamp, name))
-    return max(found)[1] if found else None
-
-
 def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -396,188 +345,297 @@ def network_v2(net: NetworkSpec, mac: str) -> dict[str, Any]:
     return {"version": 2, "ethernets": {NIC_NAME: nic}}
 
 
-def _merge(defaults: VmSettings, vm: VmEntry) -> dict[str, Any]:
-    base = defaults.model_dump(exclude_unset=True)
-    own = vm.model_dump(exclude_unset=True)
-    merged = {**base, **own}
-    # Merge only mappings: an explicit `arc: null` (or `secrets: null`) in a VM entry replaces the default.
-    for key in ("arc", "tags"):
-        if isinstance(base.get(key), dict) and isinstance(own.get(key), dict):
-            merged[key] = {**base[key], **own[key]}
-    if isinstance(base.get("secrets"), dict) and isinstance(own.get("secrets"), dict):
-        merged["secrets"] = {**base["secrets"], **own["secrets"]}
-        merged["secrets"]["git"] = {**base["secrets"].get("git", {}), **own["secrets"].get("git", {})}
+# Sections of a VM entry merged key by key over `defaults` (a VM states only its cluster name, its own
+# tags, its own secrets); every other key of a VM entry replaces the default. `secrets.git` merges by name.
+_MERGED_BY_KEY = ("arc", "tags", "secrets")
+
+
+@dataclass
+class _Merged:
+    """One VM's data merged over `defaults`, and where each part of it was written in the file."""
+
+    here: PathKey  # ("vms", N)
+    data: dict[str, Any]
+    origin: dict[PathKey, PathKey]
+
+    def at(self, *path: str | int) -> PathKey:
+        """Where to report a problem about `path`: where it was written, else under this VM's entry."""
+        return self.place(path) if path[0] in self.data else (*self.here, *path)
+
+    def place(self, path: PathKey) -> PathKey:
+        """The file path a merged path was written at (the longest merged prefix with a known origin)."""
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.origin:
+                return (*self.origin[path[:cut]], *path[cut:])
+        return path
+
+    def put(self, path: tuple[str, ...], value: Any, where: PathKey) -> None:
+        target = self.data
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = value
+        # What was below `path` came from elsewhere: forget it.
+        for known in [k for k in self.origin if k[: len(path)] == path]:
+            del self.origin[known]
+        self.origin[path] = where
+
+    def alias(self, path: tuple[str, ...], source: tuple[str, ...]) -> None:
+        """Put the value at `source` also at `path`, its parts placed where they were written."""
+        self.put(path, self.data[source[0]] if len(source) == 1 else None, self.place(source))
+        for known, where in list(self.origin.items()):
+            if known[: len(source)] == source and known != source:
+                self.origin[(*path, *known[len(source) :])] = where
+
+
+def _merge(defaults: dict[str, Any], vm: dict[str, Any], i: int) -> _Merged:
+    here: PathKey = ("vms", i)
+    merged = _Merged(here, {}, {})
+    for key, value in defaults.items():
+        merged.put((key,), value, ("defaults", key))
+        if key in _MERGED_BY_KEY and isinstance(value, dict):
+            merged.data[key] = dict(value)
+            for sub in value:
+                merged.origin[(key, sub)] = ("defaults", key, sub)
+    for key, value in vm.items():
+        base = merged.data.get(key)
+        if key in _MERGED_BY_KEY and isinstance(base, dict) and isinstance(value, dict):
+            for sub, sub_value in value.items():
+                inner = base.get(sub)
+                if (
+                    (key, sub) == ("secrets", "git")
+                    and isinstance(inner, dict)
+                    and isinstance(sub_value, dict)
+                ):
+                    base[sub] = dict(inner)
+                    for name in inner:
+                        merged.origin.setdefault((key, sub, name), ("defaults", key, sub, name))
+                    for name, cred in sub_value.items():
+                        merged.put((key, sub, name), cred, (*here, key, sub, name))
+                else:
+                    merged.put((key, sub), sub_value, (*here, key, sub))
+        else:
+            merged.put((key,), value, (*here, key))
     return merged
 
 
+def _complete(merged: _Merged) -> bool:
+    """Derived defaults, placed where the value they derive from was written. False when the Arc
+    section cannot be completed yet (its default cluster name, the host name, is invalid)."""
+    data = merged.data
+    name = data.get("name")
+    if "hostname" not in data and isinstance(name, str):
+        merged.put(("hostname",), name.lower(), merged.place(("name",)))
+    if data.get("role") == Role.AGENT.value:
+        # Agents stop after K3s: no Arc connection, no Flux.
+        for key in ("arc", "flux"):
+            data.pop(key, None)
+        return True
+    arc = data.get("arc")
+    if isinstance(arc, dict):
+        arc = merged.data["arc"] = dict(arc)
+        if "cluster_name" not in arc:
+            if not _is_hostname(data.get("hostname")):
+                # The host name is reported as itself; its Arc section is checked once it is valid.
+                del merged.data["arc"]
+                return False
+            merged.put(("arc", "cluster_name"), data["hostname"], merged.place(("hostname",)))
+        if data.get("tags") is not None:
+            merged.alias(("arc", "tags"), ("tags",))
+    return True
+
+
+def _is_hostname(value: Any) -> bool:
+    # Only a valid host name becomes the default cluster name: an invalid one is reported once, as itself.
+    try:
+        _HOSTNAME.validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
+_HOSTNAME: TypeAdapter[str] = TypeAdapter(HostName)
+
+
 class _Checker:
-    """Collects cross-check issues with the line of the key they are about."""
+    """Collects issues with the line of the key they are about."""
 
     def __init__(self, located: LocatedYaml) -> None:
         self.located = located
         self.issues: list[Issue] = []
 
-    def add(self, path: tuple[str | int, ...], message: str) -> None:
-        dotted = ".".join(str(p) for p in path)
-        self.issues.append(Issue(self.located.file, self.located.line_of(path), dotted, message))
+    def add(self, path: PathKey, message: str) -> None:
+        self.issues.append(Issue(self.located.file, self.located.line_of(path), dotted(path), message))
 
 
-def _server_url(server: dict[str, Any]) -> str:
-    net: NetworkSpec = server["network"]
+def _server_url(server: VmEntry) -> str:
+    net = server.network
     if net.address is not None:
         host = str(net.address.ip)
-    elif server.get("domain"):
-        host = f"{server['hostname']}.{server['domain']}"
+    elif server.domain:
+        host = f"{server.hostname}.{server.domain}"
     else:
-        host = server["hostname"]
+        host = server.hostname
     return f"https://{host}:{K3S_API_PORT}"
 
 
 _ARC_REQUIRED = ("resource_group", "location", "subscription_id", "tenant_id", "client_id")
 
 
-def _build_vms(doc: FleetFile, check: _Checker) -> list[FleetVM]:
-    merged = [_merge(doc.defaults, vm) for vm in doc.vms]
-    for m in merged:
-        m.setdefault("hostname", m["name"].lower())
-        m.setdefault("role", Role.SERVER)
-        m.setdefault("network", NetworkSpec())
-        m["network"] = (
-            NetworkSpec.model_validate(m["network"]) if isinstance(m["network"], dict) else m["network"]
+def _entries(
+    defaults: dict[str, Any], vms: list[Any], located: LocatedYaml, check: _Checker
+) -> list[tuple[VmEntry, _Merged]]:
+    """Each VM merged over `defaults` and validated; problems located where they were written.
+    `defaults` is validated on its own too (its missing keys may come from each VM), so its problems
+    are found even when no VM entry is valid."""
+    if "name" in defaults:
+        check.add(("defaults", "name"), "a VM's name is set in its own entry only")
+    try:
+        VmEntry.model_validate(defaults)
+    except ValidationError as exc:
+        check.issues += issues_from_validation(
+            exc, VmEntry, defaults, located, place=lambda p: ("defaults", *p), partial=True, hints=_HINTS
         )
-    names: dict[str, int] = {}
-    hostnames: dict[str, int] = {}
-    for i, m in enumerate(merged):
-        if m["name"] in names:
-            check.add(("vms", i, "name"), f"duplicate VM name (also vms.{names[m['name']]})")
-        names.setdefault(m["name"], i)
-        if m["hostname"] in hostnames:
-            check.add(("vms", i, "hostname"), f"duplicate hostname (also vms.{hostnames[m['hostname']]})")
-        hostnames.setdefault(m["hostname"], i)
-    servers = [m["name"] for m in merged if m["role"] == Role.SERVER]
-    out: list[FleetVM] = []
-    for i, m in enumerate(merged):
-        here: tuple[str | int, ...] = ("vms", i)
-        vm = _build_one(i, m, merged, names, servers, check)
-        if vm is not None:
-            out.append(vm)
-        elif not check.issues:
-            check.add(here, "invalid VM")
+    out = []
+    for i, vm in enumerate(vms):
+        if not isinstance(vm, dict):
+            continue  # reported by the file's own schema
+        merged = _merge(defaults, vm, i)
+        arc_complete = _complete(merged)
+        if arc_complete and merged.data.get("role") != Role.AGENT.value and merged.data.get("arc") is None:
+            check.add(
+                merged.at("arc"),
+                f"a server needs arc.{', arc.'.join(_ARC_REQUIRED)} (here or in defaults.arc)",
+            )
+        try:
+            out.append((VmEntry.model_validate(merged.data), merged))
+        except ValidationError as exc:
+            check.issues += issues_from_validation(
+                exc, VmEntry, merged.data, located, place=merged.place, hints=_HINTS
+            )
+    return out
+
+
+def _build_vms(entries: list[tuple[VmEntry, _Merged]], check: _Checker) -> list[FleetVM]:
+    by_name: dict[str, VmEntry] = {}
+    first_name: dict[str, PathKey] = {}
+    first_host: dict[str, PathKey] = {}
+    for vm, merged in entries:
+        if vm.name in first_name:
+            check.add(merged.at("name"), f"duplicate VM name (also {dotted(first_name[vm.name])})")
+        if vm.hostname in first_host:
+            check.add(merged.at("hostname"), f"duplicate hostname (also {dotted(first_host[vm.hostname])})")
+        by_name.setdefault(vm.name, vm)
+        first_name.setdefault(vm.name, merged.here)
+        first_host.setdefault(vm.hostname, merged.here)
+    servers = [vm.name for vm, _ in entries if vm.role is Role.SERVER]
+    out = []
+    for vm, merged in entries:
+        built = _build_one(vm, merged, by_name, servers, check)
+        if built is not None:
+            out.append(built)
     return out
 
 
 def _build_one(
-    i: int,
-    m: dict[str, Any],
-    merged: list[dict[str, Any]],
-    names: dict[str, int],
-    servers: list[str],
-    check: _Checker,
+    vm: VmEntry, merged: _Merged, by_name: dict[str, VmEntry], servers: list[str], check: _Checker
 ) -> FleetVM | None:
-    here: tuple[str | int, ...] = ("vms", i)
     before = len(check.issues)
-    role = Role(m["role"])
+    refs = vm.secrets or SecretRefs()
+    server_url: str | None = None
     server_name: str | None = None
-    k3s: dict[str, Any] = {k: v for k, v in (m.get("k3s") or {}).items() if v is not None and v != {}}
-    if m.get("k3s", {}).get("node_labels"):
-        k3s["node_labels"] = m["k3s"]["node_labels"]
-    k3s["role"] = role
-    if role == Role.AGENT:
-        server_name = m.get("server")
+    if vm.role is Role.AGENT:
+        server_name = vm.server
         if server_name is None:
             if len(servers) == 1:
                 server_name = servers[0]
             else:
                 check.add(
-                    (*here, "server"), f"an agent needs `server:` (the fleet has {len(servers)} servers)"
+                    merged.at("server"),
+                    f"an agent needs `server:` (the fleet has {len(servers)} servers)",
                 )
-        elif server_name not in names:
-            check.add((*here, "server"), f"no VM named {server_name!r} in this fleet")
+        elif server_name not in by_name:
+            check.add(merged.at("server"), f"no VM named {server_name!r} in this fleet")
             server_name = None
-        elif merged[names[server_name]]["role"] != Role.SERVER:
-            check.add((*here, "server"), f"VM {server_name!r} is not a server")
+        elif by_name[server_name].role is not Role.SERVER:
+            check.add(merged.at("server"), f"VM {server_name!r} is not a server")
             server_name = None
         if server_name is not None:
-            k3s["server_url"] = _server_url(merged[names[server_name]])
-    elif m.get("server"):
-        check.add((*here, "server"), "only an agent joins a server")
-    refs = SecretRefs.model_validate(m.get("secrets") or {})
-    if role == Role.AGENT and server_name is not None:
-        server_refs = SecretRefs.model_validate(merged[names[server_name]].get("secrets") or {})
-        if refs.k3s_token is None:
-            check.add((*here, "secrets"), "an agent needs secrets.k3s_token (here or in defaults.secrets)")
-        elif server_refs.k3s_token != refs.k3s_token:
-            check.add(
-                (*here, "secrets", "k3s_token"), f"differs from the token of its server {server_name!r}"
-            )
-    arc: ArcConfig | None = None
-    if role == Role.SERVER:
-        arc = _arc(here, m, refs, check)
-    if m.get("time") is None:
-        check.add(here, "time is required (time.ntp_servers here or in defaults)")
-    flux = m.get("flux") or {}
-    if role == Role.SERVER:
-        for conf in flux.get("configurations", []):
-            cred = refs.git.get(conf["name"])
+            server = by_name[server_name]
+            server_url = _server_url(server)
+            server_token = (server.secrets or SecretRefs()).k3s_token
+            if refs.k3s_token is None:
+                check.add(
+                    merged.at("secrets"),
+                    "an agent needs secrets.k3s_token (here or in defaults.secrets)",
+                )
+            elif server_token != refs.k3s_token:
+                check.add(
+                    merged.at("secrets", "k3s_token"), f"differs from the token of its server {server_name!r}"
+                )
+    elif vm.server:
+        check.add(merged.at("server"), "only an agent joins a server")
+    if vm.role is Role.SERVER and vm.arc is not None:
+        secrets_at = merged.at("secrets")
+        if vm.arc.auth is ArcAuth.SECRET and refs.sp_secret is None:
+            check.add(secrets_at, "arc auth 'secret' needs secrets.sp_secret (here or in defaults.secrets)")
+        if vm.arc.auth is ArcAuth.CERTIFICATE and refs.sp_certificate_pem is None:
+            check.add(secrets_at, "arc auth 'certificate' needs secrets.sp_certificate_pem")
+        for conf in vm.flux.configurations:
+            cred = refs.git.get(conf.name)
             if cred is not None and not (cred.https_key or cred.ssh_private_key):
-                check.add((*here, "secrets", "git", conf["name"]), "needs https_key or ssh_private_key")
+                check.add(merged.at("secrets", "git", conf.name), "needs https_key or ssh_private_key")
     if len(check.issues) > before:
         return None
     try:
+        k3s = K3sConfig.model_validate({**dict(vm.k3s), "role": vm.role, "server_url": server_url})
         config = OnboardingConfig(
-            hostname=m["hostname"],
-            domain=m.get("domain"),
-            k3s=K3sConfig.model_validate(k3s),
-            time=TimeConfig.model_validate(m["time"]),
-            dns=DnsConfig.model_validate(m.get("dns") or {}),
-            proxy=ProxyConfig.model_validate(m.get("proxy") or {}),
-            arc=arc,
-            flux=FluxConfig.model_validate(flux) if role == Role.SERVER else FluxConfig(),
+            hostname=vm.hostname,
+            domain=vm.domain,
+            k3s=k3s,
+            time=vm.time,
+            dns=vm.dns,
+            proxy=vm.proxy,
+            arc=vm.arc if vm.role is Role.SERVER else None,
+            flux=vm.flux if vm.role is Role.SERVER else FluxConfig(),
         )
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(err["loc"])
-            check.add((*here, *loc), str(err["msg"]).removeprefix("Value error, "))
+            check.add(merged.here, str(err["msg"]).removeprefix("Value error, "))
         return None
     return FleetVM(
-        name=m["name"],
-        hostname=m["hostname"],
-        role=role,
+        name=vm.name,
+        hostname=vm.hostname,
+        role=vm.role,
         server=server_name,
-        network=m["network"],
-        user=m.get("user") or "arcbake",
-        ssh_authorized_keys=tuple(m.get("ssh_authorized_keys") or ()),
+        network=vm.network,
+        user=vm.user,
+        ssh_authorized_keys=tuple(vm.ssh_authorized_keys),
         config=config,
         secret_refs=refs,
     )
 
 
-def _arc(
-    here: tuple[str | int, ...], m: dict[str, Any], refs: SecretRefs, check: _Checker
-) -> ArcConfig | None:
-    arc = dict(m.get("arc") or {})
-    missing = [k for k in _ARC_REQUIRED if not arc.get(k)]
-    if missing:
-        check.add((*here, "arc"), f"a server needs arc.{', arc.'.join(missing)} (here or in defaults.arc)")
-        return None
-    arc.setdefault("cluster_name", m["hostname"])
-    arc = {k: v for k, v in arc.items() if v is not None}
-    arc["tags"] = m.get("tags") or {}
-    config = ArcConfig.model_validate(arc)
-    if config.auth is ArcAuth.SECRET and refs.sp_secret is None:
-        check.add(
-            (*here, "secrets"), "arc auth 'secret' needs secrets.sp_secret (here or in defaults.secrets)"
-        )
-    if config.auth is ArcAuth.CERTIFICATE and refs.sp_certificate_pem is None:
-        check.add((*here, "secrets"), "arc auth 'certificate' needs secrets.sp_certificate_pem")
-    return config
-
-
 def parse_fleet(located: LocatedYaml, path: Path) -> Fleet:
     """Validate parsed YAML into a Fleet; raise FleetError listing every problem."""
-    doc = validate_located(FleetFile, located, FleetError, "the fleet file")
+    if not isinstance(located.data, dict):
+        raise FleetError(
+            [Issue(located.file, located.line_of(()), "", "the fleet file must be a YAML mapping")]
+        )
     check = _Checker(located)
-    vms = _build_vms(doc, check)
+    doc: FleetFile | None = None
+    try:
+        doc = FleetFile.model_validate(located.data)
+    except ValidationError as exc:
+        check.issues += issues_from_validation(exc, FleetFile, located.data, located, hints=_HINTS)
+    defaults = located.data.get("defaults")
+    vms = located.data.get("vms")
+    entries = _entries(
+        defaults if isinstance(defaults, dict) else {}, vms if isinstance(vms, list) else [], located, check
+    )
+    if check.issues or doc is None:
+        # Schema problems first; cross checks run once every VM is valid.
+        raise FleetError(check.issues)
+    vms = _build_vms(entries, check)
     if check.issues:
         raise FleetError(check.issues)
     return Fleet(doc.name or path.stem, path, doc.template, doc.vsphere, tuple(vms))
@@ -586,7 +644,7 @@ def parse_fleet(located: LocatedYaml, path: Path) -> Fleet:
 def load_fleet(path: Path | str) -> Fleet:
     """Load and validate a fleet file; raise FleetError listing every problem with file, line and path."""
     path = Path(path)
-    return parse_fleet(read_input(path, FleetError), path)
+    return parse_fleet(read_located(path, FleetError), path)
 
 
 # Secrets ----------------------------------------------------------------------------------------------

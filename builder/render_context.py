@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from builder.spec import Distro, FirewallProfile, Firmware, ImageSpec
+from firstboot import proxyenv
 
 # K3s inbound rules (docs.k3s.io, "Networking requirements"): what each profile opens on the node.
 # Traffic from pods and services is accepted by the trusted zone instead (its sources are the CIDRs).
@@ -82,19 +83,6 @@ def public_ports(spec: ImageSpec) -> list[dict[str, str]]:
         if not any(r["port"] == rule["port"] and r["protocol"] == rule["protocol"] for r in out):
             out.append(rule)
     return out
-
-
-def proxy_env(spec: ImageSpec) -> list[str]:
-    """`NAME=value` lines of the proxy environment (empty when no proxy is configured)."""
-    if not spec.proxy.enabled:
-        return []
-    lines = []
-    if spec.proxy.http_proxy:
-        lines.append(f"HTTP_PROXY={spec.proxy.http_proxy}")
-    if spec.proxy.https_proxy:
-        lines.append(f"HTTPS_PROXY={spec.proxy.https_proxy}")
-    lines.append("NO_PROXY=" + ",".join(spec.no_proxy))
-    return lines
 
 
 def boot_command(spec: ImageSpec) -> list[str]:
@@ -198,7 +186,8 @@ def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
         "vm_name": vm_name,
         "spec_sha256": digest,
         "public_ports": ports,
-        "proxy_env": proxy_env(spec),
+        "proxy_k3s_env": proxyenv.k3s_env_lines(spec.proxy, spec.k3s),
+        "proxy_profile": proxyenv.profile_lines(spec.proxy, spec.k3s),
         "extensions": [
             ("connectedk8s", spec.azure.extensions.connectedk8s),
             ("k8s-extension", spec.azure.extensions.k8s_extension),
@@ -255,11 +244,9 @@ def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> d
         "boot_wait": spec.build.boot_wait,
         "clone_template": spec.source.clone.template if spec.source.clone else "",
         "ssh_username": spec.build.ssh_username,
-        # curl and dnf (libcurl) only honour the lower-case http_proxy: give both spellings.
-        "build_env": [
-            *proxy_env(spec),
-            *(f"{k.lower()}={v}" for k, v in (x.split("=", 1) for x in proxy_env(spec))),
-        ],
+        # Both spellings (curl and dnf's libcurl only honour the lower-case http_proxy). Packer quotes
+        # each value itself; the proxy patterns keep out what its shell would interpret anyway.
+        "build_env": [f"{k}={v}" for k, v in spec.proxy_environment.items()],
         "run_image_tests": spec.build.run_image_tests and run_image_tests,
         "convert_to_template": spec.publish.convert_to_template,
         "content_library": spec.publish.content_library.name if spec.publish.content_library else "",

@@ -14,24 +14,30 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import string
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    IPvAnyAddress,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import Field, field_validator, model_validator
+
+from builder.template_names import check_placeholders, template_matcher
+from firstboot import proxyenv, sizing
+from firstboot.contract import (
+    PATTERN_HINTS,
+    Bool,
+    DnsResolvers,
+    Float,
+    FQDNOrHost,
+    Int,
+    K3sNetwork,
+    ProxyConfig,
+    TimeSources,
 )
-
-from builder.yamlsrc import InputError, Issue, LocatedYaml, dotted, read_located
-from firstboot import sizing
+from firstboot.contract import (
+    Model as _Model,
+)
+from firstboot.located_yaml import Hints, InputError, LocatedYaml, read_located, validate_located
 
 LOG = logging.getLogger(__name__)
 
@@ -48,34 +54,20 @@ SHA256_RE = r"^[0-9a-f]{64}$"
 ENV_NAME_RE = r"^[A-Z_][A-Z0-9_]{0,127}$"
 SEMVER_RE = r"^\d+\.\d+\.\d+$"
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9 ._()-]*$"
-PLACEHOLDERS = {"date", "timestamp", "k3s", "os"}
 
 Sha256 = Annotated[str, Field(pattern=SHA256_RE, description="lowercase hex sha256 (64 characters)")]
 SemVer = Annotated[str, Field(pattern=SEMVER_RE, description="exact version X.Y.Z")]
 InventoryName = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME_RE)]
-# The key is written inside double quotes of the kickstart's sshkey command: no quotes or backslashes.
+# An OpenSSH public key line: type, base64, an optional comment of printable ASCII (kickstart's sshkey
+# and cloud-init's user-data carry it; no line breaks).
 SshPublicKey = Annotated[
-    str, Field(pattern=r'^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( [^"\\\n]*)?$')
+    str,
+    Field(
+        max_length=16384,
+        pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+"
+        r"( [\x20-\x7e]*)?$",
+    ),
 ]
-HostOrIp = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")]
-
-# Keys that people paste into specs by habit; they get a pointed message instead of "unknown key".
-_CREDENTIAL_KEYS = {
-    "password",
-    "passwd",
-    "user",
-    "username",
-    "server",
-    "token",
-    "secret",
-    "activation_key",
-    "org",
-    "organization",
-    "org_id",
-    "ssh_password",
-    "client_secret",
-}
-
 
 _PATTERN_HINTS = {
     SHA256_RE: "must be a sha256: 64 lowercase hex characters",
@@ -83,10 +75,6 @@ _PATTERN_HINTS = {
     ENV_NAME_RE: "must be the NAME of an environment variable (upper case, digits, '_')",
     NAME_RE: "must be a vSphere inventory name (letters, digits, space, . _ ( ) -)",
 }
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Distro(StrEnum):
@@ -170,16 +158,8 @@ class VsphereSpec(_Model):
     @field_validator("template_name")
     @classmethod
     def _pattern(cls, value: str) -> str:
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"bad placeholder syntax: {exc}") from None
-        unknown = fields - PLACEHOLDERS
-        if unknown:
-            raise ValueError(
-                f"unknown placeholder(s) {sorted(unknown)}; allowed: {{date}} {{timestamp}} {{k3s}} {{os}}"
-            )
-        if not fields & {"date", "timestamp"}:
+        check_placeholders(value)
+        if not {"date", "timestamp"} & set(re.findall(r"\{([a-z0-9]+)\}", value)):
             raise ValueError("needs a {date} or {timestamp} suffix so old templates can be kept and pruned")
         literal = re.sub(r"\{[a-z0-9]+\}", "", value)
         if not re.fullmatch(r"[A-Za-z0-9._-]*", literal):
@@ -203,10 +183,10 @@ class Firmware(StrEnum):
 class HardwareSpec(_Model):
     """Build VM hardware, inherited by the template and its clones."""
 
-    cpus: Annotated[int, Field(ge=MIN_CPUS, le=128)] = MIN_CPUS
-    memory_mib: Annotated[int, Field(ge=MIN_MEMORY_MIB, le=1048576)] = MIN_MEMORY_MIB
+    cpus: Annotated[Int, Field(ge=MIN_CPUS, le=128)] = MIN_CPUS
+    memory_mib: Annotated[Int, Field(ge=MIN_MEMORY_MIB, le=1048576)] = MIN_MEMORY_MIB
     disk_gib: Annotated[
-        int,
+        Int,
         Field(
             le=16384,
             json_schema_extra={"minimum": MIN_DISK_GIB},
@@ -239,15 +219,13 @@ class K3sSha256(_Model):
 K3sComponent = Literal["traefik", "servicelb", "local-storage", "metrics-server"]
 
 
-class K3sSpec(_Model):
-    """The pinned, air-gapped K3s baked into the template (installed, never started)."""
+class K3sSpec(K3sNetwork):
+    """The pinned, air-gapped K3s baked into the template (installed, never started); its address ranges
+    are the contract's (`K3sNetwork`), the defaults of every clone."""
 
     version: str = Field(description="exact release, e.g. v1.31.4+k3s1 (no latest, channels or ranges)")
     sha256: K3sSha256
     airgap_images_format: Literal["tar.zst", "tar.gz"] = "tar.zst"
-    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
-    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
-    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
     disable: list[K3sComponent] = Field(default_factory=list)
     selinux: Literal[True] = Field(default=True, description="always true: K3s runs with SELinux enforcing")
     selinux_rpm_channel: Literal["stable", "latest", "testing"] = "stable"
@@ -269,16 +247,6 @@ class K3sSpec(_Model):
             raise ValueError("duplicate entries")
         return value
 
-    @model_validator(mode="after")
-    def _cidrs(self) -> K3sSpec:
-        if self.cluster_dns not in self.service_cidr:
-            raise ValueError(f"cluster_dns {self.cluster_dns} is outside service_cidr {self.service_cidr}")
-        if self.cluster_cidr.overlaps(self.service_cidr):
-            raise ValueError(f"cluster_cidr {self.cluster_cidr} overlaps service_cidr {self.service_cidr}")
-        if self.cluster_dns in (self.service_cidr.network_address, self.service_cidr.broadcast_address):
-            raise ValueError("cluster_dns must be a host address of service_cidr")
-        return self
-
     @property
     def url_version(self) -> str:
         """The version as it appears in GitHub release URLs (`+` escaped)."""
@@ -288,34 +256,22 @@ class K3sSpec(_Model):
 class MakeStep(_Model):
     """chrony `makestep THRESHOLD LIMIT`: step the clock on the first updates instead of slewing."""
 
-    threshold: Annotated[float, Field(gt=0, le=3600)] = 1.0
-    limit: Annotated[int, Field(ge=-1, le=100)] = 3
+    threshold: Annotated[Float, Field(gt=0, le=3600)] = 1.0
+    limit: Annotated[Int, Field(ge=-1, le=100)] = 3
 
 
-class TimeSpec(_Model):
+class TimeSpec(TimeSources):
     """Time: chrony servers (Azure sign-in fails on skew) and VMware Tools time sync."""
 
-    ntp_servers: Annotated[list[HostOrIp], Field(min_length=1)]
     makestep: MakeStep = MakeStep()
-    disable_vmware_tools_timesync: bool = True
-    timezone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+/-]+$")] = "UTC"
+    disable_vmware_tools_timesync: Bool = True
+    timezone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+][A-Za-z0-9_+/-]*$")] = "UTC"
 
 
-def _default_resolvers() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    return [ipaddress.IPv4Address("1.1.1.1"), ipaddress.IPv4Address("1.0.0.1")]
+class DnsSpec(DnsResolvers):
+    """Resolvers for the host and for pods, and the fix for VM DNS forwarding; `search` is baked only."""
 
-
-class DnsSpec(_Model):
-    """Resolvers for the host and for pods, and the fix for VM DNS forwarding."""
-
-    upstream_servers: Annotated[list[IPvAnyAddress], Field(min_length=1, max_length=3)] = Field(
-        default_factory=_default_resolvers
-    )
-    pod_upstream_servers: Annotated[list[IPvAnyAddress], Field(min_length=1, max_length=3)] = Field(
-        default_factory=_default_resolvers
-    )
-    search: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")]] = Field(default_factory=list)
-    apply_fix: bool = True
+    search: list[FQDNOrHost] = Field(default_factory=list)
 
 
 class FirewallProfile(StrEnum):
@@ -329,7 +285,7 @@ class FirewallProfile(StrEnum):
 class Port(_Model):
     """One extra inbound port or range."""
 
-    port: Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")] | Annotated[int, Field(ge=1, le=65535)]
+    port: Annotated[Int, Field(ge=1, le=65535)] | Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")]
     protocol: Literal["tcp", "udp"] = "tcp"
 
     @field_validator("port")
@@ -349,45 +305,6 @@ class FirewallSpec(_Model):
     extra_ports: list[Port] = Field(default_factory=list)
     # Default: the pod and service CIDRs of k3s (filled in by ImageSpec).
     trusted_sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
-
-
-_PROXY_URL = r"^https?://[A-Za-z0-9.:\[\]-]+(:\d+)?/?$"
-
-
-class ProxySpec(_Model):
-    """Outbound proxy for the build, the system and K3s; no_proxy is completed with cluster ranges."""
-
-    http_proxy: str | None = None
-    https_proxy: str | None = None
-    no_proxy: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.*/:\[\]-]+$")]] = Field(default_factory=list)
-    ca_bundle_pem: str | None = Field(
-        default=None, description="PEM certificate(s) of a TLS-intercepting proxy"
-    )
-
-    @field_validator("http_proxy", "https_proxy")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if "@" in value:
-            raise ValueError("proxy credentials may not be written in the spec (user:password@ in the URL)")
-        if not re.fullmatch(_PROXY_URL, value):
-            raise ValueError("must be http(s)://host[:port]")
-        return value
-
-    @field_validator("ca_bundle_pem")
-    @classmethod
-    def _pem(cls, value: str | None) -> str | None:
-        if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
-            raise ValueError("must hold PEM certificates (-----BEGIN CERTIFICATE-----)")
-        if value is not None and "PRIVATE KEY" in value:
-            raise ValueError("holds a private key; only certificates belong here")
-        return value
-
-    @property
-    def enabled(self) -> bool:
-        """True when any proxy is configured."""
-        return bool(self.http_proxy or self.https_proxy)
 
 
 class RhsmSpec(_Model):
@@ -432,15 +349,15 @@ class ContentLibrary(_Model):
         default=None,
         description="item name; default: the template name + '-item' (Packer needs them different)",
     )
-    ovf: bool = False
+    ovf: Bool = False
 
 
 class PublishSpec(_Model):
     """What happens to the finished VM."""
 
-    convert_to_template: bool = True
+    convert_to_template: Bool = True
     content_library: ContentLibrary | None = None
-    keep: Annotated[int, Field(ge=1, le=100)] = 3
+    keep: Annotated[Int, Field(ge=1, le=100)] = 3
 
     @model_validator(mode="after")
     def _somewhere(self) -> PublishSpec:
@@ -460,7 +377,7 @@ class BuildSpec(_Model):
     ssh_private_key_file_env: Annotated[str, Field(pattern=ENV_NAME_RE)] = Field(
         default="ARCBAKE_SSH_KEY_FILE", description="NAME of the env var holding the PATH of the private key"
     )
-    run_image_tests: bool = True
+    run_image_tests: Bool = True
     boot_wait: Annotated[str, Field(pattern=r"^\d+[smh]$")] = "10s"
 
 
@@ -476,7 +393,7 @@ class ImageSpec(_Model):
     time: TimeSpec
     dns: DnsSpec = DnsSpec()
     firewall: FirewallSpec = FirewallSpec()
-    proxy: ProxySpec = ProxySpec()
+    proxy: ProxyConfig = ProxyConfig()
     rhsm: RhsmSpec | None = None
     azure: AzureSpec
     publish: PublishSpec = PublishSpec()
@@ -514,22 +431,9 @@ class ImageSpec(_Model):
         return [str(self.k3s.cluster_cidr), str(self.k3s.service_cidr)]
 
     @property
-    def no_proxy(self) -> list[str]:
-        """The spec's no_proxy plus loopback and the cluster ranges and names K3s needs."""
-        extra = [
-            "localhost",
-            "127.0.0.1",
-            "::1",
-            str(self.k3s.cluster_cidr),
-            str(self.k3s.service_cidr),
-            ".svc",
-            ".cluster.local",
-        ]
-        out: list[str] = []
-        for item in [*self.proxy.no_proxy, *extra]:
-            if item not in out:
-                out.append(item)
-        return out
+    def proxy_environment(self) -> dict[str, str]:
+        """The template's proxy environment (both spellings), derived like a clone's by `proxyenv`."""
+        return proxyenv.proxy_environment(self.proxy, self.k3s)
 
     def template_name(self, now: datetime | None = None) -> str:
         """The template name for a build at `now` (UTC)."""
@@ -543,19 +447,7 @@ class ImageSpec(_Model):
 
     def template_name_regex(self) -> re.Pattern[str]:
         """Matches every template this spec can produce (for pruning to `publish.keep`)."""
-        parts = re.split(r"(\{[a-z0-9]+\})", self.vsphere.template_name)
-        subst = {"{date}": r"\d{8}", "{timestamp}": r"\d{12}"}
-        out = []
-        for part in parts:
-            if part in subst:
-                out.append(subst[part])
-            elif part == "{k3s}":
-                out.append(r"[A-Za-z0-9-]+")
-            elif part == "{os}":
-                out.append(re.escape(self.os.variant))
-            else:
-                out.append(re.escape(part))
-        return re.compile("^" + "".join(out) + "$")
+        return template_matcher(self.vsphere.template_name, os=self.os.variant)
 
 
 def spec_warnings(spec: ImageSpec) -> list[str]:
@@ -575,123 +467,24 @@ class SpecError(InputError):
     """The image spec is invalid (exit code 3); `issues` lists every problem with file, line and path."""
 
 
-def _trim_loc(data: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    # pydantic appends union member tags ("str", "int", "IPv4Address") after a scalar; keep the path only
-    # as far as it walks through the input data, plus one missing key (for "Field required").
-    out: list[str | int] = []
-    current = data
-    for part in loc:
-        if isinstance(current, dict):
-            out.append(part)
-            if part not in current:
-                break
-            current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
-            out.append(part)
-            current = current[part]
-        else:
-            break
-    return tuple(out)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    # Unwrap Optional[...] / list[...] / Annotated[...] down to a model class, if there is one.
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
-    """The keys the model at `parent` accepts (for "unknown key" messages)."""
-    model: type[BaseModel] | None = ImageSpec
-    for part in parent:
-        if model is None:
-            return []
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        model = _model_in(field.annotation) if field else None
-    return list(model.model_fields) if model is not None else []
-
-
-def _message(err: Any, path: tuple[str | int, ...]) -> str:
-    kind = err.get("type", "")
-    msg = str(err.get("msg", "invalid"))
-    if kind == "extra_forbidden":
-        key = str(path[-1]) if path else ""
-        if key.lower() in _CREDENTIAL_KEYS or any(
-            w in key.lower() for w in ("password", "secret", "token", "private_key", "credential")
-        ):
-            return (
-                "unknown key; credentials never go into the spec (vSphere: VSPHERE_* environment; "
-                "RHEL: rhsm.org_env / rhsm.activation_key_env name environment variables)"
-            )
-        allowed = _allowed_keys(path[:-1])
-        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "string_type":
-        return (
-            f"must be a string (quote it: YAML read {type(err.get('input')).__name__} {err.get('input')!r})"
-        )
-    if kind == "string_pattern_mismatch":
-        pattern = str(err.get("ctx", {}).get("pattern", ""))
-        if pattern in _PATTERN_HINTS:
-            return _PATTERN_HINTS[pattern]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix) :]
-    return msg
-
-
-def issues_from_validation(exc: ValidationError, located: LocatedYaml) -> list[Issue]:
-    """Turn pydantic errors into located issues: one line per key path (union alternatives joined)."""
-    groups: dict[tuple[str | int, ...], list[str]] = {}
-    for err in exc.errors():
-        path = _trim_loc(located.data, tuple(err["loc"]))
-        message = _message(err, path)
-        messages = groups.setdefault(path, [])
-        if message not in messages:
-            messages.append(message)
-    return [Issue(located.file, located.line_of(p), dotted(p), "; ".join(m)) for p, m in groups.items()]
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def validate_located(model: type[_M], located: LocatedYaml, error: type[InputError], what: str) -> _M:
-    """Validate parsed YAML as `model`; raise `error` when it is not a mapping (`what must be a YAML
-    mapping`) or with every pydantic issue located by file, line and key path."""
-    if not isinstance(located.data, dict):
-        raise error([Issue(located.file, located.line_of(()), "", f"{what} must be a YAML mapping")])
-    try:
-        return model.model_validate(located.data)
-    except ValidationError as exc:
-        raise error(issues_from_validation(exc, located)) from None
-
-
-def read_input(path: Path, error: type[InputError]) -> LocatedYaml:
-    """`read_located(path)`, its problems raised as `error` (SpecError, FleetError)."""
-    try:
-        return read_located(path)
-    except InputError as exc:
-        raise error(exc.issues) from None
+_HINTS = Hints(
+    patterns={**PATTERN_HINTS, **_PATTERN_HINTS},
+    credentials=(
+        "unknown key; credentials never go into the spec (vSphere: VSPHERE_* environment; "
+        "RHEL: rhsm.org_env / rhsm.activation_key_env name environment variables)"
+    ),
+)
 
 
 def parse_spec(located: LocatedYaml) -> ImageSpec:
     """Validate already-parsed YAML; raise SpecError with every issue."""
-    return validate_located(ImageSpec, located, SpecError, "the spec")
+    return validate_located(ImageSpec, located, SpecError, "the spec", _HINTS)
 
 
 def load_spec(path: Path | str) -> ImageSpec:
     """Load and validate an image spec file; log warnings; raise SpecError listing every problem."""
     path = Path(path)
-    located = read_input(path, SpecError)
-    spec = parse_spec(located)
+    spec = parse_spec(read_located(path, SpecError))
     for warning in spec_warnings(spec):
         LOG.warning("%s: %s", path, warning)
     return spec

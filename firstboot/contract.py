@@ -8,11 +8,23 @@ VM once read.
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 KEY_METADATA = "guestinfo.metadata"
 KEY_USERDATA = "guestinfo.userdata"
@@ -25,17 +37,110 @@ REDACTED_VALUE = "---"
 
 CONFIG_SCHEMA_VERSION: Literal[1] = 1
 
-HostName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
-FQDNOrHost = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
-AzureName = Annotated[str, Field(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9._()-]+$")]
+# Friendlier words for a pattern than the regex itself, for located validation messages (by pattern).
+PATTERN_HINTS: dict[str, str] = {}
+
+
+def matching(pattern: str, hint: str, **limits: Any) -> Any:
+    """`Field(pattern=...)` that also records what the pattern means, for error messages."""
+    PATTERN_HINTS[pattern] = hint
+    return Field(pattern=pattern, **limits)
+
+
+# Value patterns. Each excludes what the files and argv the value reaches would interpret (quotes,
+# `$`, backslashes, whitespace, control characters, a leading `-` that a parser reads as an option);
+# `firstboot/quoting.py` still quotes every value for its target format.
+HostName = Annotated[
+    str,
+    matching(
+        r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        "must be a host name: lower-case letters, digits and '-' (not first or last), at most 63",
+        min_length=1,
+        max_length=63,
+    ),
+]
+FQDNOrHost = Annotated[
+    str,
+    matching(
+        r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$",
+        "must be a DNS name: letters, digits, '.' and '-', starting with a letter or digit",
+        min_length=1,
+        max_length=253,
+    ),
+]
+# A host name, IPv4 or IPv6 address (chrony `server`, kickstart `timesource --ntp-server=`).
+NtpServer = Annotated[
+    str,
+    matching(
+        r"^[A-Za-z0-9:][A-Za-z0-9.:-]{0,252}$",
+        "must be a host name or IP address (letters, digits, '.', ':', '-'; not starting with '-')",
+        min_length=1,
+        max_length=253,
+    ),
+]
+AzureName = Annotated[
+    str, Field(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9_(][A-Za-z0-9._()-]{0,89}$")
+]
 Guid = Annotated[
     str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 ]
 KubeName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+# Kubernetes label key (optional DNS-subdomain prefix + name) and value (k8s.io/apimachinery validation).
+LabelKey = Annotated[
+    str,
+    Field(
+        max_length=317,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+    ),
+]
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
+# Azure tags (learn.microsoft.com "Use tags to organize your Azure resources": names up to 512 characters
+# without < > % & \ ? /, values up to 256); also no leading `-` (az reads `--tags -x=y` as an option), no
+# `=` in a name (`--tags k=v` splits at the first `=`), no control characters, at most 50 tags.
+TagKey = Annotated[
+    str,
+    matching(
+        r"^[A-Za-z0-9_.][A-Za-z0-9 _.:+@-]*$",
+        "must be an Azure tag name: letters, digits, space and _ . : + @ -, not starting with '-'",
+        min_length=1,
+        max_length=512,
+    ),
+]
+TagValue = Annotated[
+    str,
+    matching(
+        r"^[^\x00-\x1f\x7f<>%&\\?]*$",
+        "must be an Azure tag value: no control characters or < > % & \\ ?",
+        max_length=256,
+    ),
+]
+ArcTags = Annotated[dict[TagKey, TagValue], Field(max_length=50)]
+# YAML reads `true` and `1.0` for numbers people meant otherwise: no bool-to-int or string coercion.
+Int = StrictInt
+Float = StrictFloat
+Bool = StrictBool
+# An http(s) proxy: scheme, host, optional port. No credentials (they would land in world-readable files)
+# and nothing a shell, systemd or a Go URL parser would interpret.
+PROXY_URL_RE = r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?/?$"
+# One NO_PROXY entry: a host, `.domain`, `*.domain`, an address, a CIDR, optionally `:port`.
+NoProxyEntry = Annotated[
+    str,
+    matching(
+        r"^[A-Za-z0-9.*:\[][A-Za-z0-9.*/:\[\]-]*$",
+        "must be a host, .domain, *.domain, address or CIDR (letters, digits, . * / : [ ] -)",
+        min_length=1,
+        max_length=253,
+    ),
+]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# The base of every input model, builder's image spec and fleet file too: unknown keys refused, frozen.
+Model = _Model
 
 
 class Role(StrEnum):
@@ -45,70 +150,126 @@ class Role(StrEnum):
     AGENT = "agent"
 
 
-class K3sConfig(_Model):
+class K3sNetwork(_Model):
+    """The cluster's address ranges, baked into the template and given to each clone."""
+
+    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
+    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
+    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
+
+    @model_validator(mode="after")
+    def _cidrs(self) -> K3sNetwork:
+        if self.cluster_dns not in self.service_cidr:
+            raise ValueError(f"cluster_dns {self.cluster_dns} is outside service_cidr {self.service_cidr}")
+        if self.cluster_cidr.overlaps(self.service_cidr):
+            raise ValueError(f"cluster_cidr {self.cluster_cidr} overlaps service_cidr {self.service_cidr}")
+        if self.cluster_dns in (self.service_cidr.network_address, self.service_cidr.broadcast_address):
+            raise ValueError("cluster_dns must be a host address of service_cidr")
+        return self
+
+
+class K3sSettings(K3sNetwork):
+    """What a fleet file sets under `k3s:` (the role and server come from the VM's `role`/`server`)."""
+
+    node_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    ready_timeout_seconds: Annotated[Int, Field(ge=10, le=3600)] = 300
+
+
+class K3sConfig(K3sSettings):
     """How this clone runs K3s."""
 
     role: Role = Role.SERVER
     # Agents join https://<server>:6443; the token comes from secrets.
     server_url: Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?$")] | None = None
-    cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/16")
-    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.43.0.0/16")
-    cluster_dns: ipaddress.IPv4Address = ipaddress.IPv4Address("10.43.0.10")
-    node_labels: dict[str, str] = Field(default_factory=dict)
-    ready_timeout_seconds: Annotated[int, Field(ge=10, le=3600)] = 300
 
     @model_validator(mode="after")
-    def _consistent(self) -> K3sConfig:
+    def _agent_joins(self) -> K3sConfig:
         if self.role is Role.AGENT and not self.server_url:
             raise ValueError("an agent needs k3s.server_url")
-        if self.cluster_dns not in self.service_cidr:
-            raise ValueError(f"cluster_dns {self.cluster_dns} is outside service_cidr {self.service_cidr}")
-        if self.cluster_cidr.overlaps(self.service_cidr):
-            raise ValueError("cluster_cidr and service_cidr overlap")
         return self
 
 
-class TimeConfig(_Model):
+class TimeSources(_Model):
+    """NTP servers: chrony's in the template, the probe's on each clone."""
+
+    ntp_servers: Annotated[list[NtpServer], Field(min_length=1)]
+
+
+class TimeConfig(TimeSources):
     """Time sources and the tolerated offset (Azure sign-in fails on clock skew)."""
 
-    ntp_servers: Annotated[list[FQDNOrHost], Field(min_length=1)]
     # Port for the NTP probe; 123 in the field, a loopback port in tests.
-    ntp_port: Annotated[int, Field(ge=1, le=65535)] = 123
-    max_offset_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
-    sync_timeout_seconds: Annotated[int, Field(ge=1, le=900)] = 60
+    ntp_port: Annotated[Int, Field(ge=1, le=65535)] = 123
+    max_offset_seconds: Annotated[Float, Field(gt=0, le=3600)] = 5.0
+    sync_timeout_seconds: Annotated[Int, Field(ge=1, le=900)] = 60
 
 
-class DnsConfig(_Model):
-    """Resolvers for the host and for pods, and whether firstboot may apply the DNS fix."""
+IpAddress = IPvAnyAddress
 
-    upstream_servers: Annotated[list[ipaddress.IPv4Address | ipaddress.IPv6Address], Field(min_length=1)] = [
-        ipaddress.IPv4Address("1.1.1.1"),
-        ipaddress.IPv4Address("1.0.0.1"),
-    ]
-    pod_upstream_servers: Annotated[
-        list[ipaddress.IPv4Address | ipaddress.IPv6Address], Field(min_length=1)
-    ] = [ipaddress.IPv4Address("1.1.1.1"), ipaddress.IPv4Address("1.0.0.1")]
+
+def _default_resolvers() -> list[IpAddress]:
+    return [ipaddress.IPv4Address("1.1.1.1"), ipaddress.IPv4Address("1.0.0.1")]
+
+
+class DnsResolvers(_Model):
+    """Resolvers for the host and for pods (at most 3: the resolver reads no more), and the DNS fix."""
+
+    upstream_servers: Annotated[list[IpAddress], Field(min_length=1, max_length=3)] = Field(
+        default_factory=_default_resolvers
+    )
+    pod_upstream_servers: Annotated[list[IpAddress], Field(min_length=1, max_length=3)] = Field(
+        default_factory=_default_resolvers
+    )
+    apply_fix: Bool = True
+
+
+class DnsConfig(DnsResolvers):
+    """A clone's resolvers and how firstboot probes them."""
+
     # Port for direct upstream queries; 53 in the field, a loopback port in tests.
-    port: Annotated[int, Field(ge=1, le=65535)] = 53
-    apply_fix: bool = True
-    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
+    port: Annotated[Int, Field(ge=1, le=65535)] = 53
+    timeout_seconds: Annotated[Float, Field(gt=0, le=30)] = 2.0
 
 
 class ProxyConfig(_Model):
-    """Outbound proxy; `no_proxy` is completed with the cluster ranges by firstboot."""
+    """Outbound proxy for the build, the system and K3s; `proxyenv` derives NO_PROXY with cluster ranges."""
 
-    http_proxy: Annotated[str, Field(pattern=r"^https?://[^\s@]+$")] | None = None
-    https_proxy: Annotated[str, Field(pattern=r"^https?://[^\s@]+$")] | None = None
-    no_proxy: list[str] = Field(default_factory=list)
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: Annotated[list[NoProxyEntry], Field(max_length=100)] = Field(default_factory=list)
     # PEM of an extra CA (a TLS-intercepting proxy); public material, not a secret.
-    ca_bundle_pem: str | None = None
+    ca_bundle_pem: Annotated[str, Field(max_length=65536)] | None = Field(
+        default=None, description="PEM certificate(s) of a TLS-intercepting proxy"
+    )
+
+    @field_validator("http_proxy", "https_proxy")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "@" in value:
+            raise ValueError("proxy credentials may not be written here (user:password@ in the URL)")
+        if not re.fullmatch(PROXY_URL_RE, value):
+            raise ValueError("must be http(s)://host[:port]")
+        return value
 
     @field_validator("ca_bundle_pem")
     @classmethod
     def _pem(cls, value: str | None) -> str | None:
-        if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
-            raise ValueError("ca_bundle_pem must hold PEM certificates")
+        if value is None:
+            return value
+        if "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("must hold PEM certificates (-----BEGIN CERTIFICATE-----)")
+        if "PRIVATE KEY" in value:
+            raise ValueError("holds a private key; only certificates belong here")
+        if re.search(r"[^\x20-\x7e\t\r\n]", value):
+            raise ValueError("PEM text is printable ASCII")
         return value
+
+    @property
+    def enabled(self) -> bool:
+        """True when any proxy is configured."""
+        return bool(self.http_proxy or self.https_proxy)
 
 
 class ArcAuth(StrEnum):
@@ -128,8 +289,8 @@ class ArcConfig(_Model):
     tenant_id: Guid
     client_id: Guid
     auth: ArcAuth = ArcAuth.SECRET
-    tags: dict[str, str] = Field(default_factory=dict)
-    onboarding_timeout_seconds: Annotated[int, Field(ge=60, le=3600)] = 600
+    tags: ArcTags = Field(default_factory=dict)
+    onboarding_timeout_seconds: Annotated[Int, Field(ge=60, le=3600)] = 600
     # Azure cloud endpoints to preflight; region-specific names are derived from `location`.
     cloud: Literal["AzureCloud"] = "AzureCloud"
 
@@ -138,10 +299,21 @@ class Kustomization(_Model):
     """One Flux kustomization of a configuration."""
 
     name: KubeName
-    path: str = "./"
-    prune: bool = True
+    path: Annotated[
+        str,
+        matching(
+            r"^[A-Za-z0-9._/][A-Za-z0-9._/-]*$",
+            "must be a repository path: letters, digits, . _ / -, not starting with '-'",
+            max_length=1024,
+        ),
+    ] = "./"
+    prune: Bool = True
     depends_on: list[KubeName] = Field(default_factory=list)
-    sync_interval: str | None = None
+    # A Go duration (`10m`, `1h30m`).
+    sync_interval: (
+        Annotated[str, matching(r"^(\d+(ns|us|ms|s|m|h))+$", "must be a duration such as 10m or 1h30m")]
+        | None
+    ) = None
 
 
 class FluxConfiguration(_Model):
@@ -151,7 +323,14 @@ class FluxConfiguration(_Model):
     namespace: KubeName = "flux-system"
     scope: Literal["cluster", "namespace"] = "cluster"
     url: Annotated[str, Field(pattern=r"^(https://|ssh://|git@)[^\s]+$")]
-    branch: str = "main"
+    branch: Annotated[
+        str,
+        matching(
+            r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$",
+            "must be a branch name: letters, digits, . _ / -, not starting with '-'",
+            max_length=255,
+        ),
+    ] = "main"
     kustomizations: Annotated[list[Kustomization], Field(min_length=1)]
     # Credentials, when the repository needs them, are in secrets.git[name].
 
@@ -166,7 +345,7 @@ class FluxConfiguration(_Model):
 class FluxConfig(_Model):
     """The Flux extension and its configurations."""
 
-    extension_version: str | None = None
+    extension_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")] | None = None
     configurations: list[FluxConfiguration] = Field(default_factory=list)
 
 
@@ -197,13 +376,18 @@ class OnboardingConfig(_Model):
         return self.k3s.role is Role.SERVER and not self.k3s.server_url
 
 
+GitUser = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*$")]
+# ssh known_hosts lines: printable text, one entry per line.
+KnownHosts = Annotated[str, Field(max_length=65536, pattern=r"^[\x20-\x7e\n]*$")]
+
+
 class GitCredential(_Model):
     """Credentials for one Flux configuration's repository."""
 
-    https_user: str | None = None
+    https_user: GitUser | None = None
     https_key: SecretStr | None = None
     ssh_private_key: SecretStr | None = None
-    known_hosts: str | None = None
+    known_hosts: KnownHosts | None = None
 
 
 class OnboardingSecrets(_Model):

@@ -11,7 +11,7 @@ import concurrent.futures as cf
 import logging
 from dataclasses import dataclass
 
-from firstboot import metadata, steps
+from firstboot import metadata, proxyenv, steps
 from firstboot.sources import SourceError
 from firstboot.step import CheckResult, Context, StepFailure
 
@@ -51,9 +51,7 @@ def prepare(ctx: Context) -> None:
     except (metadata.MetadataError, SourceError) as exc:
         LOG.debug("doctor: secrets unavailable: %s", exc)
     if ctx.config is not None:
-        from firstboot.steps import proxy
-
-        ctx.env = {**ctx.env, **proxy.proxy_environment(ctx.config)}
+        ctx.env = {**ctx.env, **proxyenv.proxy_environment(ctx.config.proxy, ctx.config.k3s)}
 
 
 def _guarded(step: steps.Step, ctx: Context) -> CheckResult:

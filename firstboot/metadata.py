@@ -15,15 +15,15 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from firstboot import encoding, yamlsafe
+from firstboot import encoding, located_yaml
 from firstboot.contract import (
     ENCODING_SUFFIX,
     KEY_CONFIG,
     KEY_METADATA,
     KEY_SECRETS,
+    PATTERN_HINTS,
     REDACTED_VALUE,
     ArcAuth,
     OnboardingConfig,
@@ -41,6 +41,7 @@ SECRETS_FILE = f"{STATE_DIR}/secrets.json"
 CONFIG_CACHE = f"{STATE_DIR}/config.json"
 PRODUCT_UUID = "/sys/class/dmi/id/product_uuid"
 M = TypeVar("M", bound=BaseModel)
+_HINTS = located_yaml.Hints(patterns=PATTERN_HINTS)
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -70,81 +71,48 @@ def read_value(source: MetadataSource, key: str) -> str | None:
         raise MetadataError(key, [f"{key}: not UTF-8 text (byte {exc.start})"]) from None
 
 
-def parse_mapping(key: str, text: str) -> tuple[dict[str, Any], yaml.Node | None]:
-    """YAML or JSON text to a mapping, plus the YAML node tree (for line numbers)."""
-    if yamlsafe.flow_depth_exceeds(text):
-        raise MetadataError(key, [f"{key}: nested deeper than {yamlsafe.MAX_DEPTH} levels"])
+def _located(key: str, text: str) -> located_yaml.LocatedYaml:
+    """YAML or JSON text to a mapping, with the line of every key (the project's one located parser)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except RecursionError:
-        # Block-style nesting deep enough to exhaust the composer's recursion.
-        raise MetadataError(key, [f"{key}: nested too deeply to parse"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise MetadataError(key, [f"{key}: not valid YAML or JSON{where}: {problem}"]) from None
-    if not isinstance(data, dict):
-        raise MetadataError(key, [f"{key}: must be a mapping, got {type(data).__name__}"])
-    return data, node
+        doc = located_yaml.load_located(text, key)
+    except located_yaml.InputError as exc:
+        problems = []
+        for issue in exc.issues:
+            where = f" (line {issue.line})" if issue.line else ""
+            path = f"{key}.{issue.path}" if issue.path else key
+            problems.append(f"{path}: not valid YAML or JSON{where}: {issue.message}")
+        raise MetadataError(key, problems) from None
+    if not isinstance(doc.data, dict):
+        raise MetadataError(key, [f"{key}: must be a mapping, got {type(doc.data).__name__}"])
+    return doc
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-            if node is None:
-                return None
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            break
-    return node.start_mark.line + 1 if node is not None else None
+def parse_mapping(key: str, text: str) -> dict[str, Any]:
+    """YAML or JSON text to a mapping; MetadataError naming the key and line otherwise."""
+    data: dict[str, Any] = _located(key, text).data
+    return data
 
 
-def validation_problems(exc: ValidationError, node: yaml.Node | None = None) -> list[str]:
-    """One line per pydantic error: dotted path, line when known, message (never the input value)."""
-    out: list[str] = []
-    for err in exc.errors():
-        loc = _data_path(node, tuple(p for p in err["loc"]))
-        path = ".".join(str(p) for p in loc) or "(top level)"
-        line = _line_of(node, loc) if loc else None
-        where = f" (line {line})" if line else ""
-        problem = f"{path}{where}: {err['msg']}"
-        if problem not in out:
-            out.append(problem)
-    return out
+def _problem(issue: located_yaml.Issue) -> str:
+    where = f" (line {issue.line})" if issue.line else ""
+    return f"{issue.path or '(top level)'}{where}: {issue.message}"
 
 
-def _data_path(node: yaml.Node | None, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    """The key path in the input: pydantic appends union member tags to `loc` (e.g.
-    `lax-or-strict[...]` after an IP address), which are not keys anyone wrote."""
-    if node is None:
-        return tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
-    out: list[int | str] = []
-    for part in loc:
-        if isinstance(part, str) and "[" in part:
-            break
-        if isinstance(node, yaml.MappingNode):
-            out.append(part)  # a missing or unknown key is still the key the problem is about
-            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-            if node is None:
-                break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            out.append(part)
-            node = node.value[part]
-        else:
-            break
-    return tuple(out)
+def validation_problems(exc: ValidationError, model: type[BaseModel], data: Any) -> list[str]:
+    """One line per key path: dotted path, line when known, message (never the input value)."""
+    issues = located_yaml.issues_from_validation(
+        exc, model, data, located_yaml.LocatedYaml(data, ""), hints=_HINTS
+    )
+    return list(dict.fromkeys(_problem(i) for i in issues))
 
 
 def _validate(model: type[M], key: str, text: str) -> M:
-    data, node = parse_mapping(key, text)
+    doc = _located(key, text)
     try:
-        return model.model_validate(data)
+        return model.model_validate(doc.data)
     except ValidationError as exc:
-        raise MetadataError(key, validation_problems(exc, node)) from None
+        issues = located_yaml.issues_from_validation(exc, model, doc.data, doc, hints=_HINTS)
+        raise MetadataError(key, list(dict.fromkeys(_problem(i) for i in issues))) from None
 
 
 def load_config(source: MetadataSource) -> OnboardingConfig:
@@ -173,7 +141,11 @@ def load_secrets(source: MetadataSource, root: Path, *, persist: bool = True) ->
         try:
             secrets = OnboardingSecrets.model_validate_json(read_state(path))
         except (ValidationError, OSError) as exc:
-            problems = validation_problems(exc) if isinstance(exc, ValidationError) else [str(exc)]
+            problems = (
+                validation_problems(exc, OnboardingSecrets, None)
+                if isinstance(exc, ValidationError)
+                else [str(exc)]
+            )
             raise MetadataError(str(path), [f"{path}: {p}" for p in problems]) from None
         if persist and source.get(KEY_SECRETS) is not None:
             _redact(source)
@@ -220,7 +192,7 @@ def instance_id(source: MetadataSource, root: Path) -> str:
     """The clone's identity: `instance-id` in guestinfo.metadata, else the DMI product UUID."""
     text = read_value(source, KEY_METADATA)
     if text is not None:
-        data, _ = parse_mapping(KEY_METADATA, text)
+        data = parse_mapping(KEY_METADATA, text)
         value = data.get("instance-id")
         if value is not None:
             if not isinstance(value, str | int) or not str(value).strip():

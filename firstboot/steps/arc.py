@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from firstboot import azcli, kube
+from firstboot import azcli, kube, proxyenv
 from firstboot.contract import ArcConfig, OnboardingConfig
 from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -42,8 +42,6 @@ CONNECT_MARGIN_SECONDS = 300.0
 
 def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
     """The argv (after `az`) of `connectedk8s connect` for this config; no secret in it."""
-    from firstboot.steps.proxy import ca_file, proxy_skip_range
-
     arc = azcli.require_arc(config)
     args = [
         "connectedk8s",
@@ -68,10 +66,10 @@ def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
     if proxy.http_proxy:
         args += ["--proxy-http", proxy.http_proxy]
     if proxy.https_proxy or proxy.http_proxy:
-        args += ["--proxy-skip-range", proxy_skip_range(config)]
-        ca = ca_file(ctx)
+        args += ["--proxy-skip-range", proxyenv.proxy_skip_range(proxy, config.k3s)]
+        ca = proxyenv.ca_path(proxy)
         if ca is not None:
-            args += ["--proxy-cert", str(ca)]
+            args += ["--proxy-cert", str(ctx.path(ca))]
     return args
 
 

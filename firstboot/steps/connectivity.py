@@ -21,9 +21,10 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from firstboot import proxyenv
 from firstboot.contract import OnboardingConfig
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
-from firstboot.steps import dns, proxy
+from firstboot.steps import dns
 
 LOG = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def proxy_for(config: OnboardingConfig, host: str) -> tuple[str, int] | None:
     url = config.proxy.https_proxy or config.proxy.http_proxy
     if not url:
         return None
-    for entry in proxy.no_proxy_list(config):
+    for entry in proxyenv.no_proxy_list(config.proxy, config.k3s):
         entry = entry.strip().lower()
         if entry and (
             host.lower() == entry.lstrip(".") or (entry.startswith(".") and host.lower().endswith(entry))
@@ -72,7 +73,8 @@ def proxy_for(config: OnboardingConfig, host: str) -> tuple[str, int] | None:
 def tls_context(ctx: Context) -> ssl.SSLContext:
     """Verification against the system store (SSL_CERT_FILE honoured) plus the installed proxy CA."""
     context = ssl.create_default_context()
-    ca = proxy.ca_file(ctx)
+    ca_guest = proxyenv.ca_path(ctx.require_config().proxy)
+    ca = ctx.path(ca_guest) if ca_guest else None
     if ca is not None and ca.exists():
         context.load_verify_locations(cafile=str(ca))
     return context

@@ -7,7 +7,7 @@ key path, so nothing after it runs.
 
 from __future__ import annotations
 
-from firstboot import metadata
+from firstboot import metadata, proxyenv
 from firstboot.contract import KEY_CONFIG
 from firstboot.sources import SourceError
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -47,10 +47,8 @@ def run(ctx: Context) -> None:
         )
     ctx.config = config
     ctx.secrets = secrets
-    # Late import: proxy is a sibling step; its environment applies to every child process from here on.
-    from firstboot.steps import proxy
-
-    ctx.env = {**ctx.env, **proxy.proxy_environment(config)}
+    # The proxy environment applies to every child process from here on.
+    ctx.env = {**ctx.env, **proxyenv.proxy_environment(config.proxy, config.k3s)}
     metadata.cache_config(ctx.root, config)
 
 

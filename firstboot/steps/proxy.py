@@ -4,11 +4,12 @@ Files written (under `--root`) when `proxy.http_proxy` or `proxy.https_proxy` is
 - `/etc/systemd/system/k3s.service.env` and `k3s-agent.service.env`: HTTP(S)_PROXY / NO_PROXY for K3s and
   `CONTAINERD_*` for its embedded containerd (K3s reads these files from its unit);
 - `/etc/profile.d/arcbake-proxy.sh`: the same for az and interactive shells (firstboot itself passes
-  `proxy_environment()` to every child through `ctx.env`);
+  `proxyenv.proxy_environment()` to every child through `ctx.env`);
 - `/etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem` with `proxy.ca_bundle_pem` (then
-  `update-ca-trust extract` when the root is `/`); `ca_file(ctx)` gives its path to the connectivity step.
+  `update-ca-trust extract` when the root is `/`).
 
-`proxy_skip_range(config)` is what the arc step passes as `az connectedk8s connect --proxy-skip-range`.
+The values come from `firstboot.proxyenv` (the same derivation builder bakes into the template) and are
+written through `firstboot.quoting` (systemd environment file, POSIX shell).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from firstboot import subp
+from firstboot import proxyenv, subp
 from firstboot.contract import OnboardingConfig
 from firstboot.fsutil import atomic_write
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta
@@ -34,60 +35,16 @@ META = StepMeta(
 
 K3S_ENV_FILES = ("/etc/systemd/system/k3s.service.env", "/etc/systemd/system/k3s-agent.service.env")
 PROFILE_FILE = "/etc/profile.d/arcbake-proxy.sh"
-CA_FILE = "/etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem"
+CA_FILE = proxyenv.CA_FILE
 MARKER = "# written by arcbake firstboot (proxy step)"
-# Names a cluster resolves itself: never through the proxy.
-CLUSTER_NAMES = ("kubernetes.default.svc", ".svc.cluster.local", ".svc", ".cluster.local")
-
-
-def _unique(items: list[str]) -> list[str]:
-    return [i for i in dict.fromkeys(items) if i]
-
-
-def no_proxy_list(config: OnboardingConfig) -> list[str]:
-    """NO_PROXY for the node: loopback, the cluster's CIDRs and names, then the configured exceptions."""
-    k3s = config.k3s
-    base = ["localhost", "127.0.0.1", "::1", str(k3s.cluster_cidr), str(k3s.service_cidr), *CLUSTER_NAMES]
-    return _unique([*base, *config.proxy.no_proxy])
-
-
-def proxy_skip_range(config: OnboardingConfig) -> str:
-    """Arc's `--proxy-skip-range`: service and pod CIDRs, cluster names, then `proxy.no_proxy`."""
-    k3s = config.k3s
-    items = [str(k3s.service_cidr), str(k3s.cluster_cidr), *CLUSTER_NAMES, *config.proxy.no_proxy]
-    return ",".join(_unique(items))
-
-
-def proxy_environment(config: OnboardingConfig) -> dict[str, str]:
-    """Proxy variables for child processes (both spellings); empty when no proxy is configured."""
-    proxy = config.proxy
-    if not (proxy.http_proxy or proxy.https_proxy):
-        return {}
-    env: dict[str, str] = {}
-    if proxy.http_proxy:
-        env["HTTP_PROXY"] = env["http_proxy"] = proxy.http_proxy
-    if proxy.https_proxy:
-        env["HTTPS_PROXY"] = env["https_proxy"] = proxy.https_proxy
-    env["NO_PROXY"] = env["no_proxy"] = ",".join(no_proxy_list(config))
-    return env
 
 
 def _k3s_env(config: OnboardingConfig) -> str:
-    env = {k: v for k, v in proxy_environment(config).items() if k.isupper()}
-    lines = [MARKER] + [f"{k}={v}" for k, v in env.items()]
-    lines += [f"CONTAINERD_{k}={v}" for k, v in env.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join([MARKER, *proxyenv.k3s_env_lines(config.proxy, config.k3s)]) + "\n"
 
 
 def _profile(config: OnboardingConfig) -> str:
-    env = proxy_environment(config)
-    return "\n".join([MARKER, *(f"export {k}='{v}'" for k, v in env.items())]) + "\n"
-
-
-def ca_file(ctx: Context) -> Path | None:
-    """The installed proxy CA (under root) when the config has one, else None."""
-    config = ctx.require_config()
-    return ctx.path(CA_FILE) if config.proxy.ca_bundle_pem else None
+    return "\n".join([MARKER, *proxyenv.profile_lines(config.proxy, config.k3s)]) + "\n"
 
 
 def _expected(config: OnboardingConfig) -> dict[str, str | None]:

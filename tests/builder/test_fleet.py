@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.fleet import FleetError, load_fleet, newest_match, resolve_secrets, secrets_json
+from builder.fleet import FleetError, load_fleet, resolve_secrets, secrets_json
+from builder.template_names import newest_match
+from firstboot.located_yaml import Issue
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +70,93 @@ def test_invalid_fleets(tmp_path: Path, vms: str, expected: list[str]) -> None:
     found = "\n".join(issues(write(tmp_path, vms)))
     for part in expected:
         assert part in found
+
+
+# Issue 8: hostile or unlucky fleet values, each refused with its key path (as written) and a reason.
+HOSTILE = [
+    (
+        "proxy-injection",
+        "{name: a, proxy: {http_proxy: \"http://p:3128';touch${IFS}/tmp/x;'\"}}",
+        "vms.0.proxy.http_proxy",
+        "must be http(s)://host[:port]",
+    ),
+    (
+        "no-proxy-newline",
+        '{name: a, proxy: {http_proxy: "http://p:3128", no_proxy: ["a\\nb"]}}',
+        "vms.0.proxy.no_proxy.0",
+        "must be a host, .domain",
+    ),
+    (
+        "tag-option",
+        "{name: a, tags: {--kube-config: x}}",
+        "vms.0.tags.--kube-config",
+        "not starting with '-'",
+    ),
+    ("tag-value-control", '{name: a, tags: {k: "a\\x07b"}}', "vms.0.tags.k", "no control characters"),
+    (
+        "ntp-option",
+        "{name: a, time: {ntp_servers: [--help]}}",
+        "vms.0.time.ntp_servers.0",
+        "not starting with '-'",
+    ),
+    ("k3s-null", "{name: a, k3s: null}", "vms.0.k3s", "must be a mapping (YAML read null)"),
+    ("network-null", "{name: a, network: null}", "vms.0.network", "must be a mapping (YAML read null)"),
+    ("role-null", "{name: a, role: null}", "vms.0.role", "'server' or 'agent'"),
+    ("dhcp-string", "{name: a, network: {dhcp: 'yes'}}", "vms.0.network.dhcp", "valid boolean"),
+    (
+        "timeout-bool",
+        "{name: a, k3s: {ready_timeout_seconds: true}}",
+        "vms.0.k3s.ready_timeout_seconds",
+        "valid integer",
+    ),
+    ("label-key", "{name: a, k3s: {node_labels: {'-x': y}}}", "vms.0.k3s.node_labels.-x", "should match"),
+    (
+        "flux-branch-option",
+        "{name: a, flux: {configurations: [{name: c, url: 'https://g/x', branch: --upload-pack=x,"
+        " kustomizations: [{name: k}]}]}}",
+        "vms.0.flux.configurations.0.branch",
+        "not starting with '-'",
+    ),
+    (
+        "unknown-in-k3s",
+        "{name: a, k3s: {role: agent}}",
+        "vms.0.k3s.role",
+        "unknown key (allowed: cluster_cidr, service_cidr, cluster_dns, node_labels, ready_timeout_seconds)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("vm", "path", "fragment"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+def test_hostile_values_are_refused(tmp_path: Path, vm: str, path: str, fragment: str) -> None:
+    found = [i for i in _issue_objects(write(tmp_path, f"  - {vm}\n")) if i.path == path]
+    assert found, path
+    assert fragment in found[0].message
+    assert found[0].line == 9
+
+
+def _issue_objects(path: Path) -> list[Issue]:
+    with pytest.raises(FleetError) as err:
+        load_fleet(path)
+    return err.value.issues
+
+
+def test_errors_are_located_where_written(tmp_path: Path) -> None:
+    # A problem in `defaults` is reported once, at its line in defaults, whatever the VMs say.
+    base = BASE.replace(
+        "  time: {ntp_servers: [ntp.example]}", "  time: {ntp_servers: [ntp.example], bogus: 1}"
+    )
+    found = [str(i) for i in _issue_objects(write(tmp_path, "  - {name: a}\n  - {name: b}\n", base))]
+    assert found == [
+        f"{tmp_path / 'fleet.yaml'}:4: defaults.time.bogus: unknown key "
+        "(allowed: ntp_servers, ntp_port, max_offset_seconds, sync_timeout_seconds)"
+    ]
+    # The unknown-key list is the fleet's own, never the image spec's.
+    placement = _issue_objects(
+        write(tmp_path, "  - {name: a}\n", BASE.replace("cluster: C0}", "cluster: C0, x: 1}"))
+    )
+    assert [i.message for i in placement] == [
+        "unknown key (allowed: datacenter, cluster, host, resource_pool, datastore, network, folder)"
+    ]
 
 
 def test_every_error_at_once_with_lines(tmp_path: Path) -> None:

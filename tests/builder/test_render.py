@@ -19,7 +19,7 @@ from builder import render as render_mod
 from builder.assets import packer_dir
 from builder.render import RenderError, SecretEnvError, packer_secret_env, render
 from builder.spec import ImageSpec, load_spec, parse_spec
-from builder.yamlsrc import load_located
+from firstboot.located_yaml import load_located
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -155,8 +155,8 @@ def test_variant_differences(tmp_path: Path) -> None:
     assert not (tmp_path / "rocky9/scripts/05-register-rhsm.sh").exists()
     # rhel9 has a proxy: the k3s and login-shell environments carry it, with the cluster ranges.
     env = (tmp_path / "rhel9/rootfs/etc/arcbake/k3s.service.env").read_text()
-    assert "HTTPS_PROXY=http://proxy.example.internal:3128" in env
-    assert re.search(r"^NO_PROXY=.*10\.42\.0\.0/16.*\.svc.*\.cluster\.local", env, re.M)
+    assert 'HTTPS_PROXY="http://proxy.example.internal:3128"' in env
+    assert re.search(r'^NO_PROXY=".*10\.42\.0\.0/16.*\.svc.*\.cluster\.local.*"$', env, re.M)
     assert "CONTAINERD_HTTPS_PROXY=" in env
     assert not (tmp_path / "rocky9/rootfs/etc/arcbake/k3s.service.env").exists()
 

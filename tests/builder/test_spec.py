@@ -10,8 +10,8 @@ import pytest
 from spec_base import BASE, variant
 
 from builder.spec import MIN_DISK_GIB, ImageSpec, SpecError, load_spec, parse_spec, spec_warnings
-from builder.yamlsrc import InputError, Issue, load_located
 from firstboot import sizing
+from firstboot.located_yaml import InputError, Issue, load_located
 from firstboot.steps import resources
 
 
@@ -333,6 +333,28 @@ ERRORS = [
     ),
     ("schema-version", "schema_version: 2\n" + BASE, "schema_version", 1, "1"),
     ("not-a-mapping", "- a\n- b\n", "", 1, "must be a YAML mapping"),
+    # Issue 8: YAML booleans are not numbers, option-like host names never reach the kickstart.
+    (
+        "keep-true",
+        variant("build:\n", "publish: {keep: true}\nbuild:\n"),
+        "publish.keep",
+        27,
+        "valid integer",
+    ),
+    (
+        "ntp-option",
+        variant("ntp_servers: [ntp.example.org]", "ntp_servers: ['--help']"),
+        "time.ntp_servers.0",
+        20,
+        "not starting with '-'",
+    ),
+    (
+        "proxy-injection",
+        variant("build:\n", "proxy: {http_proxy: \"http://p:3128';touch${IFS}/tmp/x;'\"}\nbuild:\n"),
+        "proxy.http_proxy",
+        27,
+        "must be http(s)://host[:port]",
+    ),
 ]
 
 
@@ -426,8 +448,10 @@ def test_no_proxy_is_completed() -> None:
     spec = parse(
         variant("build:\n", "proxy: {https_proxy: 'http://proxy:3128', no_proxy: [.corp]}\nbuild:\n")
     )
-    assert spec.no_proxy[0] == ".corp"
-    assert {"10.42.0.0/16", "10.43.0.0/16", ".svc", ".cluster.local", "localhost"} <= set(spec.no_proxy)
+    no_proxy = spec.proxy_environment["NO_PROXY"].split(",")
+    assert no_proxy[-1] == ".corp"
+    assert {"10.42.0.0/16", "10.43.0.0/16", ".svc", ".cluster.local", "localhost"} <= set(no_proxy)
+    assert spec.proxy_environment["no_proxy"] == spec.proxy_environment["NO_PROXY"]
 
 
 def test_defaults_line_up_with_the_onboarding_contract() -> None:

@@ -26,9 +26,9 @@ from doubles.kube_api import KubeServer
 from firstboot import azcli, kube, steps
 from firstboot.contract import OnboardingConfig, OnboardingSecrets
 from firstboot.engine import Engine
+from firstboot.proxyenv import proxy_skip_range
 from firstboot.step import Context, PermanentFailure, TransientFailure
 from firstboot.steps import arc
-from firstboot.steps.proxy import proxy_skip_range
 
 pytestmark = pytest.mark.allow_subp("az")
 kube._import_apis()
@@ -108,8 +108,8 @@ def test_proxy_flags(tmp_path: Path, cluster: KubeServer) -> None:
     argv = az_calls(tmp_path / "az", "connectedk8s", "connect")[0]
     assert argv[argv.index("--proxy-https") + 1] == "http://proxy.lab:3128"
     assert argv[argv.index("--proxy-http") + 1] == "http://proxy.lab:3128"
-    assert argv[argv.index("--proxy-skip-range") + 1] == proxy_skip_range(config)
-    assert "10.43.0.0/16" in proxy_skip_range(config)
+    assert argv[argv.index("--proxy-skip-range") + 1] == proxy_skip_range(config.proxy, config.k3s)
+    assert "10.43.0.0/16" in proxy_skip_range(config.proxy, config.k3s)
     assert argv[argv.index("--proxy-cert") + 1].endswith("arcbake-proxy-ca.pem")
     env = az_envs(tmp_path / "az", "connectedk8s", "connect")[0]
     assert env["REQUESTS_CA_BUNDLE"] == str(ctx.path("/etc/pki/tls/certs/ca-bundle.crt"))

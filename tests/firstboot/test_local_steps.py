@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fixtures.guestinfo import DictSource, onboarding_config
 
+from firstboot import proxyenv
 from firstboot.contract import OnboardingConfig
 from firstboot.engine import build_context
 from firstboot.step import Context, PermanentFailure, TransientFailure
@@ -49,9 +50,9 @@ def test_proxy_files_skip_range_and_removal(guest_root: Path) -> None:
     proxy.run(ctx)
     assert proxy.check(ctx).ok
     env = (guest_root / "etc/systemd/system/k3s.service.env").read_text()
-    assert "HTTP_PROXY=http://proxy.corp:3128" in env
-    assert "CONTAINERD_HTTP_PROXY=http://proxy.corp:3128" in env
-    assert "NO_PROXY=localhost,127.0.0.1,::1,10.42.0.0/16,10.43.0.0/16,kubernetes.default.svc" in env
+    assert 'HTTP_PROXY="http://proxy.corp:3128"' in env
+    assert 'CONTAINERD_HTTP_PROXY="http://proxy.corp:3128"' in env
+    assert 'NO_PROXY="localhost,127.0.0.1,::1,10.42.0.0/16,10.43.0.0/16,kubernetes.default.svc' in env
     assert (guest_root / "etc/systemd/system/k3s-agent.service.env").read_text() == env
     assert (
         "export HTTP_PROXY='http://proxy.corp:3128'"
@@ -59,10 +60,11 @@ def test_proxy_files_skip_range_and_removal(guest_root: Path) -> None:
     )
     ca = guest_root / "etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem"
     assert ca.read_text() == PEM and stat.S_IMODE(ca.stat().st_mode) == 0o644
-    assert proxy.proxy_skip_range(ctx.require_config()) == (
+    config = ctx.require_config()
+    assert proxyenv.proxy_skip_range(config.proxy, config.k3s) == (
         "10.43.0.0/16,10.42.0.0/16,kubernetes.default.svc,.svc.cluster.local,.svc,.cluster.local,.corp,10.1.0.0/16"
     )
-    env_vars = proxy.proxy_environment(ctx.require_config())
+    env_vars = proxyenv.proxy_environment(config.proxy, config.k3s)
     assert env_vars["http_proxy"] == env_vars["HTTP_PROXY"] and "HTTPS_PROXY" not in env_vars
     # The proxy removed from metadata: our files go, others stay.
     (guest_root / "etc/profile.d/other.sh").write_text("x\n")
@@ -72,7 +74,7 @@ def test_proxy_files_skip_range_and_removal(guest_root: Path) -> None:
     assert not ca.exists()
     assert (guest_root / "etc/profile.d/other.sh").exists()
     assert proxy.check(ctx).ok and proxy.check(ctx).message == "no proxy configured"
-    assert proxy.proxy_environment(ctx.require_config()) == {}
+    assert proxyenv.proxy_environment(ctx.require_config().proxy, ctx.require_config().k3s) == {}
 
 
 def plant_proc(root: Path, cpus: int, mem_kib: int) -> None:

@@ -1,6 +1,6 @@
 """Hostile image specs and fleet files: every generated document ends in the parsed model or in the
 documented error (SpecError / FleetError: every problem with file, line and key path), never a traceback,
-never a hang, in bounded memory. Both parsers share builder.yamlsrc (line-tracking YAML loading)."""
+never a hang, in bounded memory. Both parsers share firstboot.located_yaml (line-tracking YAML loading)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder import fleet, spec, yamlsrc
+from builder import fleet, spec
+from firstboot import located_yaml as yamlsrc
 from property.counting import count, scaled
 from property.strategies import alias_bomb, deep_nesting, hostile_bytes, mutated
 
