@@ -166,7 +166,10 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
     no_report = sum(r.state == st.NO_REPORT for r in rows)
     stuck = [r.name for r in rows if st.cannot_report(r, simulator)]
     if fmt == "json":
-        _emit_json({"fleet": fleet.name, "simulator": simulator, "vms": [r.as_dict() for r in rows]})
+        ok = all(r.state == "done" for r in rows) if wait else not failing(rows)
+        _emit_json(
+            {"ok": ok, "fleet": fleet.name, "simulator": simulator, "vms": [r.as_dict() for r in rows]}
+        )
     else:
         click.echo(st.table(rows))
         if no_report:
@@ -183,7 +186,7 @@ def status(fleet_file: Path, wait: bool, timeout: float, interval: float, fmt: s
         elif not finished:
             click.echo(f"error: not every VM finished within {timeout:g}s", err=True)
     else:
-        code = RC.FAILED if any(r.state in ("failed", st.MISSING, st.UNREADABLE) for r in rows) else RC.OK
+        code = RC.FAILED if failing(rows) else RC.OK
     if code != RC.OK:
         raise click.exceptions.Exit(int(code))
 
@@ -193,6 +196,13 @@ def _say_secrets(rows: list[Any]) -> None:
     for row in rows:
         if row.secrets:
             click.echo(f"{row.name}: {row.secrets}", err=True)
+
+
+def failing(rows: list[Any]) -> bool:
+    """A VM failed, is missing or its status is unreadable (status exits 1 without --wait)."""
+    from builder import status as st
+
+    return any(r.state in ("failed", st.MISSING, st.UNREADABLE) for r in rows)
 
 
 def _wait(

@@ -198,6 +198,7 @@ def test_status_reads_guest_reports(vcsim: VcsimHandle, tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     rows = json.loads(done.stdout)["vms"]
     assert [r["state"] for r in rows] == ["done"] * 3 and rows[0]["step"] == "flux"
+    assert json.loads(done.stdout)["ok"] is True
     assert rows[0]["steps"] == [json.loads(timing.model_dump_json())]
 
     _set_status(
