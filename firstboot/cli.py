@@ -143,6 +143,8 @@ def _status_text(status: Status) -> str:
     if status.remedy:
         lines.append(f"remedy:  {status.remedy}")
     lines.append(f"updated: {status.updated.isoformat()}")
+    if status.generation is not None:
+        lines.append(f"secrets: generation {status.generation}")
     if status.steps:
         lines.append("steps:")
         width = max(len(t.step) for t in status.steps)

@@ -390,9 +390,15 @@ class GitCredential(_Model):
     known_hosts: KnownHosts | None = None
 
 
-class OnboardingSecrets(_Model):
-    """`guestinfo.arcbake.secrets`: read once, stored 0600, then the key is overwritten with `---`."""
+# Secrets generations: deploy writes 1, each `builder rotate` one more; a clone keeps the newest it saw.
+Generation = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
+
+class OnboardingSecrets(_Model):
+    """`guestinfo.arcbake.secrets`: read once per generation, stored 0600 bound to the instance id, then
+    the key is overwritten with `---`. A set with a higher `generation` replaces the one held."""
+
+    generation: Generation = 1
     sp_secret: SecretStr | None = None
     sp_certificate_pem: SecretStr | None = None
     k3s_token: SecretStr | None = None
@@ -469,6 +475,8 @@ class Status(_Model):
     # Servers: the cluster's nodes that are Ready, as this server's API sees them when it reports
     # (builder rollout waits for a replaced agent here). Bounded like every guest-written value.
     nodes_ready: list[HostName] = Field(default_factory=list, max_length=MAX_NODES_REPORTED)
+    # The generation of the secrets the clone holds (None before it has read any).
+    generation: Generation | None = None
 
     def to_json(self) -> str:
         """Compact JSON with `updated` as UTC ISO 8601."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from firstboot import metadata, proxyenv, steps
 from firstboot.sources import SourceError
+from firstboot.state import StateStore
 from firstboot.step import CheckResult, Context, StepFailure
 
 LOG = logging.getLogger(__name__)
@@ -46,8 +47,14 @@ def prepare(ctx: Context) -> None:
     except (metadata.MetadataError, SourceError) as exc:
         LOG.debug("doctor: live config unavailable (%s); trying the cached copy", exc)
         ctx.config = metadata.cached_config(ctx.root)
+    if not ctx.instance_id:
+        try:
+            ctx.instance_id = metadata.instance_id(ctx.source, ctx.root)
+        except (metadata.MetadataError, SourceError) as exc:
+            LOG.debug("doctor: instance id unavailable (%s); using the onboarded one", exc)
+            ctx.instance_id = StateStore(ctx.root).done_instance() or ""
     try:
-        ctx.secrets = metadata.load_secrets(ctx.source, ctx.root, persist=False)
+        ctx.secrets = metadata.load_secrets(ctx.source, ctx.root, ctx.instance_id, persist=False)
     except (metadata.MetadataError, SourceError) as exc:
         LOG.debug("doctor: secrets unavailable: %s", exc)
     if ctx.config is not None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_random_exponential
 
-from firstboot import metadata, steps
+from firstboot import metadata, secretstore, steps
 from firstboot.contract import KEY_STATUS, MAX_STEP_TIMINGS, State, Status, StepOutcome, StepTiming
 from firstboot.sources import SourceError
 from firstboot.state import LockedError, StateStore
@@ -108,6 +108,8 @@ class Engine:
         self._progress_pushed = float("-inf")
         # Start, end and attempts of every step run (bounded), carried in each status written.
         self._timings: list[StepTiming] = []
+        # The generation of the secrets held for this instance, reported in every status.
+        self._generation: int | None = None
         self._timings_lock = threading.Lock()
 
     # -- status -----------------------------------------------------------------------------------
@@ -132,6 +134,7 @@ class Engine:
             message=redact(message, secrets),
             remedy=redact(remedy, secrets) if remedy else None,
             steps=self._timings_snapshot(),
+            generation=self._generation,
         )
         line = f"{state.value}" + (f" [{step}]" if step else "") + f": {status.message}"
         if state is State.FAILED:
@@ -212,11 +215,13 @@ class Engine:
                 status = self.report(State.FAILED, "metadata", str(exc), _metadata_remedy(exc))
                 return RunResult(False, status)
         iid = self.ctx.instance_id
+        self._generation = secretstore.generation(self.ctx.root, iid)
         previous = self.state.read_status()
         if previous is not None and self.state.stamped(iid):
             # A resumed run (reboot, `firstboot run` again) keeps the timings of this clone's earlier runs.
             self._timings = list(previous.steps)
         if only is None and self.state.done_instance() == iid and self._all_stamped(iid):
+            self._retire_secrets(iid)  # again, in case the run that finished stopped before it did
             return RunResult(True, self.report(State.DONE, None, f"already onboarded (instance {iid})"))
         if only is None:
             self.state.clear_done()
@@ -238,10 +243,21 @@ class Engine:
                 return RunResult(False, failure)
         if self._all_stamped(iid):
             self.state.mark_done(iid)
+            self._retire_secrets(iid)
             return RunResult(True, self.report(State.DONE, None, f"onboarded (instance {iid})"))
         pending = [s.name for s in self._applicable() if not self.state.is_stamped(iid, s.name)]
         message = f"step {only} done; not yet done: {', '.join(pending)}"
         return RunResult(True, self.report(State.PENDING, only, message, "run `firstboot run`"))
+
+    def _retire_secrets(self, iid: str) -> None:
+        """Onboarding is done: keep only the generation of the secrets (see firstboot.secretstore)."""
+        try:
+            retired = secretstore.retire(self.ctx.root, iid)
+        except (OSError, secretstore.SecretStoreError) as exc:
+            LOG.warning("could not retire the secrets of instance %s (retried next run): %s", iid, exc)
+            return
+        if retired:
+            LOG.info("onboarding done: secret values retired (%s); generation kept", ", ".join(retired))
 
     def _joins(self) -> bool:
         config = self.ctx.config
@@ -304,6 +320,8 @@ class Engine:
                     State.FAILED, step.name, f"cannot stamp {step.name}: {exc}", "check /var/lib/arcbake"
                 )
             LOG.info("step %s: ok (%.2f s)", step.name, elapsed)
+            # The metadata step may have taken a newer generation.
+            self._generation = secretstore.generation(self.ctx.root, self.ctx.instance_id)
             return None
         if isinstance(error, StepFailure):
             return self.report(State.FAILED, step.name, error.message, error.remedy)

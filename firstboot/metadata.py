@@ -2,14 +2,14 @@
 
 - `load_config(source)`: `guestinfo.arcbake.config` (+ `.encoding`) decoded like cloud-init, parsed as YAML
   or JSON, validated as `OnboardingConfig`; every problem is reported at once by key path (and YAML line).
-- `load_secrets(ctx)`: read once from `guestinfo.arcbake.secrets`, written 0600 to
-  /var/lib/arcbake/secrets.json (dir 0700) BEFORE the key is overwritten with `---`; later runs read the file.
+- `load_secrets(source, root, iid)`: read once per generation from `guestinfo.arcbake.secrets`, kept 0600
+  bound to the instance id (`firstboot.secretstore`) BEFORE the key is overwritten with `---`; a newer
+  generation replaces the held set, later runs read the held set.
 - `instance_id(source, root)`: `instance-id` of `guestinfo.metadata`, else /sys/class/dmi/id/product_uuid.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from firstboot import encoding, located_yaml
+from firstboot import encoding, located_yaml, secretstore
 from firstboot.contract import (
     ENCODING_SUFFIX,
     KEY_CONFIG,
@@ -30,14 +30,13 @@ from firstboot.contract import (
     OnboardingSecrets,
     Role,
 )
-from firstboot.fsutil import atomic_write, guest_path, private_dir, read_state
+from firstboot.fsutil import atomic_write, guest_path, read_state
 from firstboot.sources import SourceError
 from firstboot.step import MetadataSource
 
 LOG = logging.getLogger(__name__)
 
 STATE_DIR = "/var/lib/arcbake"
-SECRETS_FILE = f"{STATE_DIR}/secrets.json"
 CONFIG_CACHE = f"{STATE_DIR}/config.json"
 PRODUCT_UUID = "/sys/class/dmi/id/product_uuid"
 M = TypeVar("M", bound=BaseModel)
@@ -123,43 +122,35 @@ def load_config(source: MetadataSource) -> OnboardingConfig:
     return _validate(OnboardingConfig, KEY_CONFIG, text)
 
 
-def secrets_path(root: Path) -> Path:
-    """Where the secrets live once read: /var/lib/arcbake/secrets.json under `root`."""
-    return guest_path(root, SECRETS_FILE)
+def load_secrets(
+    source: MetadataSource, root: Path, instance_id: str, *, persist: bool = True
+) -> OnboardingSecrets:
+    """The secrets in force for `instance_id`: the held set, or a newer generation from guestinfo.
 
-
-def load_secrets(source: MetadataSource, root: Path, *, persist: bool = True) -> OnboardingSecrets:
-    """Secrets from the 0600 file when present, else from guestinfo (once).
-
-    With `persist` (the metadata step), secrets read from guestinfo are written 0600 (dir 0700) first and
-    only then is the guestinfo key overwritten with `---`; a key still holding a value while the file
-    exists (a redaction that failed last time) is redacted again. Without `persist` (doctor), nothing is
-    written anywhere.
+    With `persist` (the metadata step), a set read from guestinfo goes through `secretstore.accept`
+    (written 0600, bound to the instance id, when newer than the held one) and only then is the guestinfo
+    key overwritten with `---`; a key holding the same or an older generation (a redaction that failed, a
+    replay) is overwritten too and changes nothing. Without `persist` (doctor), nothing is written
+    anywhere: the newer of the two sets is returned.
     """
-    path = secrets_path(root)
-    if path.exists():
-        try:
-            secrets = OnboardingSecrets.model_validate_json(read_state(path))
-        except (ValidationError, OSError) as exc:
-            problems = (
-                validation_problems(exc, OnboardingSecrets, None)
-                if isinstance(exc, ValidationError)
-                else [str(exc)]
-            )
-            raise MetadataError(str(path), [f"{path}: {p}" for p in problems]) from None
-        if persist and source.get(KEY_SECRETS) is not None:
-            _redact(source)
-        return secrets
+    try:
+        held = secretstore.read(root, instance_id)
+    except secretstore.SecretStoreError as exc:
+        raise MetadataError(KEY_SECRETS, [str(exc)]) from None
     text = read_value(source, KEY_SECRETS)
-    if text is None:
-        return OnboardingSecrets()
-    secrets = _validate(OnboardingSecrets, KEY_SECRETS, text)
-    if persist:
-        private_dir(path.parent)
-        payload = json.dumps(secrets.revealed(), indent=2, sort_keys=True)
-        atomic_write(path, payload, mode=0o600)
-        _redact(source)
-    return secrets
+    incoming = _validate(OnboardingSecrets, KEY_SECRETS, text) if text is not None else None
+    if incoming is None:
+        return held.secrets if held else OnboardingSecrets()
+    if not persist:
+        return incoming if held is None or incoming.generation > held.secrets.generation else held.secrets
+    try:
+        outcome = secretstore.accept(root, instance_id, incoming)
+    except (OSError, secretstore.SecretStoreError) as exc:
+        # Not persisted: the key keeps its value for the next run.
+        raise MetadataError(KEY_SECRETS, [f"{KEY_SECRETS}: cannot keep the secrets: {exc}"]) from None
+    LOG.info("%s: %s", KEY_SECRETS, outcome.reason)
+    _redact(source)
+    return outcome.secrets
 
 
 def _redact(source: MetadataSource) -> None:

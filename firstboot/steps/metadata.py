@@ -7,7 +7,7 @@ key path, so nothing after it runs.
 
 from __future__ import annotations
 
-from firstboot import metadata, proxyenv
+from firstboot import metadata, proxyenv, secretstore
 from firstboot.contract import KEY_CONFIG
 from firstboot.sources import SourceError
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -34,7 +34,7 @@ def run(ctx: Context) -> None:
     """Load config and secrets into `ctx` (secrets persisted 0600 and redacted in guestinfo)."""
     try:
         config = metadata.load_config(ctx.source)
-        secrets = metadata.load_secrets(ctx.source, ctx.root, persist=True)
+        secrets = metadata.load_secrets(ctx.source, ctx.root, ctx.instance_id, persist=True)
     except metadata.MetadataError as exc:
         raise PermanentFailure(str(exc), REMEDY_INVALID) from None
     except SourceError as exc:
@@ -42,8 +42,7 @@ def run(ctx: Context) -> None:
     problems = metadata.check_secrets(config, secrets)
     if problems:
         raise PermanentFailure(
-            f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}",
-            "add the missing secrets to the fleet's secrets and run `builder deploy` again",
+            f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}", _secrets_remedy(ctx)
         )
     ctx.config = config
     ctx.secrets = secrets
@@ -61,15 +60,27 @@ def check(ctx: Context) -> CheckResult:
     except SourceError as exc:
         return CheckResult(False, f"cannot read {KEY_CONFIG}: {exc}", REMEDY_SOURCE)
     try:
-        secrets = metadata.load_secrets(ctx.source, ctx.root, persist=False)
+        secrets = metadata.load_secrets(ctx.source, ctx.root, ctx.instance_id, persist=False)
     except (metadata.MetadataError, SourceError) as exc:
         return CheckResult(False, f"secrets unreadable: {exc}", REMEDY_INVALID)
     problems = metadata.check_secrets(config, secrets)
     if problems:
         return CheckResult(
-            False,
-            f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}",
-            "add the missing secrets to the fleet's secrets and run `builder deploy` again",
+            False, f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}", _secrets_remedy(ctx)
         )
     role = config.k3s.role.value
     return CheckResult(True, f"config valid: host {config.hostname}, role {role}")
+
+
+def _secrets_remedy(ctx: Context) -> str:
+    """Missing secrets: retired after onboarding (rotate) or never delivered (deploy)."""
+    try:
+        held = secretstore.read(ctx.root, ctx.instance_id)
+    except secretstore.SecretStoreError:
+        held = None
+    if held is not None and held.retired:
+        return (
+            f"the secrets were retired when onboarding finished (generation {held.secrets.generation} "
+            "kept, no value); `builder rotate FLEET` delivers a newer generation"
+        )
+    return "add the missing secrets to the fleet's secrets and run `builder deploy` again"

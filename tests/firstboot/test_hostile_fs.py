@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fixtures.guestinfo import DictSource, onboarding_config, write_metadata
 
-from firstboot import fsutil, metadata, sources
+from firstboot import fsutil, metadata, secretstore, sources
 from firstboot.contract import KEY_SECRETS, State, Status
 from firstboot.engine import Engine, build_context
 from firstboot.state import StateStore
@@ -249,11 +249,16 @@ def test_firstboot_run_on_a_device_source_is_one_line_and_exit_1(
     assert len(errors) == 1 and fragment in errors[0], proc.stderr
 
 
+@pytest.mark.fault(
+    "the instance's secrets file planted as a symlink", "refused (metadata fails); the target is not used"
+)
 def test_secrets_file_planted_as_symlink_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "planted.json"
-    target.write_text(json.dumps({"sp_secret": "attacker-chosen"}))
-    _plant_symlink(metadata.secrets_path(tmp_path), target)
+    planted = {"instance_id": "vm-1", "secrets": {"sp_secret": "attacker-chosen"}}
+    target.write_text(json.dumps(planted))
+    _plant_symlink(secretstore.path(tmp_path, "vm-1"), target)
     src = DictSource({KEY_SECRETS: json.dumps({"sp_secret": "the-real-one-123"})})
     with pytest.raises(metadata.MetadataError, match="symlink"):
-        metadata.load_secrets(src, tmp_path, persist=True)
-    assert json.loads(target.read_text()) == {"sp_secret": "attacker-chosen"}
+        metadata.load_secrets(src, tmp_path, "vm-1", persist=True)
+    assert json.loads(target.read_text()) == planted
+    assert src.writes == []  # not kept, so not redacted either

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from fixtures.guestinfo import DictSource, fake_rpctool, onboarding_config, write_metadata
 
-from firstboot import encoding, metadata, sources
+from firstboot import encoding, metadata, secretstore, sources
 from firstboot.contract import KEY_CONFIG, KEY_METADATA, KEY_SECRETS
 
 CONFIG_TEXT = json.dumps(onboarding_config())
+IID = "vm-1"
 CONFIG_YAML = """\
 hostname: node1
 time:
@@ -203,16 +204,16 @@ def test_secrets_read_once_written_0600_then_redacted(tmp_path: Path) -> None:
             KEY_SECRETS + ".encoding": "gzip+base64",
         }
     )
-    got = metadata.load_secrets(src, tmp_path, persist=True)
+    got = metadata.load_secrets(src, tmp_path, IID, persist=True)
     assert got.sp_secret is not None and got.sp_secret.get_secret_value() == secret
-    path = metadata.secrets_path(tmp_path)
+    path = secretstore.path(tmp_path, IID)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert json.loads(path.read_text())["sp_secret"] == secret
+    assert json.loads(path.read_text())["secrets"]["sp_secret"] == secret
     assert src.data[KEY_SECRETS] == "---"
     assert src.writes[0] == (KEY_SECRETS, "---")
     # Later runs read the file; guestinfo is not asked to write again.
-    again = metadata.load_secrets(src, tmp_path, persist=True)
+    again = metadata.load_secrets(src, tmp_path, IID, persist=True)
     assert again.sp_secret is not None and again.sp_secret.get_secret_value() == secret
     assert len(src.writes) == 2
 
@@ -222,27 +223,27 @@ def test_secrets_file_written_before_redaction(tmp_path: Path) -> None:
 
     class Watching(DictSource):
         def set(self, key: str, value: str) -> None:
-            seen.append(metadata.secrets_path(tmp_path).exists())
+            seen.append(secretstore.path(tmp_path, IID).exists())
             super().set(key, value)
 
     src = Watching({KEY_SECRETS: json.dumps({"k3s_token": "tok-123456"})})
-    metadata.load_secrets(src, tmp_path, persist=True)
+    metadata.load_secrets(src, tmp_path, IID, persist=True)
     assert seen and all(seen)
 
 
 def test_failed_redaction_is_retried_next_run(tmp_path: Path) -> None:
     src = DictSource({KEY_SECRETS: json.dumps({"k3s_token": "tok-123456"})}, fail_writes=True)
-    metadata.load_secrets(src, tmp_path, persist=True)
+    metadata.load_secrets(src, tmp_path, IID, persist=True)
     assert src.data[KEY_SECRETS] != "---"
     src.fail_writes = False
-    metadata.load_secrets(src, tmp_path, persist=True)
+    metadata.load_secrets(src, tmp_path, IID, persist=True)
     assert src.data[KEY_SECRETS] == "---"
 
 
 def test_doctor_mode_writes_nothing(tmp_path: Path) -> None:
     src = DictSource({KEY_SECRETS: json.dumps({"k3s_token": "tok-123456"})})
-    metadata.load_secrets(src, tmp_path, persist=False)
-    assert not metadata.secrets_path(tmp_path).exists()
+    metadata.load_secrets(src, tmp_path, IID, persist=False)
+    assert not secretstore.path(tmp_path, IID).exists()
     assert src.writes == []
 
 
@@ -250,10 +251,10 @@ def test_invalid_secrets_do_not_leak_values(tmp_path: Path) -> None:
     secret = "leaky-value-99182"
     src = DictSource({KEY_SECRETS: json.dumps({"sp_secret": secret, "bogus": secret})})
     with pytest.raises(metadata.MetadataError) as info:
-        metadata.load_secrets(src, tmp_path, persist=True)
+        metadata.load_secrets(src, tmp_path, IID, persist=True)
     assert "bogus" in str(info.value)
     assert secret not in str(info.value)
-    assert not metadata.secrets_path(tmp_path).exists()
+    assert not secretstore.path(tmp_path, IID).exists()
 
 
 def test_instance_id_from_metadata_then_dmi(tmp_path: Path) -> None:
@@ -340,8 +341,8 @@ def test_git_credentials_roundtrip_through_the_secrets_file(tmp_path: Path) -> N
         "git": {"cluster-config": {"https_user": "git", "https_key": "ghp_tokenvalue123"}},
     }
     src = DictSource({KEY_SECRETS: json.dumps(payload)})
-    metadata.load_secrets(src, tmp_path, persist=True)
-    again = metadata.load_secrets(DictSource(), tmp_path, persist=True)
+    metadata.load_secrets(src, tmp_path, IID, persist=True)
+    again = metadata.load_secrets(DictSource(), tmp_path, IID, persist=True)
     cred = again.git["cluster-config"]
     assert cred.https_key is not None and cred.https_key.get_secret_value() == "ghp_tokenvalue123"
     assert again.sp_certificate_pem is not None

@@ -247,7 +247,7 @@ class GuestWorld:
     def stamped(self) -> set[str]:
         """Steps stamped done for this instance."""
         d = self.guest.path("/var/lib/arcbake/instances/vm-guest-1")
-        return {p.name.removesuffix(".done") for p in d.iterdir()} if d.is_dir() else set()
+        return {p.name.removesuffix(".done") for p in d.glob("*.done")} if d.is_dir() else set()
 
 
 @pytest.fixture

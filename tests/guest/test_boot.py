@@ -75,9 +75,10 @@ def test_first_boot_reaches_done_and_second_boot_does_not_rerun(guest_world: Gue
     info = provision.guestinfo(guest_world.guest)
     assert info["guestinfo.arcbake.secrets"] == "---"
     assert json.loads(info["guestinfo.arcbake.status"])["state"] == "done"
-    secrets = guest_world.guest.path("/var/lib/arcbake/secrets.json")
+    (secrets,) = guest_world.guest.path("/var/lib/arcbake/instances").glob("*/secrets.json")
     assert secrets.stat().st_mode & 0o777 == 0o600
-    assert SECRET in secrets.read_text()
+    # Onboarding done: the file keeps the generation, no value.
+    assert SECRET not in secrets.read_text() and json.loads(secrets.read_text())["secrets"]["generation"] == 1
     kubeconfig = guest_world.guest.path("/etc/rancher/k3s/k3s.yaml")
     assert kubeconfig.stat().st_mode & 0o777 == 0o600
     assert guest_world.stamped() == set(ALL_STEPS)

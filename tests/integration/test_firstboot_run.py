@@ -41,20 +41,24 @@ def test_preflight_reaches_done_and_keeps_secrets_out(
     result = Engine(ctx, steps.load(PREFLIGHT)).run()
     assert result.ok, result.status
     assert result.status.state is State.DONE
-    stamps = sorted(p.name for p in (root / "var/lib/arcbake/instances/vm-1").iterdir())
+    stamps = sorted(p.name for p in (root / "var/lib/arcbake/instances/vm-1").glob("*.done"))
     assert stamps == sorted(f"{name}.done" for name in PREFLIGHT)
     assert (root / "var/lib/arcbake/done").read_text().strip() == "vm-1"
     assert (root / "etc/hostname").read_text() == "node1\n"
     assert (root / "etc/chrony.d/arcbake.sources").exists()
     assert preflight_world.proxy.url in (root / "etc/systemd/system/k3s.service.env").read_text()
     assert len(preflight_world.proxy.requests) >= 14
-    # The secret is in secrets.json only: not in guestinfo, logs, status or any other file.
+    # The secret reached no log, status or guestinfo; its 0600 file kept it while onboarding ran and
+    # was stripped to the generation once the run was done.
     keys = json.loads(meta.read_text())
     assert keys["guestinfo.arcbake.secrets"] == "---"
     assert json.loads(keys["guestinfo.arcbake.status"])["state"] == "done"
     assert SECRET not in caplog.text
     holders = [p for p in root.rglob("*") if p.is_file() and SECRET in p.read_text(errors="replace")]
-    assert holders == [root / "var/lib/arcbake/secrets.json"]
+    assert holders == []
+    held = json.loads((root / "var/lib/arcbake/instances/vm-1/secrets.json").read_text())
+    assert held["retired"] == ["sp_secret"] and held["secrets"]["generation"] == 1
+    assert result.status.generation == 1
     assert SECRET not in meta.read_text()
 
 
@@ -72,7 +76,7 @@ def test_run_stops_at_the_broken_link(
     assert not result.ok and result.status.step == "time"
     assert f"127.0.0.1:{silent_udp.port}" in result.status.message
     assert result.status.remedy and "UDP port" in result.status.remedy
-    stamped = {p.name for p in (root / "var/lib/arcbake/instances/vm-1").iterdir()}
+    stamped = {p.name for p in (root / "var/lib/arcbake/instances/vm-1").glob("*.done")}
     assert stamped == {"metadata.done", "hostname.done"}
 
 

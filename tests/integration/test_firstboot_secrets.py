@@ -1,7 +1,7 @@
 """Secrets: the service principal secret and the Git token planted in guestinfo appear in no log line, no
-status, no file under the root other than the secrets file, and no argv recorded by the az and systemctl
-doubles, across a full `firstboot run -v` (debug logging) that also survives an az error echoing the
-secret, then `firstboot status` and `firstboot doctor`."""
+status, no argv recorded by the az and systemctl doubles and, once onboarding is done, no file under the
+root (the instance's secrets file keeps only the generation), across a full `firstboot run -v` (debug
+logging) that also survives an az error echoing the secret, then `firstboot status` and `firstboot doctor`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.mark.allow_subp(all=True)
 @pytest.mark.fault(
     "az echoes the service principal secret in an error message",
-    "redacted (***) in logs and status; the secrets appear only in secrets.json",
+    "redacted (***) in logs and status; the secrets file held them until done, then only the generation",
 )
 def test_planted_secrets_stay_in_the_secrets_file(
     preflight_world: Any, guest_root: Path, tmp_path: Path
@@ -51,7 +51,7 @@ def test_planted_secrets_stay_in_the_secrets_file(
         az_log = (world.workdir / "az" / "az-argv.log").read_text()
         systemctl_log = (world.workdir / "systemctl.log").read_text()
 
-    secrets_file = world.root / "var/lib/arcbake/secrets.json"
+    (secrets_file,) = world.root.glob("var/lib/arcbake/instances/*/secrets.json")
     for secret in (SP_SECRET, GIT_SECRET):
         for text in outputs:
             assert secret not in text
@@ -59,9 +59,10 @@ def test_planted_secrets_stay_in_the_secrets_file(
         assert secret not in systemctl_log
         assert secret not in requests
         assert secret not in world.meta.read_text()  # guestinfo: secrets key redacted, status clean
-        assert secret in secrets_file.read_text()
         holders = [p for p in world.root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-        assert holders == [secrets_file]
+        assert holders == []  # retired from the secrets file once onboarding was done
+    held = json.loads(secrets_file.read_text())
+    assert held["secrets"] == {"generation": 1, "git": {}} and "sp_secret" in held["retired"]
     meta = json.loads(world.meta.read_text())
     assert meta["guestinfo.arcbake.secrets"] == "---"
     assert json.loads(meta["guestinfo.arcbake.status"])["state"] == "done"
