@@ -67,12 +67,35 @@ def unescape(value: str) -> str:
     return value.replace(COMMA, ",").replace("\\n", "\n").replace("\\r", "\r")
 
 
-def parse_line(line: str) -> Event | None:
-    """Parse one machine-readable line; None for anything else (a plugin's stray stderr line)."""
+def escape(value: str) -> str:
+    """Packer's machine-readable escaping of one data field (hashicorp/packer packer/ui.go,
+    `MachineReadableUi.Machine`: `,` -> `%!(PACKER_COMMA)`, then CR -> `\\r`, then LF -> `\\n`)."""
+    return value.replace(",", COMMA).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def redaction_forms(secrets: Iterable[str]) -> list[str]:
+    """Every form a secret can take in Packer's output: as is, and escaped as a machine-readable field.
+
+    A raw line is redacted with both (so `packer-build.log` never holds `pa%!(PACKER_COMMA)ss`), and each
+    field is redacted again after un-escaping (so what reaches the terminal never holds `pa,ss`).
+    """
+    out: list[str] = []
+    for secret in secrets:
+        out += [secret, escape(secret)] if escape(secret) != secret else [secret]
+    return out
+
+
+def parse_line(line: str, secrets: Iterable[str] = ()) -> Event | None:
+    """Parse one machine-readable line; None for anything else (a plugin's stray stderr line).
+
+    Each field is un-escaped and then redacted of `secrets`: a secret that Packer escaped can only be
+    recognised once the escaping is undone.
+    """
     parts = line.rstrip("\r\n").split(",")
     if len(parts) < 3 or not parts[0].isdigit() or not parts[2]:
         return None
-    return Event(int(parts[0]), parts[1], parts[2], tuple(unescape(p) for p in parts[3:]))
+    data = tuple(subp.redact(unescape(p), secrets) for p in parts[3:])
+    return Event(int(parts[0]), parts[1], parts[2], data)
 
 
 @dataclass
@@ -241,22 +264,24 @@ class Progress:
 
 def init(packer: str, workdir: Path, env: Mapping[str, str], secrets: Iterable[str]) -> None:
     """`packer init .` (Packer >= 1.7 installs the plugins named in required_plugins)."""
+    forms = redaction_forms(secrets)
     try:
-        subp.run([packer, "init", "."], timeout=INIT_TIMEOUT, env=env, cwd=workdir, secrets=secrets)
+        subp.run([packer, "init", "."], timeout=INIT_TIMEOUT, env=env, cwd=workdir, secrets=forms)
     except subp.ProcessExecutionError as exc:
-        raise PackerError(f"packer init failed: {_last_line(exc)}") from None
+        raise PackerError(f"packer init failed: {_last_line(exc, forms)}") from None
 
 
 def validate(packer: str, workdir: Path, only: str, env: Mapping[str, str], secrets: Iterable[str]) -> None:
     """`packer validate -only=SOURCE .`"""
     argv = [packer, "validate", f"-only={only}", "."]
+    forms = redaction_forms(secrets)
     try:
-        subp.run(argv, timeout=VALIDATE_TIMEOUT, env=env, cwd=workdir, secrets=secrets)
+        subp.run(argv, timeout=VALIDATE_TIMEOUT, env=env, cwd=workdir, secrets=forms)
     except subp.ProcessExecutionError as exc:
-        raise PackerError(f"packer validate rejected the build: {_last_line(exc)}") from None
+        raise PackerError(f"packer validate rejected the build: {_last_line(exc, forms)}") from None
 
 
-def _last_line(exc: subp.ProcessExecutionError) -> str:
+def _last_line(exc: subp.ProcessExecutionError, secrets: Iterable[str] = ()) -> str:
     for text in (exc.stderr, exc.stdout):
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
         # HCL diagnostics: "* the problem" lines carry the message, "(source code not available)" does not.
@@ -264,7 +289,7 @@ def _last_line(exc: subp.ProcessExecutionError) -> str:
         if problems:
             return "; ".join(problems)
         for line in reversed(lines):
-            event = parse_line(line)
+            event = parse_line(line, secrets)
             if event is None:
                 return line
             if event.ui_level == "error":
@@ -293,6 +318,8 @@ def build(
     if on_error not in ON_ERROR_CHOICES:
         raise PackerError(f"-on-error must be one of {', '.join(ON_ERROR_CHOICES)}")
     argv = [packer, "build", "-machine-readable", f"-on-error={on_error}", f"-only={only}", "."]
+    plain = list(secrets)
+    forms = redaction_forms(plain)
     collector = Collector()
     started = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +329,7 @@ def build(
         def on_line(line: str) -> None:
             log.write(line + "\n")
             log.flush()
-            event = parse_line(line)
+            event = parse_line(line, plain)
             if event is None:
                 LOG.debug("packer: %s", line)
                 return
@@ -320,7 +347,8 @@ def build(
                 description="packer build",
                 env=env,
                 cwd=workdir,
-                secrets=secrets,
+                # Raw lines (the log, stray stderr) are redacted of the escaped forms too.
+                secrets=forms,
             )
         except BaseException as exc:
             if progress is not None:
@@ -332,7 +360,9 @@ def build(
             if exc.timed_out:
                 raise PackerError(f"packer build timed out after {timeout:g}s (log: {log_path})") from None
             errors = collector.outcome.errors
-            last = errors[-1].strip().splitlines()[-1] if errors and errors[-1].strip() else _last_line(exc)
+            last = _last_line(exc, forms)
+            if errors and errors[-1].strip():
+                last = errors[-1].strip().splitlines()[-1]
             raise PackerError(f"packer build failed: {last} (log: {log_path})") from None
     if progress is not None:
         progress.close()

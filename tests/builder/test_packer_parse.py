@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
 
-from builder.packer import Collector, Event, Progress, child_env, parse_line, unescape
+from builder.packer import (
+    Collector,
+    Event,
+    PackerError,
+    Progress,
+    build,
+    child_env,
+    escape,
+    parse_line,
+    redaction_forms,
+    unescape,
+)
 
 CAPTURED = Path(__file__).parent / "data" / "packer-1.6.6-vsphere-clone.machine-readable"
 
@@ -74,3 +86,64 @@ def test_child_env_passes_credentials_only_as_pkr_vars() -> None:
         {"PKR_VAR_vsphere_password": "pw-123"},
     )
     assert env == {"PATH": "/bin", "CHECKPOINT_DISABLE": "1", "PKR_VAR_vsphere_password": "pw-123"}
+
+
+# Secrets as Packer's machine-readable UI escapes them (hashicorp/packer packer/ui.go at 4e74a9c,
+# MachineReadableUi.Machine: "," -> "%!(PACKER_COMMA)", then "\r" -> "\\r", then "\n" -> "\\n").
+REDACTION_TABLE = [
+    pytest.param(
+        "pa,ss-word-1",
+        id="comma",
+        marks=pytest.mark.fault(
+            "a vSphere password with a comma echoed by Packer -machine-readable",
+            "redacted after un-escaping and escaped: not on the terminal, not in packer-build.log",
+        ),
+    ),
+    pytest.param("multi\nline-secret", id="newline"),
+    pytest.param("cr\rsecret-9", id="carriage-return"),
+    pytest.param("a,\n,\r,b-mixed", id="mixed"),
+    pytest.param("plain-secret-42", id="plain"),
+]
+
+
+def _fake_packer(bindir: Path, secret: str) -> Path:
+    esc = escape(secret)
+    lines = [
+        f"1795668660,,ui,say,==> vsphere-iso.x: connecting with password {esc}",
+        f"1795668661,vsphere-iso.x,ui,message,    vsphere-iso.x: echo {esc} (done)",
+        f"1795668662,,ui,error,Build 'vsphere-iso.x' errored: login {esc} refused",
+        "1795668662,,error-count,1",
+    ]
+    script = bindir / "packer"
+    bindir.mkdir()
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nprint({chr(10).join(lines)!r}, flush=True)\nsys.exit(1)\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.allow_subp("packer")
+@pytest.mark.parametrize("secret", REDACTION_TABLE)
+def test_build_output_redacted_after_unescaping(tmp_path: Path, secret: str) -> None:
+    assert unescape(escape(secret)) == secret  # the double escapes exactly as Packer does
+    packer = _fake_packer(tmp_path / "bin", secret)
+    terminal = io.StringIO()
+    log_path = tmp_path / "build" / "packer-build.log"
+    with pytest.raises(PackerError) as info:
+        build(
+            str(packer), tmp_path, only="vsphere-iso.x", env={"PATH": "/usr/bin:/bin"}, secrets=[secret],
+            log_path=log_path, timeout=30, progress=Progress(terminal),
+        )  # fmt: skip
+    shown, kept = terminal.getvalue(), log_path.read_text()
+    assert "***" in shown and "***" in kept and "***" in str(info.value)
+    for form in {secret, escape(secret), *secret.replace("\r", "\n").split("\n")} - {""}:
+        if len(form) >= 3 and form not in ("pa", "cr"):
+            assert form not in shown and form not in kept and form not in str(info.value), form
+
+
+def test_redaction_forms_cover_every_escaped_form() -> None:
+    assert redaction_forms(["a,b\nc"]) == ["a,b\nc", "a%!(PACKER_COMMA)b\\nc"]
+    assert redaction_forms(["plain"]) == ["plain"]
+    event = parse_line("1,,ui,say,pw x%!(PACKER_COMMA)y!", ["x,y!"])
+    assert event is not None and event.text == "pw ***"
