@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -159,6 +160,26 @@ def error_document(message: str, code: int, issues: Sequence[Issue] = ()) -> dic
         "exit_code": int(code),
         "issues": [{"file": i.file, "line": i.line, "path": i.path, "message": i.message} for i in issues],
     }
+
+
+TMPDIR_ENV = "TMPDIR: where Packer, the validators and pip write temporary files (default /tmp; writable)"
+
+
+def require_tmpdir(environ: Mapping[str, str]) -> None:
+    """Fail with one line (exit 1) unless the temp dir that Packer and the validators use is writable.
+
+    Python's tempfile silently falls back to another directory; Packer (Go's os.TempDir) and the tools
+    it runs do not, and fail deep inside a build with their own message. So check it up front.
+    """
+    path = environ.get("TMPDIR") or "/tmp"
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        fail(
+            f"TMPDIR {path} is not a writable directory ({exc.strerror or type(exc).__name__}); "
+            "point TMPDIR at one, or unset it to use /tmp"
+        )
 
 
 def fail_input(exc: InputError, what: str) -> NoReturn:

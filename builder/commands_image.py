@@ -9,6 +9,7 @@ logs to stderr. `NO_COLOR` turns colour off.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +23,14 @@ from builder.cli_common import (
     COMMON_ENV,
     EVENTS,
     FORMAT,
+    TMPDIR_ENV,
     default_build_dir,
     epilog,
     fail,
     fail_input,
     output_option,
     recorder,
+    require_tmpdir,
 )
 from builder.progress import interactive
 from builder.rc import RC
@@ -123,7 +126,11 @@ def _print_outcomes(outcomes: list[Outcome], color: bool) -> None:
             "builder validate examples/rocky9.yaml --only kickstart --only shellcheck --junit validate.xml",
             "builder validate --build-dir build/rocky9 --format json",
         ],
-        ["PATH: the validators' tools (" + ", ".join(t for t, _ in VALIDATORS.values()) + ")", *COMMON_ENV],
+        [
+            "PATH: the validators' tools (" + ", ".join(t for t, _ in VALIDATORS.values()) + ")",
+            TMPDIR_ENV,
+            *COMMON_ENV,
+        ],
         (RC.FAILED, RC.INVALID_INPUT, RC.ARTIFACT_REJECTED),
     ),
 )
@@ -152,6 +159,7 @@ def validate_command(
     if unknown:
         names = ", ".join(map(repr, unknown))
         fail(f"unknown validator(s) {names} for --only; known: {', '.join(VALIDATORS)}", RC.USAGE)
+    require_tmpdir(os.environ)
     warnings: list[str] = []
     rec = recorder()
     with _spec_errors():
@@ -202,7 +210,7 @@ def validate_command(
             "builder render examples/rocky9.yaml",
             "builder render examples/rocky9.yaml -o /tmp/build --format json",
         ],
-        COMMON_ENV,
+        [TMPDIR_ENV, *COMMON_ENV],
         (RC.FAILED, RC.INVALID_INPUT),
     ),
 )
@@ -211,6 +219,7 @@ def validate_command(
 @FORMAT
 def render_command(spec: Path, out_dir: Path | None, fmt: str) -> None:
     """Render SPEC into the build dir (packer/, http/, rootfs/, scripts/)."""
+    require_tmpdir(os.environ)
     with _spec_errors():
         result = render(_load(spec), out_dir or default_build_dir(spec))
     for warning in result.warnings:

@@ -21,6 +21,7 @@ from builder.cli_common import (
     COMMON_ENV,
     EVENTS,
     FORMAT,
+    TMPDIR_ENV,
     VSPHERE_ENV,
     default_build_dir,
     epilog,
@@ -28,6 +29,7 @@ from builder.cli_common import (
     fail_input,
     output_option,
     recorder,
+    require_tmpdir,
     verbosity,
 )
 from builder.rc import RC
@@ -247,6 +249,7 @@ def _wait(
             VSPHERE_ENV,
             "PACKER: the packer binary (default: packer on PATH)",
             "the secrets the spec references by {env: NAME}",
+            TMPDIR_ENV,
             *COMMON_ENV,
         ],
         (RC.FAILED, RC.INVALID_INPUT, RC.ARTIFACT_REJECTED),
@@ -288,6 +291,7 @@ def build(
     from builder.build import BuildOptions
     from builder.build import build as run_build
 
+    require_tmpdir(os.environ)
     options = BuildOptions(
         out_dir=out_dir or default_build_dir(spec_file),
         on_error=on_error,

@@ -35,6 +35,7 @@ from builder import render_context
 from builder.assets import packer_dir, templates_dir
 from builder.spec import ImageSpec
 from firstboot import subp
+from firstboot.fsutil import make_dirs
 
 LOG = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def packer_version(timeout: float = 30) -> tuple[int, int, int] | None:
     except subp.ProcessExecutionError as exc:
         if exc.not_found:
             return None
-        raise
+        first = (str(exc).strip().splitlines() or ["failed"])[0]
+        raise RenderError(f"cannot tell the Packer version: {first}") from None
     return render_context.parse_packer_version(result.stdout)
 
 
@@ -125,10 +127,18 @@ def packer_secret_env(spec: ImageSpec, environ: Mapping[str, str]) -> dict[str, 
     return out
 
 
+# Every directory and file of the build dir gets an explicit mode: under the umask 000 of common CI
+# container executors, mkdir and copyfile would make them world-writable (and systemd would then warn
+# about our own unit).
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     path.write_text(text, encoding="utf-8")
     path.chmod(mode)
+
+
+def _copy(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)
+    dest.chmod(0o644)
 
 
 def _render_tree(env: jinja2.Environment, ctx: dict[str, Any], stage: Path) -> list[Path]:
@@ -143,12 +153,12 @@ def _render_tree(env: jinja2.Environment, ctx: dict[str, Any], stage: Path) -> l
 
 def _copy_packer(stage: Path, include_plugins: bool) -> list[Path]:
     dest = stage / "packer"
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest)
     out = []
     for src in sorted(packer_dir().glob("*.pkr.hcl")):
         if src.name == PLUGINS_FILE and not include_plugins:
             continue
-        shutil.copyfile(src, dest / src.name)
+        _copy(src, dest / src.name)
         out.append(dest / src.name)
     return out
 
@@ -158,12 +168,18 @@ def _copy_image_tests(stage: Path) -> list[Path]:
     if not found:
         return []
     dest = stage / "tests" / "image"
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest)
     out = []
     for src in sorted(found[0].glob("*.py")):
-        shutil.copyfile(src, dest / src.name)
+        _copy(src, dest / src.name)
         out.append(dest / src.name)
     return out
+
+
+def _os_reason(exc: OSError) -> str:
+    """`Read-only file system (/x/y)`: the reason and the path it concerns, on one line."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror}{where}" if exc.strerror else str(exc)
 
 
 def _prepare_target(out_dir: Path) -> None:
@@ -209,9 +225,13 @@ def render(
     if packer is None and detect_packer:
         packer = packer_version()
     include_plugins = packer is None or packer >= (1, 7, 0)
-    _prepare_target(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
+    try:
+        _prepare_target(out_dir)
+        make_dirs(out_dir.parent)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
+    except OSError as exc:
+        # A read-only file system, a path under a file or /proc, a name too long: one line, nothing written.
+        raise RenderError(f"cannot write the build dir {out_dir}: {_os_reason(exc)}") from None
     try:
         ctx = render_context.build_context(spec, now)
         env = _environment()
@@ -224,7 +244,7 @@ def render(
         _write(stage / EXPECT_NAME, json.dumps(ctx["expect"], indent=2, sort_keys=True) + "\n")
         info = render_context.build_info(spec, ctx)
         _write(stage / render_context.BUILD_INFO_NAME, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        (stage / "wheelhouse").mkdir()
+        make_dirs(stage / "wheelhouse")
         stage.chmod(0o755)
         _swap_into_place(stage, out_dir)
     except jinja2.TemplateError as exc:
@@ -232,7 +252,7 @@ def render(
         raise RenderError(f"template error: {exc}") from None
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
-        raise RenderError(f"cannot write {out_dir}: {exc}") from None
+        raise RenderError(f"cannot write the build dir {out_dir}: {_os_reason(exc)}") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -222,6 +222,7 @@ def check_firewalld(build_dir: Path, info: BuildInfo, timeout: float) -> str:
         (root / "zones").mkdir()
         for zone in zones:
             shutil.copyfile(zone, root / "zones" / zone.name)
+            (root / "zones" / zone.name).chmod(0o644)  # not 0666 under umask 000
         out = _run([tool, f"--system-config={root}", "--check-config"], timeout=timeout)
         # firewalld falls back to its stock config (exit 0 in some versions) when a user file is broken.
         if "Failed to load user configuration" in out or "Configuration error" in out:
@@ -242,6 +243,8 @@ def check_systemd(build_dir: Path, info: BuildInfo, timeout: float) -> str:
         (root / "etc/systemd/system").mkdir(parents=True)
         for unit in units:
             shutil.copyfile(unit, root / "etc/systemd/system" / unit.name)
+            # systemd warns about a world-writable unit: copyfile under umask 000 would make one.
+            (root / "etc/systemd/system" / unit.name).chmod(0o644)
         for exe in _GUEST_EXECUTABLES:
             stub = root / exe.lstrip("/")
             stub.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from firstboot import subp
+from firstboot.fsutil import make_dirs
 
 LOG = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def assemble(
     cache = cache_dir or default_cache_dir(python_version, platform)
     wheel_cache = cache / "wheels"
     wheel_cache.mkdir(parents=True, exist_ok=True)
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest)  # 0755 whatever the umask: the wheelhouse is part of the build dir
     for stale in dest.glob("*.whl"):
         stale.unlink()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from firstboot.subp import redact
 LOG = logging.getLogger(__name__)
 
 DEFAULT_PORT = 443
+# A DNS name, an IPv4 address or (inside brackets) an IPv6 address: nothing a URL or a shell would interpret.
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|[0-9A-Fa-f:.]+")
 CONNECT_TIMEOUT = 30
 
 
@@ -80,11 +83,20 @@ class Credentials:
 
 
 def parse_server(value: str) -> tuple[str, int]:
-    """`vc.example.com`, `vc:8443`, `[::1]:8989` or `https://vc:8443/sdk` -> (host, port)."""
+    """`vc.example.com`, `vc:8443`, `[::1]:8989` or `https://vc:8443/sdk` -> (host, port).
+
+    The value is never quoted back: it may hold credentials (`https://user:pw@vc`), which are refused
+    without echoing them, and every other message names only the part that is wrong.
+    """
     text = value.strip()
     if "://" in text:
         text = text.split("://", 1)[1]
-    text = text.split("/", 1)[0]
+    text = text.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in text:
+        raise VSphereError(
+            "VSPHERE_SERVER holds credentials (user@ or user:password@ before the host); refusing it: give "
+            "only the host or host:port, and the credentials in VSPHERE_USER and VSPHERE_PASSWORD"
+        )
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port_text = rest.lstrip(":")
@@ -92,12 +104,12 @@ def parse_server(value: str) -> tuple[str, int]:
         host, port_text = text.split(":")
     else:
         host, port_text = text, ""
-    if not host:
-        raise VSphereError(f"VSPHERE_SERVER {value!r} names no host")
+    if not host or not _HOST.fullmatch(host):
+        raise VSphereError("VSPHERE_SERVER names no valid host (expected host, host:port or [IPv6]:port)")
     if not port_text:
         return host, DEFAULT_PORT
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise VSphereError(f"VSPHERE_SERVER {value!r} has an invalid port")
+        raise VSphereError(f"VSPHERE_SERVER host {host} has an invalid port (expected 1-65535)")
     return host, int(port_text)
 
 

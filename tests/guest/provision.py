@@ -177,6 +177,8 @@ def _install_doubles(guest: Guest) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("az", "az_double.py", "kube_api.py"):
         shutil.copy2(DOUBLES / name, dest / name)
+    # The az double reads the pinned extensions' option tables from data/ beside it.
+    shutil.copytree(DOUBLES / "data", dest / "data", dirs_exist_ok=True)
     guest.write("/usr/local/bin/az", AZ_WRAPPER, 0o755)
     guest.write("/etc/systemd/system/k3s.service", K3S_UNIT)
     guest.write("/etc/systemd/system/chrony.service.d/50-arcbake-test.conf", CHRONY_DROPIN)
