@@ -5,7 +5,7 @@
 | `instances/<instance-id>/<step>.done` | the step finished for this clone (atomic, after success) |
 | `status.json` | the last status (`firstboot.contract.Status`), rewritten after every transition |
 | `done` | the whole run finished; the systemd unit's `ConditionPathExists=!/var/lib/arcbake/done` checks it |
-| `secrets.json` | the secrets, 0600 in a 0700 directory (written by the metadata step) |
+| `instances/<instance-id>/secrets.json` | the secrets held for this clone, 0600 (`firstboot.secretstore`) |
 | `config.json` | the decoded config (no secrets) for doctor and status |
 | `run.lock` | flock held by a running `firstboot run` |
 
