@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from builder import topology
 from builder.spec import InventoryName, SshPublicKey
 from builder.template_names import check_placeholders
 from firstboot.contract import (
@@ -179,7 +180,11 @@ class VmEntry(_Model):
     hostname: HostName
     domain: FQDNOrHost | None = None
     role: Role = Role.SERVER
-    server: VmName | None = Field(default=None, description="agents: name of the server VM to join")
+    server: VmName | None = Field(
+        default=None,
+        description="the server VM this one joins: an agent's server (default: the fleet's only cluster), or "
+        "for a server, the first server of its HA cluster (embedded etcd)",
+    )
     network: NetworkSpec = NetworkSpec()
     user: LinuxUser = "arcbake"
     ssh_authorized_keys: list[SshPublicKey] = Field(default_factory=list)
@@ -224,6 +229,10 @@ class FleetFile(_Model):
     vsphere: FleetPlacement
     defaults: dict[str, Any] = Field(default_factory=dict)
     vms: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    # etcd keeps quorum with a majority: 4 servers tolerate one failure like 3 do, 2 none like 1.
+    allow_even_etcd_servers: Bool = Field(
+        default=False, description="accept a cluster with an even number (2, 4, ...) of etcd servers"
+    )
 
     _placeholders = field_validator("template")(check_placeholders)
 
@@ -328,9 +337,9 @@ def network_v2(net: NetworkSpec, mac: str) -> dict[str, Any]:
     """cloud-init network config version 2 for the clone's one NIC, matched by its MAC and named NIC_NAME.
 
     The default route is a `routes:` entry (`gateway4` is deprecated); `0.0.0.0/0` rather than `default`,
-    which the renderers of EL 8's cloud-init do not parse. DNS servers and search domains go with the NIC
-    (NetworkManager puts them in the clone's resolver unless the image's DNS fix owns /etc/resolv.conf:
-    README, "Fleets: network").
+    which the renderers of EL 8's cloud-init do not parse. DNS servers and search domains go with the NIC:
+    NetworkManager makes them the clone's resolver, which firstboot's dns step repairs only when it fails
+    (README, "DNS: who decides the clone's resolver").
     """
     nic: dict[str, Any] = {"match": {"macaddress": mac}, "set-name": NIC_NAME}
     if net.static and net.address is not None:
@@ -425,8 +434,8 @@ def _complete(merged: _Merged) -> bool:
     name = data.get("name")
     if "hostname" not in data and isinstance(name, str):
         merged.put(("hostname",), name.lower(), merged.place(("name",)))
-    if data.get("role") == Role.AGENT.value:
-        # Agents stop after K3s: no Arc connection, no Flux.
+    if _joins(data):
+        # Agents and joining servers stop after K3s: Arc and Flux run once, on the cluster's first server.
         for key in ("arc", "flux"):
             data.pop(key, None)
         return True
@@ -442,6 +451,11 @@ def _complete(merged: _Merged) -> bool:
         if data.get("tags") is not None:
             merged.alias(("arc", "tags"), ("tags",))
     return True
+
+
+def _joins(data: Mapping[str, Any]) -> bool:
+    """Whether merged VM data joins a cluster (an agent, or a server naming the server it joins)."""
+    return data.get("role") == Role.AGENT.value or bool(data.get("server"))
 
 
 def _is_hostname(value: Any) -> bool:
@@ -501,7 +515,7 @@ def _entries(
             continue  # reported by the file's own schema
         merged = _merge(defaults, vm, i)
         arc_complete = _complete(merged)
-        if arc_complete and merged.data.get("role") != Role.AGENT.value and merged.data.get("arc") is None:
+        if arc_complete and not _joins(merged.data) and merged.data.get("arc") is None:
             check.add(
                 merged.at("arc"),
                 f"a server needs arc.{', arc.'.join(_ARC_REQUIRED)} (here or in defaults.arc)",
@@ -515,8 +529,11 @@ def _entries(
     return out
 
 
-def _build_vms(entries: list[tuple[VmEntry, _Merged]], check: _Checker) -> list[FleetVM]:
+def _build_vms(
+    entries: list[tuple[VmEntry, _Merged]], check: _Checker, allow_even: bool = False
+) -> list[FleetVM]:
     by_name: dict[str, VmEntry] = {}
+    where: dict[str, _Merged] = {}
     first_name: dict[str, PathKey] = {}
     first_host: dict[str, PathKey] = {}
     for vm, merged in entries:
@@ -525,56 +542,120 @@ def _build_vms(entries: list[tuple[VmEntry, _Merged]], check: _Checker) -> list[
         if vm.hostname in first_host:
             check.add(merged.at("hostname"), f"duplicate hostname (also {dotted(first_host[vm.hostname])})")
         by_name.setdefault(vm.name, vm)
+        where.setdefault(vm.name, merged)
         first_name.setdefault(vm.name, merged.here)
         first_host.setdefault(vm.hostname, merged.here)
-    servers = [vm.name for vm, _ in entries if vm.role is Role.SERVER]
+    heads = [vm.name for vm, _ in entries if vm.role is Role.SERVER and vm.server is None]
+    joins = {vm.name: _join_target(vm, merged, by_name, heads, check) for vm, merged in entries}
+    # A VM whose join was refused is left out (its problem is reported); the rest form the clusters.
+    placed = {vm.name for vm, _ in entries if joins[vm.name] is not None or vm.name in heads}
+    cluster_init: set[str] = set()
+    nodes = [_Node(vm.name, vm.role, joins[vm.name]) for vm, _ in entries if vm.name in placed]
+    for cluster in topology.clusters(nodes):
+        head = by_name[cluster.name]
+        servers = len(cluster.servers)
+        if servers > 1:
+            cluster_init.add(cluster.name)
+            if servers % 2 == 0 and not allow_even:
+                check.add(
+                    where[cluster.name].at("role"),
+                    f"{cluster.describe()}: etcd needs an odd number of servers (a majority keeps "
+                    f"quorum, so {servers} tolerate no more failures than {servers - 1}); add or remove a "
+                    "server, or set allow_even_etcd_servers: true",
+                )
+        if len(cluster.servers) + len(cluster.agents) > 1:
+            _check_tokens(cluster, head, by_name, where, check)
     out = []
     for vm, merged in entries:
-        built = _build_one(vm, merged, by_name, servers, check)
+        if vm.name not in placed:
+            continue
+        target = joins[vm.name]
+        url = _server_url(by_name[target]) if target is not None else None
+        built = _build_one(vm, merged, target, url, vm.name in cluster_init, check)
         if built is not None:
             out.append(built)
     return out
 
 
+@dataclass(frozen=True)
+class _Node:
+    """A VM as builder.topology sees it."""
+
+    name: str
+    role: Role
+    server: str | None
+
+
+def _join_target(
+    vm: VmEntry, merged: _Merged, by_name: dict[str, VmEntry], heads: list[str], check: _Checker
+) -> str | None:
+    """The VM this one joins (None: it starts a cluster); a problem is reported and None returned."""
+    target = vm.server
+    if target is None:
+        if vm.role is Role.SERVER:
+            return None
+        if len(heads) == 1:
+            return heads[0]
+        check.add(merged.at("server"), f"an agent needs `server:` (the fleet has {len(heads)} clusters)")
+        return None
+    if target not in by_name:
+        check.add(merged.at("server"), f"no VM named {target!r} in this fleet")
+    elif by_name[target].role is not Role.SERVER:
+        check.add(merged.at("server"), f"VM {target!r} is not a server")
+    elif target == vm.name:
+        check.add(merged.at("server"), "a server does not join itself")
+    elif vm.role is Role.SERVER and by_name[target].server is not None:
+        first = by_name[target].server
+        check.add(
+            merged.at("server"),
+            f"a server joins the first server of its cluster ({target!r} joins {first!r}: name {first!r})",
+        )
+    else:
+        return target
+    return None
+
+
+def _check_tokens(
+    cluster: topology.Cluster,
+    head: VmEntry,
+    by_name: dict[str, VmEntry],
+    where: dict[str, _Merged],
+    check: _Checker,
+) -> None:
+    """Every node of a multi-node cluster carries the join token of the server that starts it."""
+    token = (head.secrets or SecretRefs()).k3s_token
+    if token is None:
+        check.add(
+            where[head.name].at("secrets"),
+            f"{cluster.describe()} needs secrets.k3s_token, the join token every node shares "
+            "(here or in defaults.secrets)",
+        )
+        return
+    for name in (*cluster.servers[1:], *cluster.agents):
+        refs = by_name[name].secrets or SecretRefs()
+        if refs.k3s_token is None:
+            check.add(
+                where[name].at("secrets"), "a node that joins needs secrets.k3s_token (here or in defaults)"
+            )
+        elif refs.k3s_token != token:
+            check.add(
+                where[name].at("secrets", "k3s_token"),
+                f"differs from the token of {head.name!r}, the server that starts its cluster",
+            )
+
+
 def _build_one(
-    vm: VmEntry, merged: _Merged, by_name: dict[str, VmEntry], servers: list[str], check: _Checker
+    vm: VmEntry,
+    merged: _Merged,
+    target: str | None,
+    server_url: str | None,
+    cluster_init: bool,
+    check: _Checker,
 ) -> FleetVM | None:
     before = len(check.issues)
     refs = vm.secrets or SecretRefs()
-    server_url: str | None = None
-    server_name: str | None = None
-    if vm.role is Role.AGENT:
-        server_name = vm.server
-        if server_name is None:
-            if len(servers) == 1:
-                server_name = servers[0]
-            else:
-                check.add(
-                    merged.at("server"),
-                    f"an agent needs `server:` (the fleet has {len(servers)} servers)",
-                )
-        elif server_name not in by_name:
-            check.add(merged.at("server"), f"no VM named {server_name!r} in this fleet")
-            server_name = None
-        elif by_name[server_name].role is not Role.SERVER:
-            check.add(merged.at("server"), f"VM {server_name!r} is not a server")
-            server_name = None
-        if server_name is not None:
-            server = by_name[server_name]
-            server_url = _server_url(server)
-            server_token = (server.secrets or SecretRefs()).k3s_token
-            if refs.k3s_token is None:
-                check.add(
-                    merged.at("secrets"),
-                    "an agent needs secrets.k3s_token (here or in defaults.secrets)",
-                )
-            elif server_token != refs.k3s_token:
-                check.add(
-                    merged.at("secrets", "k3s_token"), f"differs from the token of its server {server_name!r}"
-                )
-    elif vm.server:
-        check.add(merged.at("server"), "only an agent joins a server")
-    if vm.role is Role.SERVER and vm.arc is not None:
+    onboards = vm.role is Role.SERVER and target is None
+    if onboards and vm.arc is not None:
         secrets_at = merged.at("secrets")
         if vm.arc.auth is ArcAuth.SECRET and refs.sp_secret is None:
             check.add(secrets_at, "arc auth 'secret' needs secrets.sp_secret (here or in defaults.secrets)")
@@ -587,7 +668,9 @@ def _build_one(
     if len(check.issues) > before:
         return None
     try:
-        k3s = K3sConfig.model_validate({**dict(vm.k3s), "role": vm.role, "server_url": server_url})
+        k3s = K3sConfig.model_validate(
+            {**dict(vm.k3s), "role": vm.role, "server_url": server_url, "cluster_init": cluster_init}
+        )
         config = OnboardingConfig(
             hostname=vm.hostname,
             domain=vm.domain,
@@ -595,8 +678,8 @@ def _build_one(
             time=vm.time,
             dns=vm.dns,
             proxy=vm.proxy,
-            arc=vm.arc if vm.role is Role.SERVER else None,
-            flux=vm.flux if vm.role is Role.SERVER else FluxConfig(),
+            arc=vm.arc if onboards else None,
+            flux=vm.flux if onboards else FluxConfig(),
         )
     except ValidationError as exc:
         for err in exc.errors():
@@ -606,7 +689,7 @@ def _build_one(
         name=vm.name,
         hostname=vm.hostname,
         role=vm.role,
-        server=server_name,
+        server=target,
         network=vm.network,
         user=vm.user,
         ssh_authorized_keys=tuple(vm.ssh_authorized_keys),
@@ -635,7 +718,7 @@ def parse_fleet(located: LocatedYaml, path: Path) -> Fleet:
     if check.issues or doc is None:
         # Schema problems first; cross checks run once every VM is valid.
         raise FleetError(check.issues)
-    vms = _build_vms(entries, check)
+    vms = _build_vms(entries, check, doc.allow_even_etcd_servers)
     if check.issues:
         raise FleetError(check.issues)
     return Fleet(doc.name or path.stem, path, doc.template, doc.vsphere, tuple(vms))
@@ -681,8 +764,8 @@ def resolve_secrets(fleet: Fleet, environ: Mapping[str, str]) -> dict[str, Onboa
         refs = vm.secret_refs
         where = f"vms[{vm.name}].secrets"
         data: dict[str, Any] = {"k3s_token": value(refs.k3s_token, f"{where}.k3s_token")}
-        # Agents stop after K3s: they get no Azure or Git material.
-        if vm.role == Role.SERVER:
+        # Agents and joining servers stop after K3s: they get no Azure or Git material.
+        if vm.config.onboards_cluster:
             data["sp_secret"] = value(refs.sp_secret, f"{where}.sp_secret")
             data["sp_certificate_pem"] = value(refs.sp_certificate_pem, f"{where}.sp_certificate_pem")
             data["git"] = {

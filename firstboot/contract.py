@@ -179,13 +179,18 @@ class K3sConfig(K3sSettings):
     """How this clone runs K3s."""
 
     role: Role = Role.SERVER
-    # Agents join https://<server>:6443; the token comes from secrets.
+    # Agents and joining servers join https://<server>:6443; the cluster's token comes from secrets.
     server_url: Annotated[str, Field(pattern=r"^https://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?$")] | None = None
+    # The first server of a cluster with several servers: it starts embedded etcd (`cluster-init`) and
+    # the others join it. Set by builder from the fleet's topology, never by hand.
+    cluster_init: Bool = False
 
     @model_validator(mode="after")
     def _agent_joins(self) -> K3sConfig:
         if self.role is Role.AGENT and not self.server_url:
             raise ValueError("an agent needs k3s.server_url")
+        if self.cluster_init and (self.role is Role.AGENT or self.server_url):
+            raise ValueError("cluster_init is for the server that starts the cluster (no server_url)")
         return self
 
 

@@ -7,7 +7,8 @@
   `token-file:` when the fleet gave the cluster's join token (written 0600 to `/var/lib/arcbake/k3s-token`,
   never to argv, the environment of a child, or a log). Servers only: the baked server keys of
   `/etc/arcbake/k3s-server.yaml` (e.g. `disable:`), the cluster CIDRs and DNS IP and
-  `write-kubeconfig-mode: "0600"` (Arc onboarding refuses a group-readable kubeconfig). Agents: `server:`.
+  `write-kubeconfig-mode: "0600"` (Arc onboarding refuses a group-readable kubeconfig); the first server
+  of an HA cluster `cluster-init: true` (embedded etcd). Agents and joining servers: `server:`.
 - `systemctl enable --now --no-block k3s` (server) or `k3s-agent` (agent; the unit is written when the
   image has none). `--no-block`: the bounded watch below is what waits, not systemd's job timeout.
 - Server: wait for `/etc/rancher/k3s/k3s.yaml` (fixed to 0600 when K3s wrote it wider), then, with the
@@ -119,6 +120,8 @@ def dropin(
                 "cluster-dns": str(k3s.cluster_dns),
             }
         )
+    if k3s.cluster_init:
+        doc["cluster-init"] = True
     if k3s.server_url:
         doc["server"] = str(k3s.server_url).rstrip("/")
     return doc

@@ -37,6 +37,28 @@ def issues(path: Path) -> list[str]:
     return [str(i) for i in err.value.issues]
 
 
+def test_ha_fleet_is_one_cluster_started_by_its_first_server() -> None:
+    fleet = load_fleet(REPO / "examples" / "ha-fleet.yaml")
+    first, *others = fleet.vms
+    assert first.config.k3s.cluster_init and first.config.onboards_cluster and first.config.arc is not None
+    assert [v.config.k3s.cluster_init for v in others] == [False] * 4
+    assert all(v.config.arc is None and not v.config.flux.configurations for v in others)
+    assert [v.config.k3s.server_url for v in others] == ["https://192.168.60.11:6443"] * 3 + [
+        "https://192.168.60.12:6443"
+    ]
+    assert {v.secret_refs.k3s_token for v in fleet.vms} == {first.secret_refs.k3s_token}
+    secrets = resolve_secrets(fleet, {"ARC_SP_SECRET": "sp", "K3S_TOKEN": "tok"})
+    # Only the server that onboards the cluster receives Azure material.
+    assert [s.sp_secret is not None for s in secrets.values()] == [True, False, False, False, False]
+    assert {s.k3s_token.get_secret_value() for s in secrets.values() if s.k3s_token} == {"tok"}
+
+
+def test_even_etcd_servers_when_allowed(tmp_path: Path) -> None:
+    base = BASE.replace("vms:\n", "allow_even_etcd_servers: true\nvms:\n")
+    fleet = load_fleet(write(tmp_path, "  - {name: s1}\n  - {name: s2, server: s1}\n", base))
+    assert [v.config.k3s.cluster_init for v in fleet.vms] == [True, False]
+
+
 def test_demo_fleet_is_valid() -> None:
     fleet = load_fleet(REPO / "examples" / "demo-fleet.yaml")
     assert [v.role.value for v in fleet.vms] == ["server", "agent", "agent"]
@@ -53,12 +75,36 @@ def test_demo_fleet_is_valid() -> None:
         ),
         (
             "  - {name: a, role: agent}\n",
-            ["vms.0.server: an agent needs `server:` (the fleet has 0 servers)"],
+            ["vms.0.server: an agent needs `server:` (the fleet has 0 clusters)"],
         ),
         ("  - {name: a}\n  - {name: a}\n", ["fleet.yaml:10: vms.1.name: duplicate VM name"]),
         ("  - {name: a}\n  - {name: b, role: agent, server: c}\n", ["vms.1.server: no VM named 'c'"]),
         ("  - {name: a, arc: {location: West Europe}}\n", ["vms.0.arc.location: "]),
         ("  - {name: a, colour: red}\n", ["vms.0.colour: unknown key"]),
+        # Clusters (issue 9): etcd quorum, who joins whom, one token per cluster.
+        (
+            "  - {name: s1}\n  - {name: s2, server: s1}\n  - {name: a, role: agent}\n",
+            [
+                "fleet.yaml:9: vms.0",
+                "cluster of s1: 2 servers + 1 agent: etcd needs an odd number of servers",
+                "allow_even_etcd_servers: true",
+            ],
+        ),
+        (
+            "  - {name: s1}\n  - {name: s2, server: s1}\n  - {name: s3, server: s2}\n",
+            ["vms.2.server: a server joins the first server of its cluster ('s2' joins 's1': name 's1')"],
+        ),
+        ("  - {name: s1}\n  - {name: s2}\n  - {name: a, role: agent}\n", ["(the fleet has 2 clusters)"]),
+        ("  - {name: s1, server: s1}\n", ["vms.0.server: a server does not join itself"]),
+        (
+            "  - {name: s1}\n  - {name: a, role: agent, secrets: {k3s_token: {env: OTHER}}}\n",
+            ["vms.1.secrets.k3s_token: differs from the token of 's1', the server that starts its cluster"],
+        ),
+        (
+            "  - {name: s1, secrets: {k3s_token: null}}\n"
+            "  - {name: s2, server: s1, secrets: {k3s_token: null}}\n  - {name: s3, server: s1}\n",
+            ["secrets: cluster of s1: 3 servers + 0 agents needs secrets.k3s_token"],
+        ),
         ("  - {name: a, network: {dhcp: true, address: 10.0.0.5/24}}\n", ["vms.0.network: ", "not both"]),
         (
             "  - {name: a, network: {address: 10.0.0.5/24, gateway: 10.1.0.1}}\n",

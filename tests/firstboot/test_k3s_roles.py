@@ -40,6 +40,13 @@ def clone(tmp_path: Path, baked: Path, k3s_section: dict[str, Any], token: str |
     ("section", "role", "present", "absent"),
     [
         ({"role": "server"}, "server", {"disable": ["traefik"], "write-kubeconfig-mode": ["0600"]}, ()),
+        ({"role": "server", "cluster_init": True}, "server", {"cluster-init": ["true"]}, ("server",)),
+        (
+            {"role": "server", "server_url": "https://192.168.60.11:6443"},
+            "server",
+            {"server": ["https://192.168.60.11:6443"], "disable": ["traefik"]},
+            ("cluster-init",),
+        ),
         (
             {"role": "agent", "server_url": "https://192.168.50.11:6443"},
             "agent",

@@ -61,9 +61,9 @@ def start(tmp: Path, vm: FleetVM, root: Path, role: str) -> str:
     return state[unit]
 
 
-@pytest.mark.parametrize("example", ["demo-fleet"])
+@pytest.mark.parametrize(("example", "etcd_clusters"), [("demo-fleet", 0), ("ha-fleet", 1)])
 def test_every_clone_runs_a_k3s_config_k3s_accepts(
-    vcsim: VcsimHandle, tmp_path: Path, baked: Path, example: str
+    vcsim: VcsimHandle, tmp_path: Path, baked: Path, example: str, etcd_clusters: int
 ) -> None:
     path = fleet_file(tmp_path, f"k3s-{example[:4]}", source=example)
     result = CliRunner().invoke(cli, ["deploy", str(path)], env={**vcsim.env(), **SECRET_ENV})
@@ -73,7 +73,7 @@ def test_every_clone_runs_a_k3s_config_k3s_accepts(
     def order(vm: FleetVM) -> int:
         return 2 if vm.role is Role.AGENT else (1 if vm.config.k3s.server_url else 0)
 
-    tokens, states, init = set(), {}, []
+    tokens, states, init, cluster_init = set(), {}, [], []
     double = tmp_path / "double"
     double.mkdir()
     for vm in sorted(fleet.vms, key=order):
@@ -86,8 +86,10 @@ def test_every_clone_runs_a_k3s_config_k3s_accepts(
         role = config.k3s.role.value
         node, token = k3s_rules.check_node(root, role)
         tokens.add(token)
-        if node.flag("cluster-init") or (role == "server" and not node.get("server")):
+        if role == "server" and not node.get("server"):
             init.append(vm.name)
+        if node.flag("cluster-init"):
+            cluster_init.append(vm.name)
         states[vm.name] = start(double, vm, root, role)
     assert tokens == {SECRET_ENV["K3S_TOKEN"]}
     journal = double / "journal.jsonl"
@@ -95,6 +97,11 @@ def test_every_clone_runs_a_k3s_config_k3s_accepts(
     assert set(states.values()) == {"active"}
     registry: dict[str, Any] = json.loads((double / "cluster.json").read_text())
     clusters = {a: e for a, e in registry.items() if "alias_of" not in e}
-    # One cluster per initialising server, every clone a member of one.
+    # One cluster per initialising server, every clone a member of one; exactly one cluster-init server
+    # per HA cluster (etcd), none in a one-server cluster.
     assert len(clusters) == len(init)
+    assert len(cluster_init) == etcd_clusters == sum(1 for e in clusters.values() if e["etcd"])
+    for entry in clusters.values():
+        servers = [m for m in entry["members"] if m["role"] == "server"]
+        assert entry["etcd"] == (len(servers) > 1)
     assert sum(len(e["members"]) for e in clusters.values()) == len(fleet.vms)

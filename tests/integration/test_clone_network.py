@@ -83,7 +83,7 @@ def check_bound(out: Path, renderer: str, mac: str, vm: Any) -> None:
         assert cfg["BOOTPROTO"] == "dhcp"
 
 
-@pytest.mark.parametrize("example", ["demo-fleet"])
+@pytest.mark.parametrize("example", ["demo-fleet", "ha-fleet"])
 def test_renderers_bind_every_address_to_the_clones_nic(
     vcsim: VcsimHandle, tmp_path: Path, example: str
 ) -> None:

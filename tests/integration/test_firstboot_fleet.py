@@ -52,6 +52,34 @@ def test_server_and_two_agents(preflight_world: PreflightWorld, tmp_path: Path) 
             assert "skipped (this node joins a cluster" in world.nodes[name].runs[-1].stdout
 
 
+def test_three_etcd_servers_and_two_agents(preflight_world: PreflightWorld, tmp_path: Path) -> None:
+    join = {"role": "server", "server_url": SERVER_URL}
+    nodes = [
+        Node("s1", "10.0.0.1", {"role": "server", "cluster_init": True}),
+        Node("s2", "10.0.0.2", join),
+        Node("s3", "10.0.0.3", join),
+        agent("a1", "10.0.0.4"),
+        Node("a2", "10.0.0.5", {"role": "agent", "server_url": "https://10.0.0.2:6443"}),
+    ]
+    with fleet_world(preflight_world, tmp_path / "fleet", nodes) as world:
+        # The double does not retry a refused join as K3s does: each wave starts once its server is up.
+        run_to_done(world, ["s1"])
+        run_to_done(world, ["s2", "s3"])
+        run_to_done(world, ["a1", "a2"])
+        assert world.refusals() == []
+        clusters = {a: e for a, e in world.registry().items() if "alias_of" not in e}
+        assert list(clusters) == ["10.0.0.1"]
+        cluster = clusters["10.0.0.1"]
+        assert cluster["etcd"] is True and cluster["token"] == K3S_TOKEN
+        members = cluster["members"]
+        assert sorted(m["address"] for m in members) == [f"10.0.0.{n}" for n in range(1, 6)]
+        assert [m["address"] for m in members if m["init"]] == ["10.0.0.1"]  # one cluster-init server
+        assert len(world.az_calls("connectedk8s", "connect")) == 1
+        for name in ("s2", "s3", "a1", "a2"):
+            assert not world.nodes[name].stamped("arc", f"vm-{name}")
+            assert world.nodes[name].stamped("k3s", f"vm-{name}")
+
+
 def test_an_agent_with_another_token_is_refused_by_k3s(
     preflight_world: PreflightWorld, tmp_path: Path
 ) -> None:
