@@ -9,16 +9,28 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from builder.cli_common import EVENTS, FORMAT, fail, recorder
 from builder.commands_vsphere import _errors, _session
+from builder.events import Recorder
 from builder.rc import RC
 
 FLEET_ARG = click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
 YES = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (CI).")
+
+
+def _progress(rec: Recorder) -> Callable[[str], None]:
+    """A progress callback: the line on stderr and as a `progress` event."""
+
+    def say(line: str) -> None:
+        click.echo(f"  {line}", err=True)
+        rec.emit("progress", message=line)
+
+    return say
 
 
 def confirm(what: str, yes: bool) -> None:
@@ -82,11 +94,7 @@ def destroy(fleet_file: Path, only: tuple[str, ...], yes: bool, keep_arc: bool, 
             tenant = next((v.config.arc.tenant_id for v in fleet.vms if v.config.arc), None)
 
             rec = recorder()
-
-            def say(line: str) -> None:
-                click.echo(f"  {line}", err=True)
-                rec.emit("progress", message=line)
-
+            say = _progress(rec)
             with rec.step("destroy", label=f"destroy fleet {fleet.name}", announce=False) as running:
                 ok = ds.apply(the_plan, os.environ, default_tenant=tenant, progress=say)
                 if not ok:
@@ -202,11 +210,7 @@ def rollout(
                 confirm(f"roll {len(todo)} VM(s) of fleet {fleet.name} onto {the_plan.template}", yes)
 
             rec = recorder()
-
-            def say(line: str) -> None:
-                click.echo(f"  {line}", err=True)
-                rec.emit("progress", message=line)
-
+            say = _progress(rec)
             opts = ro.Options(rebuild_cluster, timeout, interval, say)
             with rec.step("rollout", label=f"roll fleet {fleet.name} onto {the_plan.template}") as running:
                 ok = ro.run(session, fleet, the_plan, os.environ, opts)
@@ -223,4 +227,61 @@ def rollout(
         click.echo(f"fleet {fleet.name}: {len(todo)} VM(s) rolled onto {the_plan.template}")
 
 
-COMMANDS: list[click.Command] = [destroy, rollout, templates]
+ROTATE_HELP = """Write a newer generation of secrets into the fleet's clones.
+
+\b
+Rotate the value at its source (a new service principal secret, Git token, ...), export it under the
+name the fleet's secrets reference, then run this: every VM the fleet owns gets the same new generation
+(the fleet's highest + 1) in guestinfo.arcbake.secrets. Each clone takes it with `firstboot rotate`
+(arcbake-rotate.timer, within about 10 minutes, or at its next boot), signs in with it, updates the Flux
+Git credentials, reports the generation (builder status, column GEN) and discards the old values.
+
+\b
+Example:
+  export ARC_SP_SECRET="$NEW_SECRET"
+  builder rotate examples/demo-fleet.yaml --yes
+
+\b
+Exit codes: 0 written, 1 a write failed or a VM is missing, 2 usage (no --yes without a terminal),
+3 invalid fleet file or unset secret, 130 interrupted.
+"""
+
+
+@click.command(help=ROTATE_HELP)
+@FLEET_ARG
+@YES
+@EVENTS
+@FORMAT
+def rotate(fleet_file: Path, yes: bool, fmt: str) -> None:
+    from builder import rotate as rt
+    from builder.fleet import load_fleet, resolve_secrets
+
+    with _errors():
+        fleet = load_fleet(fleet_file)
+        resolve_secrets(fleet, os.environ)  # unset references: exit 3 before vSphere is asked anything
+        with _session() as session:
+            the_plan = rt.plan(session, fleet)
+            for line in the_plan.lines():
+                click.echo(line, err=True)
+            targets = [v for v in the_plan.vms if v.action == "write"]
+            if targets:
+                confirm(f"write secrets generation {the_plan.generation} into {len(targets)} VM(s)", yes)
+            rec = recorder()
+            with rec.step("rotate", label=f"rotate secrets of fleet {fleet.name}", announce=False) as running:
+                ok = rt.apply(the_plan, fleet, os.environ, _progress(rec))
+                if not ok:
+                    running.fail("a secrets write failed")
+    missing = [v.name for v in the_plan.vms if v.action == "missing"]
+    if fmt == "json":
+        click.echo(json.dumps({"ok": ok and not missing, **the_plan.as_dict()}, indent=2))
+    else:
+        click.echo(
+            f"fleet {fleet.name}: secrets generation {the_plan.generation} written to {len(targets)} VM(s)"
+        )
+    if missing:
+        click.echo(f"error: not deployed, not rotated: {', '.join(missing)}", err=True)
+    if not ok or missing:
+        raise click.exceptions.Exit(int(RC.FAILED))
+
+
+COMMANDS: list[click.Command] = [destroy, rollout, rotate, templates]

@@ -17,6 +17,7 @@ from integration.vsphere_helpers import (
     DEMO_ARC_ID,
     SECRET_ENV,
     deployed,
+    fleet_file,
     run_cli,
     session_for,
     vm_info,
@@ -135,4 +136,32 @@ def test_interrupted_rollout_resumes(vcsim: VcsimHandle, tmp_path: Path, arm_env
         "ri-02 (agent, cluster ri-01): replace from (old VM already deleted) (resuming)" not in resumed.stderr
     )
     assert "ri-02 (agent, cluster ri-01): replace from DC0_H0_VM0 (resuming)" in resumed.stderr
+    assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
+
+
+def test_rollout_of_a_three_plus_two_cluster_keeps_quorum_and_resumes(
+    vcsim: VcsimHandle, tmp_path: Path
+) -> None:
+    path = fleet_file(tmp_path, "h3", source="ha-fleet")
+    assert run_cli(vcsim, "deploy", str(path)).exit_code == 0
+    vms = [f"h3-0{n}" for n in range(1, 6)]
+    args = ("rollout", str(path), "--template", "DC0_H0_VM1", "--yes", *FAST)
+    with playing(vcsim, load_fleet(path)) as player:
+        # h3-03 is not Ready: taking h3-02 down would leave 1 of 3 etcd members; the rollout stops there.
+        player.not_ready.add("h3-03")
+        stopped = run_cli(vcsim, *args)
+        assert stopped.exit_code == 1
+        assert "h3-02: not taken down to keep the etcd quorum: servers h3-03 are not reported Ready" in (
+            stopped.stderr
+        )
+        state = sources(vcsim, vms)
+        assert [state[n][0] for n in vms] == ["DC0_H0_VM0"] * 3 + ["DC0_H0_VM1"] * 2  # agents went first
+        assert state["h3-02"][1] == "poweredOn"
+
+        player.not_ready.clear()
+        resumed = run_cli(vcsim, *args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "fleet ha: 3 VM(s) rolled onto DC0_H0_VM1" in resumed.stdout
+    replaced = [r.removesuffix(".rollout") for r in player.reported if r.endswith(".rollout")]
+    assert replaced == ["h3-04", "h3-05", "h3-02", "h3-03", "h3-01"]
     assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
