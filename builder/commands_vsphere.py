@@ -105,7 +105,8 @@ def deploy(fleet_file: Path, replace: bool, concurrency: int, fmt: str) -> None:
     """Clone the fleet's VMs from its template, write their guestinfo and power them on (idempotent).
 
     Each VM is printed once, in the result table; on a terminal, a spinner per clone and power-on shows
-    what is in flight."""
+    what is in flight. A fleet whose K3s clusters the template's firewall profile cannot carry (agents
+    need multi-node, several servers ha-etcd) is refused before anything is cloned (exit 3)."""
     from builder.deploy import deploy as run_deploy
     from builder.fleet import load_fleet
 
