@@ -39,9 +39,20 @@ def read_bounded(path: Path, limit: int) -> bytes:
     except OSError as exc:
         raise BoundedReadError(f"cannot read: {exc.strerror or exc}") from None
     try:
+        return read_fd(fd, path, limit)
+    finally:
+        os.close(fd)
+
+
+def read_fd(fd: int, path: Path, limit: int, *, single_link: bool = False) -> bytes:
+    """The checks and the capped read of `read_bounded` on a descriptor the caller opened (and closes);
+    `single_link` also refuses a file with other hard links (firstboot's state files)."""
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise BoundedReadError("not a regular file (devices, FIFOs, sockets and directories are refused)")
+        if single_link and info.st_nlink > 1:
+            raise BoundedReadError(f"has {info.st_nlink} hard links; refused")
         real = _where(fd, path)
         if any(real == root or real.startswith(root + "/") for root in _PSEUDO_ROOTS):
             raise BoundedReadError(f"{real} is on a pseudo file system (/proc, /sys, /dev): refused")
@@ -60,8 +71,6 @@ def read_bounded(path: Path, limit: int) -> bytes:
         return b"".join(chunks)
     except OSError as exc:
         raise BoundedReadError(f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
 
 
 def _size(limit: int) -> str:

@@ -7,9 +7,8 @@
   (`Path.mkdir(parents=True)` gives parents `0777 & ~umask`: world-writable under the umask 000 of common
   CI container executors). `private_dir` (state, secrets) also refuses a symlink in its place.
 - `open_state` / `read_state`: a state file (run.lock, status.json, secrets) opened with O_NOFOLLOW, refused
-  unless it is a regular file with one link, reads size-capped.
-- `read_capped`: any input file (a metadata source) read with a size cap and a regular-file check, so
-  `/dev/zero` or a FIFO is one clear error instead of a read without end.
+  unless it is a regular file with one link, reads size-capped (the checks and the read are
+  `firstboot.boundedread`'s, which also serves every input file a user names).
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+
+from firstboot.boundedread import BoundedReadError, read_fd
 
 DIR_MODE = 0o755
 PRIVATE_DIR_MODE = 0o700
@@ -103,11 +104,11 @@ def atomic_write(path: Path, text: str | bytes, mode: int | None = None) -> None
         raise
 
 
-def _check_regular(fd: int, path: Path, *, single_link: bool) -> os.stat_result:
+def _check_regular(fd: int, path: Path) -> os.stat_result:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePathError(f"{path}: not a regular file")
-    if single_link and info.st_nlink > 1:
+    if info.st_nlink > 1:
         # A hard link planted in place of a state file would let us write through to its other name.
         raise UnsafePathError(f"{path}: has {info.st_nlink} hard links; refusing to use it")
     return info
@@ -129,7 +130,7 @@ def open_state(path: Path, *, create: bool = False, mode: int = 0o600) -> int:
             raise UnsafePathError(f"{path}: is a symlink; refusing to follow it") from None
         raise
     try:
-        info = _check_regular(fd, path, single_link=True)
+        info = _check_regular(fd, path)
         # O_CREAT's mode is masked by the umask, and an existing file keeps its own: set it outright.
         if stat.S_IMODE(info.st_mode) != mode:
             os.fchmod(fd, mode)
@@ -141,7 +142,10 @@ def open_state(path: Path, *, create: bool = False, mode: int = 0o600) -> int:
 
 
 def read_state(path: Path, cap: int = STATE_CAP) -> bytes:
-    """A state file's content: not through a symlink, a regular file of at most `cap` bytes."""
+    """A state file's content: not through a symlink, a regular file with one link, at most `cap` bytes.
+
+    FileNotFoundError when absent; UnsafePathError (an OSError) for anything refused.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
@@ -149,39 +153,8 @@ def read_state(path: Path, cap: int = STATE_CAP) -> bytes:
             raise UnsafePathError(f"{path}: is a symlink; refusing to follow it") from None
         raise
     try:
-        return _read_capped_fd(fd, path, cap, single_link=True)
+        return read_fd(fd, path, cap, single_link=True)
+    except BoundedReadError as exc:
+        raise UnsafePathError(f"{path}: {exc}") from None
     finally:
         os.close(fd)
-
-
-def read_capped(path: Path, cap: int) -> bytes:
-    """An input file's content (symlinks followed: the operator named it), a regular file of <= `cap` bytes.
-
-    Opened non-blocking so a FIFO cannot hang the open; refused before reading when it is not a regular
-    file (`/dev/zero`, a FIFO, a directory) or its size is over `cap`, and read at most `cap + 1` bytes
-    in case it grows while read.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        return _read_capped_fd(fd, path, cap, single_link=False)
-    finally:
-        os.close(fd)
-
-
-def _read_capped_fd(fd: int, path: Path, cap: int, *, single_link: bool) -> bytes:
-    info = _check_regular(fd, path, single_link=single_link)
-    if info.st_size > cap:
-        raise UnsafePathError(f"{path}: {info.st_size} bytes, over the {cap}-byte cap")
-    os.set_blocking(fd, True)
-    chunks: list[bytes] = []
-    remaining = cap + 1
-    while remaining > 0:
-        chunk = os.read(fd, min(remaining, 1 << 16))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    data = b"".join(chunks)
-    if len(data) > cap:
-        raise UnsafePathError(f"{path}: over the {cap}-byte cap")
-    return data

@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 from firstboot import encoding, subp
-from firstboot.fsutil import UnsafePathError, atomic_write, read_capped
+from firstboot.boundedread import BoundedReadError, read_bounded
+from firstboot.fsutil import atomic_write
 
 LOG = logging.getLogger(__name__)
 
@@ -145,16 +146,14 @@ class FileSource:
         self._data = self._load()
 
     def _load(self) -> dict[str, str]:
+        if not self.path.exists():
+            raise SourceError(f"{self.path}: metadata file not found")
         try:
-            text = read_capped(self.path, MAX_SOURCE_FILE).decode("utf-8")
-        except FileNotFoundError:
-            raise SourceError(f"{self.path}: metadata file not found") from None
-        except UnsafePathError as exc:
-            raise SourceError(f"{exc} (a metadata file is a regular file of guestinfo keys)") from None
+            text = read_bounded(self.path, MAX_SOURCE_FILE).decode("utf-8")
+        except BoundedReadError as exc:
+            raise SourceError(f"{self.path}: {exc} (metadata is a regular file of guestinfo keys)") from None
         except UnicodeDecodeError as exc:
             raise SourceError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
-        except OSError as exc:
-            raise SourceError(f"{self.path}: cannot read metadata file: {exc.strerror or exc}") from None
         try:
             data: Any = yaml.safe_load(text) if text.strip() else {}
         except RecursionError:

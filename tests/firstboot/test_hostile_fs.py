@@ -207,7 +207,7 @@ SOURCE_TABLE = [
     pytest.param(lambda t: t, "not a regular file", id="directory"),
     pytest.param(
         _huge,
-        "over the",
+        "larger than the 8 MiB limit",
         id="over-cap",
         marks=pytest.mark.fault("metadata file over the size cap", "refused before it is read"),
     ),
