@@ -216,6 +216,7 @@ def deploy(
     template_name = resolve_template(names, fleet.template, where.datacenter)
     template, source_uuid, template_extra = read_template(session, names, template_name, where)
     problems = topology.profile_problems(fleet.vms, template_extra.get(topology.PROFILE_KEY), template_name)
+    problems += topology.network_problems(fleet.vms, template_extra.get(topology.NETWORK_KEY), template_name)
     if problems:
         raise FleetError([Issue(str(fleet.path), None, "vms", p) for p in problems])
     fleet = dataclasses.replace(fleet, template=template_name)

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from builder import topology
 from builder.spec import Distro, FirewallProfile, Firmware, ImageSpec
 from firstboot import proxyenv
 
@@ -158,6 +159,8 @@ def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
         "azure_cli_version": spec.azure.cli_version,
         "azure_extensions": spec.azure.extensions.model_dump(),
         "firewall_profile": spec.firewall.profile.value,
+        # The address ranges the firewall's trusted zone was built for (builder/topology.py).
+        "k3s_network": topology.network_record(spec.k3s),
     }
     expect = {
         "variant": spec.os.variant,
@@ -206,6 +209,7 @@ LINEAGE_KEYS = {
     "arcbake.image.spec_sha256": "spec_sha256",
     # What deploy checks a fleet's clusters against (builder/topology.py).
     "arcbake.image.firewall_profile": "firewall_profile",
+    "arcbake.image.k3s_network": "k3s_network",
 }
 
 

@@ -11,6 +11,10 @@ keeps closed (K3s docs, "Inbound rules for K3s nodes"):
 | one server | `single-node` | 6443/tcp, 10250/tcp |
 | servers + agents | `multi-node` | + flannel 8472/udp (VXLAN), 51820-51821/udp (WireGuard) |
 | 2+ servers | `ha-etcd` | + etcd 2379-2380/tcp between servers |
+
+The template also records the K3s address ranges its firewall trusts (`arcbake.image.k3s_network`, pod
+CIDR, service CIDR, cluster DNS): a clone running K3s with other ranges would have its pod traffic dropped,
+so deploy refuses those too.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from builder.spec import FirewallProfile
-from firstboot.contract import Role
+from firstboot.contract import K3sNetwork, OnboardingConfig, Role
 
 LOG = logging.getLogger(__name__)
 
 PROFILE_KEY = "arcbake.image.firewall_profile"
+NETWORK_KEY = "arcbake.image.k3s_network"
 # Each profile opens what the ones before it open, and more.
 _ORDER = [FirewallProfile.SINGLE_NODE, FirewallProfile.MULTI_NODE, FirewallProfile.HA_ETCD]
 _CLOSED = {
@@ -45,6 +50,13 @@ class Node(Protocol):
 
     @property
     def server(self) -> str | None: ...
+
+
+class ClusterNode(Node, Protocol):
+    """A fleet VM with its clone configuration."""
+
+    @property
+    def config(self) -> OnboardingConfig: ...
 
 
 @dataclass(frozen=True)
@@ -116,5 +128,26 @@ def profile_problems(vms: Iterable[Node], profile: str | None, template: str) ->
                 f"{cluster.describe()} needs firewall profile {need.value!r}, but template {template!r} "
                 f"was built with {have.value!r} ({_CLOSED[have]}): rebuild the template with "
                 f"firewall.profile: {need.value}"
+            )
+    return problems
+
+
+def network_record(net: K3sNetwork) -> str:
+    """`CLUSTER_CIDR SERVICE_CIDR CLUSTER_DNS`, as a template records them."""
+    return f"{net.cluster_cidr} {net.service_cidr} {net.cluster_dns}"
+
+
+def network_problems(vms: Iterable[ClusterNode], recorded: str | None, template: str) -> list[str]:
+    """VMs whose K3s address ranges differ from those `template`'s firewall was built for."""
+    if recorded is None:
+        return []
+    problems = []
+    for vm in vms:
+        mine = network_record(vm.config.k3s)
+        if mine != recorded:
+            problems.append(
+                f"VM {vm.name!r} runs K3s with {mine} (cluster_cidr service_cidr cluster_dns), but template "
+                f"{template!r} trusts {recorded} in its firewall: set k3s.cluster_cidr, service_cidr and "
+                "cluster_dns in the fleet to the template's, or rebuild the template with the fleet's"
             )
     return problems

@@ -8,7 +8,7 @@ import pytest
 
 from builder import topology
 from builder.spec import FirewallProfile
-from firstboot.contract import Role
+from firstboot.contract import OnboardingConfig, Role
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,25 @@ def test_profile_problems(vms: list[Vm], profile: str | None, refused: str | Non
         assert problems == []
     else:
         assert len(problems) == 1 and refused in problems[0]
+
+
+AGENT_CONFIG = OnboardingConfig.model_validate(
+    {
+        "hostname": "h",
+        "time": {"ntp_servers": ["ntp"]},
+        "k3s": {"role": "agent", "server_url": "https://s:6443"},
+    }
+)
+
+
+@dataclass(frozen=True)
+class Configured(Vm):
+    config: OnboardingConfig = AGENT_CONFIG
+
+
+def test_network_problems() -> None:
+    vms = [Configured("a1", A, "s1")]
+    assert topology.network_problems(vms, "10.42.0.0/16 10.43.0.0/16 10.43.0.10", "t") == []
+    assert topology.network_problems(vms, None, "t") == []  # a template from before the key
+    (problem,) = topology.network_problems(vms, "10.52.0.0/16 10.53.0.0/16 10.53.0.10", "t")
+    assert "VM 'a1' runs K3s with 10.42.0.0/16 10.43.0.0/16 10.43.0.10" in problem

@@ -17,15 +17,15 @@ from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for, vm_
 pytestmark = pytest.mark.integration
 
 
-def record_profile(sim: VcsimHandle, template: str, profile: str) -> None:
+def record(sim: VcsimHandle, template: str, key: str, value: str) -> None:
     """What `builder build` leaves on a template (render_context.LINEAGE_KEYS)."""
     with session_for(sim) as s:
         vm = inventory.vm(s, inventory.datacenter(s, "DC0"), template)
-        vmops.set_extra_config(vm, {topology.PROFILE_KEY: profile}, "recording the profile")
+        vmops.set_extra_config(vm, {key: value}, f"recording {key}")
 
 
 def test_agents_against_a_single_node_template_are_refused(fresh_vcsim: VcsimHandle, tmp_path: Path) -> None:
-    record_profile(fresh_vcsim, "DC0_H0_VM1", "single-node")
+    record(fresh_vcsim, "DC0_H0_VM1", topology.PROFILE_KEY, "single-node")
     fleet = fleet_file(tmp_path, "topo", template="DC0_H0_VM1")
     env = {**fresh_vcsim.env(), **SECRET_ENV}
     result = CliRunner().invoke(cli, ["deploy", str(fleet)], env=env)
@@ -34,5 +34,14 @@ def test_agents_against_a_single_node_template_are_refused(fresh_vcsim: VcsimHan
     assert "template 'DC0_H0_VM1' was built with 'single-node'" in result.stderr
     assert vm_info(fresh_vcsim, "topo-01")["count"] == 0  # nothing cloned
 
-    record_profile(fresh_vcsim, "DC0_H0_VM1", "multi-node")
+    record(fresh_vcsim, "DC0_H0_VM1", topology.PROFILE_KEY, "multi-node")
+    # A template whose firewall trusts other K3s ranges than the fleet's clones would use.
+    record(fresh_vcsim, "DC0_H0_VM1", topology.NETWORK_KEY, "10.52.0.0/16 10.53.0.0/16 10.53.0.10")
+    result = CliRunner().invoke(cli, ["deploy", str(fleet)], env=env)
+    assert result.exit_code == 3, result.output
+    assert "VM 'topo-01' runs K3s with 10.42.0.0/16 10.43.0.0/16 10.43.0.10" in result.stderr
+    assert "trusts 10.52.0.0/16 10.53.0.0/16 10.53.0.10 in its firewall" in result.stderr
+    assert vm_info(fresh_vcsim, "topo-01")["count"] == 0
+
+    record(fresh_vcsim, "DC0_H0_VM1", topology.NETWORK_KEY, "10.42.0.0/16 10.43.0.0/16 10.43.0.10")
     assert CliRunner().invoke(cli, ["deploy", str(fleet)], env=env).exit_code == 0
