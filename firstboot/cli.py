@@ -2,25 +2,27 @@
 
 Exit codes (ARCHITECTURE.md): run 0 done, 1 failed; status 0 done, 1 failed, 2 not finished; doctor 0
 healthy, 1 problems found; 2 for usage errors (argparse). Logs go to stderr (the journal), results to stdout.
+
+Start-up stays lean: each command imports what it uses when it runs. `status` reads status.json with the
+standard library (`firstboot.statusview`) and loads the pydantic models only for a file it cannot vouch
+for; `run` loads the step modules only for steps it has to run or check (`firstboot.engine`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from firstboot import about, doctor
-from firstboot.contract import State, Status
-from firstboot.engine import Engine, build_context
-from firstboot.sources import SourceError, make_source
-from firstboot.state import StateStore
-from firstboot.steps import ORDER
+from firstboot import statusview
+from firstboot.steporder import ORDER
 
-LOG = logging.getLogger("firstboot")
+if TYPE_CHECKING:
+    from firstboot.contract import Status
+
+LOGGER = "firstboot"
 
 STATUS_POLL_SECONDS = 0.5
 
@@ -32,6 +34,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
 
     def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from firstboot import about
+
         print(about.version_text("firstboot"))
         parser.exit()
 
@@ -126,6 +130,8 @@ def _subcommand(
 
 
 def _logging(verbose: int, quiet: int) -> None:
+    import logging
+
     level = min(max(logging.INFO + 10 * (quiet - verbose), logging.DEBUG), logging.CRITICAL)
     handler = logging.StreamHandler(sys.stderr)
     # Plain lines: journald adds time, host and SyslogIdentifier.
@@ -136,31 +142,22 @@ def _logging(verbose: int, quiet: int) -> None:
 
 
 def _status_text(status: Status) -> str:
-    lines = [f"state:   {status.state.value}"]
-    if status.step:
-        lines.append(f"step:    {status.step}")
-    lines.append(f"message: {status.message}")
-    if status.remedy:
-        lines.append(f"remedy:  {status.remedy}")
-    lines.append(f"updated: {status.updated.isoformat()}")
-    if status.generation is not None:
-        lines.append(f"secrets: generation {status.generation}")
-    if status.steps:
-        lines.append("steps:")
-        width = max(len(t.step) for t in status.steps)
-        for t in status.steps:
-            took = f"{t.seconds:8.1f}s" if t.seconds is not None else "       -"
-            tries = f", {t.attempts} attempts" if t.attempts > 1 else ""
-            lines.append(f"  {t.step:<{width}} {took}  {t.outcome.value}{tries}  {t.started.isoformat()}")
-    return "\n".join(lines)
+    return statusview.text(status.model_dump(mode="json"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`firstboot run`."""
+    import logging
+
+    from firstboot.contract import State, Status
+    from firstboot.engine import Engine, build_context
+    from firstboot.sources import SourceError, make_source
+    from firstboot.state import StateStore
+
     try:
         source = make_source(args.source)
     except SourceError as exc:
-        LOG.error("metadata source: %s", exc)
+        logging.getLogger(LOGGER).error("metadata source: %s", exc)
         status = Status(
             state=State.FAILED, step="metadata", message=str(exc), remedy="choose another --source"
         )
@@ -173,29 +170,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _read_status(root: Path) -> tuple[str, dict[str, Any]]:
+    """(JSON text, data) of the current status: status.json as it is when it has the shape firstboot
+    writes (no pydantic), else what the model makes of it (pending when missing or invalid)."""
+    lean = statusview.load(root)
+    if lean is not None:
+        return lean
+    from firstboot.contract import State, Status
+    from firstboot.state import StateStore
+
+    status = StateStore(root).read_status() or Status(
+        state=State.PENDING, message="firstboot has not run yet"
+    )
+    return status.to_json(), status.model_dump(mode="json")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """`firstboot status`."""
-    store = StateStore(args.root)
     deadline = time.monotonic() + args.timeout
     while True:
-        status = store.read_status() or Status(state=State.PENDING, message="firstboot has not run yet")
-        finished = status.state in (State.DONE, State.FAILED)
+        raw, data = _read_status(args.root)
+        finished = data["state"] in statusview.EXIT_CODES
         if finished or not args.wait or time.monotonic() >= deadline:
             break
         time.sleep(STATUS_POLL_SECONDS)
-    if args.format == "json":
-        print(status.to_json())
-    else:
-        print(_status_text(status))
-    return {State.DONE: 0, State.FAILED: 1}.get(status.state, 2)
+    print(raw if args.format == "json" else statusview.text(data))
+    return statusview.EXIT_CODES.get(data["state"], statusview.NOT_FINISHED)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """`firstboot doctor`."""
+    import json
+    import logging
+
+    from firstboot import doctor
+    from firstboot.engine import build_context
+    from firstboot.sources import SourceError, make_source
+
     try:
         source = make_source(args.source)
     except SourceError as exc:
-        LOG.warning("metadata source: %s (using the cached config)", exc)
+        logging.getLogger(LOGGER).warning("metadata source: %s (using the cached config)", exc)
         from firstboot.sources import EnvSource
 
         source = EnvSource({})
@@ -218,7 +233,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `firstboot` console script."""
     args = _parser().parse_args(argv)
-    _logging(args.verbose + args.top_verbose, args.quiet + args.top_quiet)
+    if args.command != "status":  # status logs nothing: it skips the logging set-up (lean start-up)
+        _logging(args.verbose + args.top_verbose, args.quiet + args.top_quiet)
     handlers = {"run": cmd_run, "status": cmd_status, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)

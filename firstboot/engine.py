@@ -32,14 +32,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
-from tenacity.wait import wait_random_exponential
-
-from firstboot import metadata, secretstore, steps
+from firstboot import metadata, secretstore
 from firstboot.contract import KEY_STATUS, MAX_STEP_TIMINGS, State, Status, StepOutcome, StepTiming
 from firstboot.sources import SourceError
 from firstboot.state import LockedError, StateStore
 from firstboot.step import Context, MetadataSource, PermanentFailure, StepFailure
+from firstboot.steporder import ORDER
+from firstboot.steps import Step, load
 from firstboot.subp import redact
 
 LOG = logging.getLogger(__name__)
@@ -93,13 +92,15 @@ class Engine:
     def __init__(
         self,
         ctx: Context,
-        step_list: list[steps.Step] | None = None,
+        step_list: list[Step] | None = None,
         *,
         time_scale: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
-        self.steps = step_list if step_list is not None else steps.load()
+        # The step modules (dns, kube, Azure clients...) load when a step has to run or be looked at:
+        # a run that finds every step stamped for this instance imports none of them.
+        self._steps = step_list
         self.scale = time_scale if time_scale is not None else ctx.time_scale
         self.sleep = sleep
         self.state = StateStore(ctx.root)
@@ -111,6 +112,16 @@ class Engine:
         # The generation of the secrets held for this instance, reported in every status.
         self._generation: int | None = None
         self._timings_lock = threading.Lock()
+
+    @property
+    def steps(self) -> list[Step]:
+        """The steps of this run (all of ORDER unless given), loaded on first use."""
+        if self._steps is None:
+            self._steps = load()
+        return self._steps
+
+    def _names(self) -> list[str]:
+        return [s.name for s in self._steps] if self._steps is not None else list(ORDER)
 
     # -- status -----------------------------------------------------------------------------------
     def report(
@@ -191,7 +202,7 @@ class Engine:
     # -- running ----------------------------------------------------------------------------------
     def run(self, only: str | None = None) -> RunResult:
         """Run every step not yet done (or just `only`, after the always-run steps); never raises."""
-        names = [s.name for s in self.steps]
+        names = self._names()
         if only is not None and only not in names:
             status = self.report(
                 State.FAILED, only, f"unknown step {only!r}", f"choose one of: {', '.join(names)}"
@@ -263,10 +274,12 @@ class Engine:
         config = self.ctx.config
         return config is not None and not config.onboards_cluster
 
-    def _applicable(self) -> list[steps.Step]:
+    def _applicable(self) -> list[Step]:
         return [s for s in self.steps if not (self._joins() and s.meta.servers_only)]
 
     def _all_stamped(self, iid: str) -> bool:
+        if set(self._names()) <= set(self.state.stamped(iid)):
+            return True  # every step stamped: no step module needs loading to know what applies
         if self.ctx.config is None and any(s.meta.servers_only for s in self.steps):
             # Role unknown before metadata is loaded: cannot tell what applies.
             stamped = set(self.state.stamped(iid))
@@ -275,7 +288,7 @@ class Engine:
             )
         return all(self.state.is_stamped(iid, s.name) for s in self._applicable())
 
-    def _run_step(self, step: steps.Step) -> Status | None:
+    def _run_step(self, step: Step) -> Status | None:
         """Run one step to success (stamp, return None) or failure (report, return the status)."""
         self._current = step.name
         self._last_failure = None
@@ -333,7 +346,17 @@ class Engine:
             "this is a bug in firstboot; the journal has the details (run with -v)",
         )
 
-    def _attempts(self, step: steps.Step, outcome: list[BaseException | None]) -> None:
+    def _attempts(self, step: Step, outcome: list[BaseException | None]) -> None:
+        # Imported here: a run whose steps are all stamped never retries anything (lean start-up).
+        from tenacity import (
+            RetryCallState,
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            stop_after_delay,
+        )
+        from tenacity.wait import wait_random_exponential
+
         policy = step.meta.retry
 
         def log_retry(state: RetryCallState) -> None:

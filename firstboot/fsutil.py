@@ -17,11 +17,12 @@ import contextlib
 import errno
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from firstboot.boundedread import BoundedReadError, read_fd
 
+# firstboot's state directory in the guest (stamps, status.json, secrets, done): one name for every module.
+STATE_DIR = "/var/lib/arcbake"
 DIR_MODE = 0o755
 PRIVATE_DIR_MODE = 0o700
 # State files are JSON of a few KiB; anything far bigger is not ours.
@@ -91,6 +92,8 @@ def atomic_write(path: Path, text: str | bytes, mode: int | None = None) -> None
             mode = stat.S_IMODE(path.lstat().st_mode)
         except FileNotFoundError:
             mode = 0o644
+    import tempfile  # here: readers such as `firstboot status` never write (lean start-up)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)

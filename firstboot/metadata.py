@@ -30,13 +30,12 @@ from firstboot.contract import (
     OnboardingSecrets,
     Role,
 )
-from firstboot.fsutil import atomic_write, guest_path, read_state
+from firstboot.fsutil import STATE_DIR, atomic_write, guest_path, read_state
 from firstboot.sources import SourceError
 from firstboot.step import MetadataSource
 
 LOG = logging.getLogger(__name__)
 
-STATE_DIR = "/var/lib/arcbake"
 CONFIG_CACHE = f"{STATE_DIR}/config.json"
 PRODUCT_UUID = "/sys/class/dmi/id/product_uuid"
 M = TypeVar("M", bound=BaseModel)

@@ -28,11 +28,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from firstboot.contract import OnboardingSecrets
-from firstboot.fsutil import atomic_write, guest_path, private_dir, read_state
+from firstboot.fsutil import STATE_DIR, atomic_write, guest_path, private_dir, read_state
 
 LOG = logging.getLogger(__name__)
 
-STATE_DIR = "/var/lib/arcbake"
 INSTANCES_DIR = f"{STATE_DIR}/instances"
 FILE_NAME = "secrets.json"
 # Where secrets lived before they were bound to an instance id; removed, never read.

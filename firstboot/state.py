@@ -27,9 +27,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from firstboot.contract import Status
-from firstboot.fsutil import atomic_write, guest_path, make_dirs, open_state, private_dir, read_state
-
-STATE_DIR = "/var/lib/arcbake"
+from firstboot.fsutil import (
+    STATE_DIR,
+    atomic_write,
+    guest_path,
+    make_dirs,
+    open_state,
+    private_dir,
+    read_state,
+)
+from firstboot.statusview import STATUS_FILE
 
 
 class LockedError(Exception):
@@ -42,7 +49,7 @@ class StateStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dir = guest_path(root, STATE_DIR)
-        self.status_path = self.dir / "status.json"
+        self.status_path = guest_path(root, STATUS_FILE)
         self.done_path = self.dir / "done"
         self.lock_path = self.dir / "run.lock"
         self._lock: int | None = None

@@ -1,7 +1,7 @@
 """The step registry: every step module, in dependency order (ARCHITECTURE.md, firstboot steps).
 
 Each module defines `META: StepMeta`, `check(ctx) -> CheckResult` and `run(ctx) -> None` (see
-`firstboot.step`). `ORDER` is the one list of step names.
+`firstboot.step`). `ORDER` is the one list of step names (kept in `firstboot.steporder`).
 """
 
 from __future__ import annotations
@@ -11,19 +11,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from firstboot.step import CheckResult, Context, StepMeta
+from firstboot.steporder import ORDER
 
-ORDER: tuple[str, ...] = (
-    "metadata",
-    "hostname",
-    "time",
-    "dns",
-    "proxy",
-    "connectivity",
-    "resources",
-    "k3s",
-    "arc",
-    "flux",
-)
+__all__ = ["ORDER", "Step", "load"]
 
 
 @dataclass(frozen=True)

@@ -13,24 +13,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from fixtures.ntp import NtpHandle
 
+from firstboot.steporder import ORDER
 from guest import provision
 from guest.conftest import SECRET, GuestWorld, kube_scenario
 
 # 900 s: the first test also builds the cached guest root (debootstrap) and the arcbake layer.
 pytestmark = [pytest.mark.boot, pytest.mark.slow, pytest.mark.timeout(900)]
 
-ALL_STEPS = [
-    "metadata",
-    "hostname",
-    "time",
-    "dns",
-    "proxy",
-    "connectivity",
-    "resources",
-    "k3s",
-    "arc",
-    "flux",
-]
+ALL_STEPS = list(ORDER)
 FLUX = {
     "configurations": [
         {
