@@ -25,6 +25,7 @@ from typing import IO
 
 from builder.events import Recorder
 from firstboot import subp
+from firstboot.fsutil import make_dirs
 
 LOG = logging.getLogger(__name__)
 
@@ -322,8 +323,10 @@ def build(
     forms = redaction_forms(plain)
     collector = Collector()
     started = time.monotonic()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    make_dirs(log_path.parent)
+    # A fresh 0600 file: a symlink planted as the log is replaced, never followed into its target.
+    log_path.unlink(missing_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as log:
 
         def on_line(line: str) -> None:

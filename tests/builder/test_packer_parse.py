@@ -147,3 +147,21 @@ def test_redaction_forms_cover_every_escaped_form() -> None:
     assert redaction_forms(["plain"]) == ["plain"]
     event = parse_line("1,,ui,say,pw x%!(PACKER_COMMA)y!", ["x,y!"])
     assert event is not None and event.text == "pw ***"
+
+
+@pytest.mark.allow_subp("packer")
+def test_build_log_planted_as_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
+    packer = _fake_packer(tmp_path / "bin", "plain-secret-42")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    log_path = tmp_path / "build" / "packer-build.log"
+    log_path.parent.mkdir()
+    log_path.symlink_to(victim)
+    with pytest.raises(PackerError):
+        build(
+            str(packer), tmp_path, only="vsphere-iso.x", env={"PATH": "/usr/bin:/bin"}, secrets=[],
+            log_path=log_path, timeout=30,
+        )  # fmt: skip
+    assert victim.read_text() == "precious\n"
+    assert not log_path.is_symlink() and oct(log_path.stat().st_mode & 0o777) == "0o600"
+    assert "errored" in log_path.read_text()
