@@ -109,9 +109,9 @@ def file_plan(spec: ImageSpec) -> list[PlannedFile]:
             "rootfs/etc/cloud/cloud.cfg.d/90-arcbake-vmware.cfg.j2",
             "rootfs/etc/cloud/cloud.cfg.d/90-arcbake-vmware.cfg",
         ),
-        PlannedFile(
-            "rootfs/etc/systemd/system/arcbake-firstboot.service.j2",
-            "rootfs/etc/systemd/system/arcbake-firstboot.service",
+        *(
+            PlannedFile(f"rootfs/etc/systemd/system/{unit}.j2", f"rootfs/etc/systemd/system/{unit}")
+            for unit in ("arcbake-firstboot.service", "arcbake-rotate.service", "arcbake-rotate.timer")
         ),
         PlannedFile("rootfs/etc/arcbake/image.json.j2", "rootfs/etc/arcbake/image.json"),
         PlannedFile("rootfs/etc/arcbake/k3s-server.yaml.j2", "rootfs/etc/arcbake/k3s-server.yaml"),

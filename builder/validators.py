@@ -6,7 +6,7 @@
 | packer | `packer validate -only=...` + `packer fmt -check` | packer/ |
 | chrony | `chronyd -p -f` | rootfs/etc/chrony.conf |
 | firewalld | `firewall-offline-cmd --system-config T --check-config` | rootfs/etc/firewalld/zones/*.xml |
-| systemd | `systemd-analyze verify --root=T` | rootfs/etc/systemd/system/*.service |
+| systemd | `systemd-analyze verify --root=T` | rootfs/etc/systemd/system/*.service, *.timer |
 | shellcheck | `shellcheck -f gcc` | scripts/*.sh, rootfs/etc/profile.d/*.sh |
 | cloud-init | `cloud-init schema --config-file` | rootfs/etc/cloud/cloud.cfg.d/*.cfg |
 
@@ -234,6 +234,7 @@ def check_systemd(build_dir: Path, info: BuildInfo, timeout: float) -> str:
     """systemd-analyze verify in a private root holding the host's units, ours, and a stub ExecStart."""
     tool = _tool("systemd-analyze")
     units = _rendered(build_dir, ["rootfs/etc/systemd/system"], "*.service", "systemd units")
+    units += sorted((build_dir / "rootfs/etc/systemd/system").glob("*.timer"))
     with tempfile.TemporaryDirectory(prefix="arcbake-systemd-") as tmp:
         root = Path(tmp)
         # Default dependencies (sysinit.target, ...) and ordering targets must resolve inside --root.

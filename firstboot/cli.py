@@ -1,4 +1,4 @@
-"""`firstboot run | status | doctor` (argparse: the guest gets no click/rich).
+"""`firstboot run | status | rotate | doctor` (argparse: the guest gets no click/rich).
 
 Exit codes (ARCHITECTURE.md): run 0 done, 1 failed; status 0 done, 1 failed, 2 not finished; doctor 0
 healthy, 1 problems found; 2 for usage errors (argparse). Logs go to stderr (the journal), results to stdout.
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 LOGGER = "firstboot"
 
 STATUS_POLL_SECONDS = 0.5
+# sysexits.h EX_TEMPFAIL: `rotate` found another firstboot run holding the lock; the timer retries.
+EX_TEMPFAIL = 75
 
 
 class _Version(argparse.Action):
@@ -87,6 +89,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--format", choices=("text", "json"), default="text")
     status.add_argument("--wait", action="store_true", help="wait until done or failed")
     status.add_argument("--timeout", type=float, default=1800.0, help="with --wait: give up after S seconds")
+
+    rot = _subcommand(
+        sub,
+        common,
+        "rotate",
+        "take a newer generation of secrets written by `builder rotate` (arcbake-rotate.timer runs it)",
+        "firstboot rotate --source file:/tmp/guestinfo.yaml --root /tmp/guest",
+        "0 a newer generation taken, or none to take; 1 the newer generation was refused (the old one "
+        "stays in force, the status says why) or the metadata is unusable; 75 another firstboot run holds "
+        "the lock (the timer tries again)",
+    )
+    rot.add_argument("--source", default="auto", help="auto | guestinfo | env | file:PATH (default auto)")
 
     doc = _subcommand(
         sub,
@@ -198,6 +212,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return statusview.EXIT_CODES.get(data["state"], statusview.NOT_FINISHED)
 
 
+def cmd_rotate(args: argparse.Namespace) -> int:
+    """`firstboot rotate`."""
+    import logging
+
+    from firstboot import metadata, rotate, secretstore
+    from firstboot.engine import build_context
+    from firstboot.sources import SourceError, make_source
+    from firstboot.state import LockedError, StateStore
+
+    log = logging.getLogger(LOGGER)
+    try:
+        source = make_source(args.source)
+    except SourceError as exc:
+        log.error("metadata source: %s", exc)
+        return 1
+    store = StateStore(args.root)
+    try:
+        store.acquire()
+    except LockedError as exc:
+        log.info("%s: not rotating now", exc)
+        return EX_TEMPFAIL
+    try:
+        result = rotate.rotate(build_context(args.root, source))
+    except (metadata.MetadataError, secretstore.SecretStoreError, SourceError) as exc:
+        log.error("rotate: %s", exc)
+        return 1
+    finally:
+        store.release()
+    print(result.message + (f"\nremedy: {result.remedy}" if result.remedy else ""))
+    return 0 if result.ok else 1
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """`firstboot doctor`."""
     import json
@@ -235,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "status":  # status logs nothing: it skips the logging set-up (lean start-up)
         _logging(args.verbose + args.top_verbose, args.quiet + args.top_quiet)
-    handlers = {"run": cmd_run, "status": cmd_status, "doctor": cmd_doctor}
+    handlers = {"run": cmd_run, "status": cmd_status, "rotate": cmd_rotate, "doctor": cmd_doctor}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -44,6 +44,8 @@ LAYOUT = {
     "rootfs/etc/rancher/k3s/config.yaml",
     "rootfs/etc/rancher/k3s/resolv.conf",
     "rootfs/etc/systemd/system/arcbake-firstboot.service",
+    "rootfs/etc/systemd/system/arcbake-rotate.service",
+    "rootfs/etc/systemd/system/arcbake-rotate.timer",
     "rootfs/etc/vmware-tools/tools.conf",
     "rootfs/etc/NetworkManager/conf.d/90-arcbake-dns.conf",
     "rootfs/etc/resolv.conf",

@@ -88,6 +88,8 @@ def _replace(rel: str, old: str, new: str) -> Callable[[Path], None]:
 
 
 UNIT = "rootfs/etc/systemd/system/arcbake-firstboot.service"
+ROTATE_UNIT = "rootfs/etc/systemd/system/arcbake-rotate.service"
+ROTATE_TIMER = "rootfs/etc/systemd/system/arcbake-rotate.timer"
 
 # (case, variant, validator, breakage, fragment of the tool's own message)
 BROKEN = [
@@ -134,6 +136,20 @@ BROKEN = [
         "Unknown key 'RemainAfterExitt'",
     ),
     ("unit-bad-type", "rocky9", "systemd", _replace(UNIT, "Type=oneshot", "Type=oneshoot"), "oneshoot"),
+    (
+        "timer-unknown-key",
+        "rocky9",
+        "systemd",
+        _replace(ROTATE_TIMER, "OnUnitActiveSec=", "OnUnitActiveSecs="),
+        "Unknown key 'OnUnitActiveSecs' in section [Timer]",
+    ),
+    (
+        "rotate-unit-execstart",
+        "rocky9",
+        "systemd",
+        _replace(ROTATE_UNIT, "/opt/arcbake/bin/firstboot rotate", "/opt/arcbake/bin/fb rotate"),
+        "is not executable",
+    ),
     (
         "script-unquoted",
         "rocky9",

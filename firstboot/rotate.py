@@ -1,0 +1,134 @@
+"""`firstboot rotate`: take a newer generation of secrets that `builder rotate` wrote into guestinfo.
+
+Run by `arcbake-rotate.timer` once onboarding is done (a boot before that is `firstboot run`'s business:
+its metadata step takes the newest generation too). Order matters, so a bad set changes nothing:
+
+1. read `guestinfo.arcbake.secrets`; nothing there, or a generation not newer than the one held: done
+   (the key is overwritten with `---` either way, as the metadata step does);
+2. on the server that onboarded the cluster: sign in to Azure with the new service principal material
+   (`azcli.login`, as the arc step does); rejected credentials fail here, with the old set in force;
+3. replace each Flux configuration's Git credentials Secret in the cluster (kubernetes client);
+4. take the set (`secretstore.accept`: 0600, bound to the instance id, the old values overwritten) and
+   retire its values again (onboarding is done: only the generation is kept);
+5. report: `generation` in status.json and `guestinfo.arcbake.status`.
+
+On servers every run also refreshes `nodes_ready` in the status (the cluster's Ready nodes as this
+server's API sees them): `builder rollout` waits there for a replaced agent's node.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from firstboot import kube, metadata, proxyenv, secretstore
+from firstboot.contract import KEY_SECRETS, KEY_STATUS, MAX_NODES_REPORTED, Role, State, Status
+from firstboot.kube import client
+from firstboot.sources import SourceError
+from firstboot.state import StateStore
+from firstboot.step import Context, StepFailure
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    """What a rotation did; `ok` False means the new set was refused (the old one stays in force)."""
+
+    ok: bool
+    generation: int | None
+    message: str
+    remedy: str | None = None
+
+
+def _ready_nodes(ctx: Context) -> list[str] | None:
+    """Names of the cluster's Ready nodes (None when the API cannot be asked)."""
+    errors: tuple[type[BaseException], ...] = (kube.KubeUnavailable, *kube.api_errors())
+    try:
+        with kube.client_from(ctx.path(kube.KUBECONFIG)) as api:
+            nodes = client.CoreV1Api(api).list_node(_request_timeout=15).items
+    except errors as exc:
+        LOG.warning("cannot list the cluster's nodes: %s", exc)
+        return None
+    names = [str(n.metadata.name) for n in nodes if n.metadata and n.metadata.name and kube.node_ready(n)]
+    return sorted(names)[:MAX_NODES_REPORTED]
+
+
+def _apply(ctx: Context) -> None:
+    """Steps 2 and 3 for the new set in `ctx.secrets` (StepFailure when it is refused)."""
+    from firstboot import azcli
+    from firstboot.steps import flux
+
+    config = ctx.require_config()
+    if not config.onboards_cluster or config.arc is None:
+        return
+    # Rejected material (AADSTS...) fails here, before anything is replaced.
+    azcli.login(ctx, config.arc)
+    secrets = ctx.secrets
+    for cfg in config.flux.configurations:
+        cred = secrets.git.get(cfg.name) if secrets is not None else None
+        if cred is not None:
+            flux.write_git_secret(ctx, cfg, cred)
+            LOG.info("rotate: Git credentials of Flux configuration %s replaced", cfg.name)
+
+
+def rotate(ctx: Context) -> RotateResult:
+    """Take a newer generation of secrets, if there is one (see the module doc)."""
+    store = StateStore(ctx.root)
+    config = metadata.load_config(ctx.source)
+    ctx.config = config
+    ctx.env = {**ctx.env, **proxyenv.proxy_environment(config.proxy, config.k3s)}
+    ctx.instance_id = ctx.instance_id or metadata.instance_id(ctx.source, ctx.root)
+    held = secretstore.read(ctx.root, ctx.instance_id)
+    held_generation = held.secrets.generation if held else None
+    # Without persisting: the newer of the held set and the one in guestinfo (nothing is written yet).
+    newest = metadata.load_secrets(ctx.source, ctx.root, ctx.instance_id, persist=False)
+    newer = held is None or newest.generation > (held_generation or 0)
+    incoming = newest if newer and metadata.read_value(ctx.source, KEY_SECRETS) is not None else None
+    result: RotateResult
+    if incoming is None:
+        # The same or an older generation (a replay): overwritten with `---` as the metadata step does.
+        metadata.load_secrets(ctx.source, ctx.root, ctx.instance_id, persist=True)
+        result = RotateResult(True, held_generation, f"no newer secrets (generation {held_generation} held)")
+    else:
+        ctx.secrets = incoming
+        try:
+            _apply(ctx)
+        except StepFailure as exc:
+            result = RotateResult(
+                False,
+                held_generation,
+                f"secrets generation {incoming.generation} refused: {exc.message}",
+                exc.remedy,
+            )
+        else:
+            metadata.load_secrets(ctx.source, ctx.root, ctx.instance_id, persist=True)
+            if store.done_instance() == ctx.instance_id:
+                secretstore.retire(ctx.root, ctx.instance_id)
+            result = RotateResult(
+                True, incoming.generation, f"secrets generation {incoming.generation} in use"
+            )
+    _report(ctx, store, result, config.k3s.role is Role.SERVER)
+    return result
+
+
+def _report(ctx: Context, store: StateStore, result: RotateResult, server: bool) -> None:
+    current = store.read_status() or Status(state=State.DONE)
+    update: dict[str, object] = {"updated": datetime.now(UTC), "generation": result.generation}
+    if server:
+        nodes = _ready_nodes(ctx)
+        if nodes is not None:
+            update["nodes_ready"] = nodes
+    if not result.ok:
+        update.update(state=State.FAILED, step="rotate", message=result.message, remedy=result.remedy)
+    elif current.step == "rotate":
+        # A refused rotation that is now fixed: back to the onboarding's own outcome.
+        update.update(state=State.DONE, step=None, message=result.message, remedy=None)
+    status = current.model_copy(update=update)
+    store.write_status(status)
+    try:
+        ctx.source.set(KEY_STATUS, status.to_json())
+    except (OSError, SourceError) as exc:
+        LOG.warning("cannot write %s (tolerated): %s", KEY_STATUS, exc)
+    (LOG.info if result.ok else LOG.error)("rotate: %s", result.message)
