@@ -7,10 +7,14 @@ key path, so nothing after it runs.
 
 from __future__ import annotations
 
+import logging
+
 from firstboot import metadata, proxyenv, secretstore
 from firstboot.contract import KEY_CONFIG
 from firstboot.sources import SourceError
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
+
+LOG = logging.getLogger(__name__)
 
 META = StepMeta(
     name="metadata",
@@ -28,6 +32,8 @@ REMEDY_SOURCE = (
     "check that open-vm-tools is installed and running (vmware-rpctool 'info-get guestinfo.arcbake.config'), "
     "or run with --source env / --source file:PATH"
 )
+REMEDY_DEPLOY = "add the missing secrets to the fleet's secrets and run `builder deploy` again"
+REMEDY_ROTATE = "`builder rotate FLEET` delivers a newer generation when a step needs them again"
 
 
 def run(ctx: Context) -> None:
@@ -41,9 +47,11 @@ def run(ctx: Context) -> None:
         raise TransientFailure(f"cannot read {KEY_CONFIG}: {exc}", REMEDY_SOURCE) from None
     problems = metadata.check_secrets(config, secrets)
     if problems:
-        raise PermanentFailure(
-            f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}", _secrets_remedy(ctx)
-        )
+        if _retired(ctx) is None:
+            message = f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}"
+            raise PermanentFailure(message, REMEDY_DEPLOY)
+        # Onboarded before: a re-run (`--only dns`, say) needs no secret; a step that does fails there.
+        LOG.warning("secrets retired after onboarding (%s); %s", "; ".join(problems), REMEDY_ROTATE)
     ctx.config = config
     ctx.secrets = secrets
     # The proxy environment applies to every child process from here on.
@@ -64,23 +72,21 @@ def check(ctx: Context) -> CheckResult:
     except (metadata.MetadataError, SourceError) as exc:
         return CheckResult(False, f"secrets unreadable: {exc}", REMEDY_INVALID)
     problems = metadata.check_secrets(config, secrets)
-    if problems:
-        return CheckResult(
-            False, f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}", _secrets_remedy(ctx)
-        )
     role = config.k3s.role.value
+    if problems:
+        held = _retired(ctx)
+        if held is None:
+            message = f"guestinfo.arcbake.secrets is incomplete: {'; '.join(problems)}"
+            return CheckResult(False, message, REMEDY_DEPLOY)
+        retired = f"secrets generation {held.secrets.generation} retired"
+        return CheckResult(True, f"config valid: host {config.hostname}, role {role}; {retired}")
     return CheckResult(True, f"config valid: host {config.hostname}, role {role}")
 
 
-def _secrets_remedy(ctx: Context) -> str:
-    """Missing secrets: retired after onboarding (rotate) or never delivered (deploy)."""
+def _retired(ctx: Context) -> secretstore.Held | None:
+    """The held set when its values were retired once onboarding was done, else None."""
     try:
         held = secretstore.read(ctx.root, ctx.instance_id)
     except secretstore.SecretStoreError:
-        held = None
-    if held is not None and held.retired:
-        return (
-            f"the secrets were retired when onboarding finished (generation {held.secrets.generation} "
-            "kept, no value); `builder rotate FLEET` delivers a newer generation"
-        )
-    return "add the missing secrets to the fleet's secrets and run `builder deploy` again"
+        return None
+    return held if held is not None and held.retired else None
