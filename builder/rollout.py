@@ -42,6 +42,7 @@ from builder.deploy import (
     resolve_template,
 )
 from builder.fleet import Fleet, FleetVM, resolve_secrets
+from builder.rotate import KEY_GENERATION, current_generation
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Session, VSphereError
@@ -188,6 +189,7 @@ class _Runner:
         self.template, uuid, _extra = read_template(session, names, the_plan.template, self.where)
         self.marks = fleet_marks(fleet.name, the_plan.template, uuid)
         self.secrets = resolve_secrets(fleet, environ)
+        self.generation = current_generation(fleetvms.read_all(session, self.dc), fleet.name)
         self.environ = environ
         self.by_name = {v.name: v for v in fleet.vms}
 
@@ -262,7 +264,9 @@ class _Runner:
             new = None
         if new is None:
             say(f"{name}: cloning {temp} from {self.plan.template}")
-            guestinfo = guestinfo_values(step.vm, self.secrets[name])
+            # The replacement gets the secrets generation the fleet is at (after `builder rotate`).
+            secrets = self.secrets[name].model_copy(update={"generation": self.generation})
+            guestinfo = {**guestinfo_values(step.vm, secrets), KEY_GENERATION: str(self.generation)}
             obj = clone_fleet_vm(step.vm, temp, self.template, self.where, self.marks, guestinfo)
             booted = False
         else:

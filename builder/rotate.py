@@ -82,21 +82,30 @@ def _generations(rec: fleetvms.VmRecord) -> tuple[int | None, int | None]:
     return held, written
 
 
+def current_generation(records: list[fleetvms.VmRecord], fleet: str) -> int:
+    """The highest secrets generation among `fleet`'s VMs, written or reported (1: deploy's)."""
+    highest = 1
+    for rec in records:
+        if rec.owned_by(fleet):
+            held, written = _generations(rec)
+            highest = max(highest, held or 0, written or 0)
+    return highest
+
+
 def plan(session: Session, fleet: Fleet) -> RotatePlan:
     """Read every fleet VM's generations; the new one is the fleet's highest plus one."""
     dc = inventory.datacenter(session, fleet.placement.datacenter)
-    found = fleetvms.by_name(fleetvms.read_all(session, dc))
+    records = fleetvms.read_all(session, dc)
+    found = fleetvms.by_name(records)
     rows: list[VmRotation] = []
-    highest = 1  # deploy writes generation 1
     for vm in fleet.vms:
         owned = [r for r in found.get(vm.name, []) if r.owned_by(fleet.name)]
         if not owned:
             rows.append(VmRotation(vm.name, "missing"))
             continue
         held, written = _generations(owned[0])
-        highest = max(highest, held or 0, written or 0)
         rows.append(VmRotation(vm.name, "write", held, written, record=owned[0]))
-    return RotatePlan(fleet.name, highest + 1, rows)
+    return RotatePlan(fleet.name, current_generation(records, fleet.name) + 1, rows)
 
 
 def apply(

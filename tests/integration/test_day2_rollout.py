@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,17 @@ from fixtures.vcsim import VcsimHandle
 from builder import fleetvms
 from builder import rollout as ro
 from builder.fleet import load_fleet
+from builder.rotate import KEY_GENERATION
 from builder.vsphere import inventory
 from integration.vsphere_helpers import (
     DEMO_ARC_ID,
     SECRET_ENV,
+    cloudinit_decode,
     deployed,
     fleet_file,
     run_cli,
     session_for,
+    vm_extra,
     vm_info,
 )
 
@@ -74,6 +78,7 @@ def test_rollout_rebuilds_a_one_plus_two_cluster(
     vcsim: VcsimHandle, tmp_path: Path, arm: ArmDouble, arm_env: dict[str, str]
 ) -> None:
     path, vms = deployed(vcsim, tmp_path, "r1")
+    assert run_cli(vcsim, "rotate", str(path), "--yes").exit_code == 0  # the fleet is at generation 2
     with playing(vcsim, load_fleet(path)) as player:
         result = run_cli(vcsim, *rebuild(path), **arm_env)
     assert result.exit_code == 0, result.output
@@ -83,6 +88,11 @@ def test_rollout_rebuilds_a_one_plus_two_cluster(
     replaced = [r for r in player.reported if r.endswith(".rollout")]
     assert replaced == ["r1-01.rollout", "r1-02.rollout", "r1-03.rollout"]
     assert arm.resource(DEMO_ARC_ID) is None
+    # The replacements carry the generation the fleet is at, not deploy's 1.
+    for name in vms:
+        extra = vm_extra(vcsim, name)
+        assert extra[KEY_GENERATION] == "2"
+        assert json.loads(cloudinit_decode(extra)["secrets"])["generation"] == 2
     # A second rollout onto the same template has nothing to do.
     again = run_cli(vcsim, "rollout", str(path), "--template", "DC0_H0_VM1", "--rebuild-cluster", "--yes")
     assert again.exit_code == 0 and "0 VM(s) rolled" in again.stdout
