@@ -24,6 +24,8 @@ def _retrieve(session: Session, spec: Any) -> list[tuple[Any, dict[str, Any]]]:
     result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
     while result is not None:
         for obj in result.objects:
+            if obj.missingSet and not obj.propSet:
+                continue  # deleted since it was named (reportMissingObjectsInResults)
             out.append((obj.obj, {p.name: p.val for p in (obj.propSet or [])}))
         if not result.token:
             break
@@ -86,12 +88,16 @@ def datacenter_vms(session: Session, dc: Any, props: Sequence[str]) -> list[tupl
 def properties(
     session: Session, objs: Sequence[Any], vimtype: type, props: Sequence[str]
 ) -> dict[Any, dict[str, Any]]:
-    """The named properties of each of `objs` (all of `vimtype`), in one PropertyCollector query."""
+    """The named properties of each of `objs` (all of `vimtype`), in one PropertyCollector query.
+
+    An object deleted meanwhile is left out of the answer instead of failing the whole query.
+    """
     if not objs:
         return {}
     spec = PC.FilterSpec(
         objectSet=[PC.ObjectSpec(obj=o, skip=False) for o in objs],
         propSet=[PC.PropertySpec(type=vimtype, pathSet=list(props), all=False)],
+        reportMissingObjectsInResults=True,
     )
     return dict(_retrieve(session, spec))
 

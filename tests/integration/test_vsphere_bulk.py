@@ -15,6 +15,8 @@ from fixtures.vcsim import VcsimHandle
 from builder import status as st
 from builder.deploy import deploy
 from builder.fleet import load_fleet
+from builder.vsphere import inventory
+from builder.vsphere import vm as vmops
 from builder.vsphere.roundtrips import RoundTrips, counting
 from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for
 
@@ -78,3 +80,15 @@ def test_deploy_reads_the_template_once_and_plans_in_one_query(vcsim: VcsimHandl
     again_large = _deploy_trips(vcsim, large)
     assert again_large.by_method == again_small.by_method, f"{again_small} vs {again_large}"
     assert "Fetch config" not in again_large.by_method
+
+
+def test_a_vm_deleted_between_the_two_queries_reads_as_missing(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    fleet_path = fleet_file(tmp_path, "rt-gone", agents=2)
+    _deploy_trips(vcsim, fleet_path)
+    names = ["rt-gone-01", "rt-gone-02", "rt-gone-03"]
+    with session_for(vcsim) as session:
+        by_name = inventory.vms_by_name(session, inventory.datacenter(session, "DC0"), names)
+        vmops.destroy(by_name["rt-gone-02"][0], "rt-gone-02")
+        rows = vmops.read_rows(session, by_name, names)
+    assert sorted(rows) == ["rt-gone-01", "rt-gone-03"]
+    assert all(r.power == "poweredOn" and r.extra for found in rows.values() for r in found)
