@@ -15,8 +15,9 @@ refuses what the real binary of the pinned minor refuses (an agent with a server
 token or server). `SYSTEMCTL_DOUBLE_CLUSTER` names a JSON registry shared by the nodes of a test fleet: an
 initialising server registers its token (generated when it has none, as K3s does) under
 `SYSTEMCTL_DOUBLE_ADDRESS`; an agent or joining server must name a registered server (a joining server one
-with embedded etcd, `cluster-init`) and hold the same token. A refused start marks the unit `failed`,
-appends K3s's message to `SYSTEMCTL_DOUBLE_JOURNAL` and writes no kubeconfig; `--no-block` still exits 0,
+with embedded etcd, `cluster-init`) and hold the same token; a joiner whose server has not started yet
+waits for it up to `SYSTEMCTL_DOUBLE_JOIN_WAIT` seconds (K3s retries), then is refused. A refused start
+marks the unit `failed`, appends K3s's message to `SYSTEMCTL_DOUBLE_JOURNAL` and writes no kubeconfig; `--no-block` still exits 0,
 as systemd does once the job is queued. An agent that starts gets the kubelet kubeconfig
 (`/var/lib/rancher/k3s/agent/kubelet.kubeconfig`).
 """
@@ -90,12 +91,26 @@ def _join(root: Path, role: str) -> None:
     if not registry_path:
         return
     registry = Path(registry_path)
-    # Nodes of a test fleet boot in parallel: one writer at a time.
-    with Path(registry_path + ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        clusters = json.loads(registry.read_text()) if registry.exists() else {}
-        _register(clusters, node, token, role)
-        registry.write_text(json.dumps(clusters, indent=1))
+    # K3s keeps retrying a server that is not up yet; the double waits up to SYSTEMCTL_DOUBLE_JOIN_WAIT s.
+    deadline = time.monotonic() + float(os.environ.get("SYSTEMCTL_DOUBLE_JOIN_WAIT", "0") or 0)
+    while True:
+        # Nodes of a test fleet boot in parallel: one writer at a time.
+        with Path(registry_path + ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            clusters = json.loads(registry.read_text()) if registry.exists() else {}
+            try:
+                _register(clusters, node, token, role)
+            except ServerNotUp:
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                registry.write_text(json.dumps(clusters, indent=1))
+                return
+        time.sleep(0.1)
+
+
+class ServerNotUp(k3s_rules.K3sRefused):
+    """The server a node joins has not started (yet)."""
 
 
 def _register(
@@ -118,7 +133,7 @@ def _register(
         host = entry["alias_of"]
         entry = clusters[host]
     if entry is None:
-        raise k3s_rules.K3sRefused(f"failed to get CA certs: Get {server}/cacerts: connection refused")
+        raise ServerNotUp(f"failed to get CA certs: Get {server}/cacerts: connection refused")
     if token != entry["token"]:
         raise k3s_rules.K3sRefused(
             f"failed to validate token: token CA hash does not match the server's ({server})"

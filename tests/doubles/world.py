@@ -264,6 +264,8 @@ def fleet_world(
             (node_dir / "k3s-scenario.json").write_text(json.dumps(scenario))
             env = _node_env(preflight, workdir, root, node_dir, source_kubeconfig, cluster_dns, lat)
             env.update(az_env(workdir / "az", _az_config(lat)), SYSTEMCTL_DOUBLE_ADDRESS=node.address)
+            # The nodes boot together: a joiner's K3s waits for its server, as K3s retries it.
+            env["SYSTEMCTL_DOUBLE_JOIN_WAIT"] = "90"
             worlds[node.name] = World(root, meta, workdir, env, server, config, secrets)
         yield FleetWorld(workdir, server, worlds)
 

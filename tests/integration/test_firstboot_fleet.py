@@ -33,8 +33,7 @@ def run_to_done(world: FleetWorld, names: list[str]) -> None:
 def test_server_and_two_agents(preflight_world: PreflightWorld, tmp_path: Path) -> None:
     nodes = [Node("s1", "10.0.0.1", {"role": "server"}), agent("a1", "10.0.0.2"), agent("a2", "10.0.0.3")]
     with fleet_world(preflight_world, tmp_path / "fleet", nodes) as world:
-        run_to_done(world, ["s1"])
-        run_to_done(world, ["a1", "a2"])
+        run_to_done(world, ["s1", "a1", "a2"])  # booted together, as deploy powers them on
         assert world.refusals() == []
         cluster = world.registry()
         assert list(cluster) == ["10.0.0.1"] and cluster["10.0.0.1"]["token"] == K3S_TOKEN
@@ -62,10 +61,8 @@ def test_three_etcd_servers_and_two_agents(preflight_world: PreflightWorld, tmp_
         Node("a2", "10.0.0.5", {"role": "agent", "server_url": "https://10.0.0.2:6443"}),
     ]
     with fleet_world(preflight_world, tmp_path / "fleet", nodes) as world:
-        # The double does not retry a refused join as K3s does: each wave starts once its server is up.
-        run_to_done(world, ["s1"])
-        run_to_done(world, ["s2", "s3"])
-        run_to_done(world, ["a1", "a2"])
+        # Booted together: each joiner's K3s waits until the server it names is up (a2 names s2).
+        run_to_done(world, ["s1", "s2", "s3", "a1", "a2"])
         assert world.refusals() == []
         clusters = {a: e for a, e in world.registry().items() if "alias_of" not in e}
         assert list(clusters) == ["10.0.0.1"]
