@@ -1,4 +1,4 @@
-"""A `systemctl` double for tests and the bench (stdlib only); `tests/doubles/systemctl` is its executable.
+"""A `systemctl` double for tests and the bench (stdlib + PyYAML); `tests/doubles/systemctl` runs it.
 
 Records every argv (one JSON line) in `SYSTEMCTL_DOUBLE_LOG`. `enable --now UNIT` / `start UNIT` marks the
 unit active (state in `SYSTEMCTL_DOUBLE_STATE`) and, for `k3s`, copies `SYSTEMCTL_DOUBLE_KUBECONFIG` (a
@@ -17,9 +17,9 @@ initialising server registers its token (generated when it has none, as K3s does
 `SYSTEMCTL_DOUBLE_ADDRESS`; an agent or joining server must name a registered server (a joining server one
 with embedded etcd, `cluster-init`) and hold the same token; a joiner whose server has not started yet
 waits for it up to `SYSTEMCTL_DOUBLE_JOIN_WAIT` seconds (K3s retries), then is refused. A refused start
-marks the unit `failed`, appends K3s's message to `SYSTEMCTL_DOUBLE_JOURNAL` and writes no kubeconfig; `--no-block` still exits 0,
-as systemd does once the job is queued. An agent that starts gets the kubelet kubeconfig
-(`/var/lib/rancher/k3s/agent/kubelet.kubeconfig`).
+marks the unit `failed`, appends K3s's message to `SYSTEMCTL_DOUBLE_JOURNAL` and writes no kubeconfig;
+`--no-block` still exits 0, as systemd does once the job is queued. An agent that starts gets the kubelet
+kubeconfig (`/var/lib/rancher/k3s/agent/kubelet.kubeconfig`).
 """
 
 from __future__ import annotations
