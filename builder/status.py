@@ -41,7 +41,7 @@ NO_REPORT = "no report"
 MISSING = "missing"
 UNREADABLE = "unreadable"
 # What a status row needs (the name is known from the query of names).
-STATUS_PROPS = ("config.extraConfig", "runtime.powerState")
+STATUS_PROPS = ("config.extraConfig", "runtime.powerState", "config.template")
 FINAL = {contract.State.DONE.value, contract.State.FAILED.value}
 # A status is a few hundred bytes (32 step timings about 4 KiB); anything far larger is not read.
 MAX_STATUS_CHARS = 64 * 1024
@@ -181,7 +181,8 @@ def read_status(session: Session, fleet: Fleet, *, clear_secrets: bool = True) -
             continue
         vm = vms[-1]
         row, status = _row(fvm.name, vm.power, vm.extra)
-        if clear_secrets and secrets_to_remove(vm.extra, status):
+        # A template is never reconfigured, even when it carries a clone's keys (made from an onboarded VM).
+        if clear_secrets and not vm.is_template and secrets_to_remove(vm.extra, status):
             row.secrets = remove_secrets(vm.obj, fvm.name)
         rows.append(row)
     return rows

@@ -150,6 +150,16 @@ def test_secrets_leave_the_vm_configuration_once_past_metadata(vcsim: VcsimHandl
     assert _secrets_everywhere(vcsim, "ci-wipe-03") == [contract.KEY_SECRETS]
     assert contract.KEY_CONFIG in vm_extra(vcsim, "ci-wipe-02"), "only the secrets keys are removed"
 
+    # A template is never reconfigured, even one made from a clone that reported past metadata.
+    set_extra(vcsim, "ci-wipe-03", {contract.KEY_STATUS: status_json(state="done", step="flux")})
+    with session_for(vcsim) as s:
+        vm = inventory.vm(s, inventory.datacenter(s, "DC0"), "ci-wipe-03")
+        vmops.power_off(vm, "ci-wipe-03")
+        vm.MarkAsTemplate()
+    as_template = run_cli(vcsim, "status", str(fleet))
+    assert "removed" not in as_template.stderr and "ci-wipe-03" in as_template.stdout
+    assert _secrets_everywhere(vcsim, "ci-wipe-03") == [contract.KEY_SECRETS]
+
 
 @pytest.mark.fault(
     "deploy --replace with a fleet VM named like the template", "exit 1 naming it; template kept; no clone"
