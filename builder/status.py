@@ -117,8 +117,7 @@ def _row(name: str, power: str, extra: Mapping[str, str]) -> tuple[VmStatus, con
         row.step = clean(status.step, 40) if status.step else None
         row.remedy = clean(status.remedy) if status.remedy else None
         row.updated = status.updated.isoformat()
-        generation = getattr(status, "generation", None)
-        row.generation = generation if isinstance(generation, int) else None
+        row.generation = status.generation
         row.steps = [t.model_dump(mode="json") for t in status.steps]
     return row, status
 
@@ -147,9 +146,9 @@ def secrets_to_remove(extra: Mapping[str, str], status: contract.Status | None) 
     """True when the VM's configuration still holds secrets that the clone has taken in."""
     if status is None or not any(extra.get(k) for k in SECRET_KEYS) or not past_metadata(status):
         return False
-    reported = getattr(status, "generation", None)
+    # After `builder rotate`, a clone that still reports the older generation has not read the new set.
     deployed = _deployed_generation(extra)
-    return not (isinstance(reported, int) and deployed is not None and reported < deployed)
+    return not (status.generation is not None and deployed is not None and status.generation < deployed)
 
 
 def remove_secrets(vm: Any, name: str) -> str:

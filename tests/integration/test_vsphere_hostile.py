@@ -18,7 +18,7 @@ from builder.status import SECRET_KEYS, SECRETS_REMOVED
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from firstboot import contract
-from firstboot.encoding import decode
+from firstboot.encoding import GZIP_BASE64, decode, encode
 from integration.vsphere_helpers import (
     SECRET_ENV,
     builder_until,
@@ -208,3 +208,29 @@ def test_vcenter_killed_mid_deploy_is_one_line(tmp_path: Path) -> None:
     assert f"vCenter {sim.server}: connection lost while deploying VM 'ci-kill-0" in errors[0]
     for secret in (sim.password, *SECRET_ENV.values()):
         assert secret not in out + err
+
+
+def test_secrets_of_a_newer_generation_stay_until_the_clone_reports_it(
+    vcsim: VcsimHandle, tmp_path: Path
+) -> None:
+    fleet = fleet_file(tmp_path, "ci-gen")
+    assert run_cli(vcsim, "deploy", str(fleet)).exit_code == 0
+    # What `builder rotate` leaves: a generation-2 set in the key, while the clone still reports 1.
+    rotated = json.dumps({"generation": 2, "k3s_token": SECRET_ENV["K3S_TOKEN"]})
+    set_extra(
+        vcsim,
+        "ci-gen-01",
+        {
+            contract.KEY_SECRETS: encode(rotated, GZIP_BASE64),
+            contract.KEY_SECRETS + contract.ENCODING_SUFFIX: GZIP_BASE64,
+            contract.KEY_STATUS: status_json(state="done", step="flux", generation=1),
+        },
+    )
+    assert "removed" not in run_cli(vcsim, "status", str(fleet)).stderr
+    assert contract.KEY_SECRETS in dict(raw_extra(vcsim, "ci-gen-01"))
+
+    set_extra(vcsim, "ci-gen-01", {contract.KEY_STATUS: status_json(state="done", step="flux", generation=2)})
+    shown = run_cli(vcsim, "status", str(fleet))
+    assert f"ci-gen-01: {SECRETS_REMOVED}" in shown.stderr
+    assert not set(SECRET_KEYS) & {k for k, _ in raw_extra(vcsim, "ci-gen-01")}
+    assert "GEN" in shown.stdout.splitlines()[0]
