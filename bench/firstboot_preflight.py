@@ -99,7 +99,7 @@ def main() -> int:
         ctx = build_context(root, DictSource({"guestinfo.metadata": '{"instance-id": "bench"}'}), env={})
         ctx.config = OnboardingConfig.model_validate(cfg)
         started = time.monotonic()
-        result = Engine(ctx, steps.load(["time", "dns", "connectivity"])).run()
+        result = Engine(ctx, steps.load(["dns", "time", "connectivity"])).run()
         healthy = time.monotonic() - started
         if not result.ok:
             print(f"healthy preflight failed: {result.status.message}", file=sys.stderr)

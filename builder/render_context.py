@@ -116,14 +116,9 @@ def file_plan(spec: ImageSpec) -> list[PlannedFile]:
         PlannedFile("rootfs/etc/arcbake/image.json.j2", "rootfs/etc/arcbake/image.json"),
         PlannedFile("rootfs/etc/arcbake/k3s-server.yaml.j2", "rootfs/etc/arcbake/k3s-server.yaml"),
     ]
-    if spec.dns.apply_fix:
-        plan += [
-            PlannedFile(
-                "rootfs/etc/NetworkManager/conf.d/90-arcbake-dns.conf.j2",
-                "rootfs/etc/NetworkManager/conf.d/90-arcbake-dns.conf",
-            ),
-            PlannedFile("rootfs/etc/resolv.conf.j2", "rootfs/etc/resolv.conf"),
-        ]
+    # No DNS fix in the image: the build resolves through the site's resolver up to the seal (RHSM, dnf,
+    # curl and a proxy name only the site's DNS knows), and each clone keeps its own network's resolver
+    # unless firstboot's dns step finds it broken (README, "DNS: who decides the clone's resolver").
     if spec.proxy.enabled:
         plan += [
             PlannedFile("rootfs/etc/arcbake/k3s.service.env.j2", "rootfs/etc/arcbake/k3s.service.env", 0o600),
@@ -170,9 +165,7 @@ def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
         "firewall_profile": spec.firewall.profile.value,
         "public_ports": [f"{p['port']}/{p['protocol']}" for p in ports],
         "trusted_sources": spec.trusted_sources,
-        "upstream_servers": [str(s) for s in spec.dns.upstream_servers],
         "pod_upstream_servers": [str(s) for s in spec.dns.pod_upstream_servers],
-        "dns_fix": spec.dns.apply_fix,
         "azure_cli_version": spec.azure.cli_version,
         "packages": [
             "open-vm-tools",

@@ -26,11 +26,10 @@ from firstboot import proxyenv, sizing
 from firstboot.contract import (
     PATTERN_HINTS,
     Bool,
-    DnsResolvers,
     Float,
-    FQDNOrHost,
     Int,
     K3sNetwork,
+    PodResolvers,
     ProxyConfig,
     TimeSources,
 )
@@ -268,10 +267,21 @@ class TimeSpec(TimeSources):
     timezone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+][A-Za-z0-9_+/-]*$")] = "UTC"
 
 
-class DnsSpec(DnsResolvers):
-    """Resolvers for the host and for pods, and the fix for VM DNS forwarding; `search` is baked only."""
+class DnsSpec(PodResolvers):
+    """Resolvers for pods. The host's resolver is the clone's own network's; firstboot repairs it from the
+    fleet's `dns` (README, "DNS: who decides the clone's resolver"), so the image bakes no host DNS fix."""
 
-    search: list[FQDNOrHost] = Field(default_factory=list)
+
+# Keys that left the image spec, with where their job went (a plain "unknown key" would leave a user of an
+# older spec guessing).
+_MOVED_KEYS = {
+    ("dns", "upstream_servers"): "the DNS fix is applied at first boot, not baked: set dns.upstream_servers "
+    "in the fleet file (README, DNS: who decides the clone's resolver)",
+    ("dns", "apply_fix"): "the DNS fix is applied at first boot, not baked: set dns.apply_fix in the fleet "
+    "file (README, DNS: who decides the clone's resolver)",
+    ("dns", "search"): "search domains are the clone's network's: set network.search per VM in the fleet "
+    "file (README, DNS: who decides the clone's resolver)",
+}
 
 
 class FirewallProfile(StrEnum):
@@ -469,6 +479,7 @@ class SpecError(InputError):
 
 _HINTS = Hints(
     patterns={**PATTERN_HINTS, **_PATTERN_HINTS},
+    moved=_MOVED_KEYS,
     credentials=(
         "unknown key; credentials never go into the spec (vSphere: VSPHERE_* environment; "
         "RHEL: rhsm.org_env / rhsm.activation_key_env name environment variables)"

@@ -216,13 +216,20 @@ def _default_resolvers() -> list[IpAddress]:
     return [ipaddress.IPv4Address("1.1.1.1"), ipaddress.IPv4Address("1.0.0.1")]
 
 
-class DnsResolvers(_Model):
-    """Resolvers for the host and for pods (at most 3: the resolver reads no more), and the DNS fix."""
+class PodResolvers(_Model):
+    """The pods' resolvers (CoreDNS forwards there; at most 3: the resolver reads no more). The image bakes
+    them into /etc/rancher/k3s/resolv.conf and the dns step rewrites that file on each clone."""
 
-    upstream_servers: Annotated[list[IpAddress], Field(min_length=1, max_length=3)] = Field(
+    pod_upstream_servers: Annotated[list[IpAddress], Field(min_length=1, max_length=3)] = Field(
         default_factory=_default_resolvers
     )
-    pod_upstream_servers: Annotated[list[IpAddress], Field(min_length=1, max_length=3)] = Field(
+
+
+class DnsResolvers(PodResolvers):
+    """A clone's resolvers: the upstreams of the DNS fix firstboot applies when the clone's own resolver
+    fails (README, "DNS: who decides the clone's resolver"). Clone-only: the image bakes no host DNS fix."""
+
+    upstream_servers: Annotated[list[IpAddress], Field(min_length=1, max_length=3)] = Field(
         default_factory=_default_resolvers
     )
     apply_fix: Bool = True

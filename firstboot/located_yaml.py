@@ -199,6 +199,8 @@ class Hints:
 
     patterns: Mapping[str, str] = field(default_factory=dict)
     credentials: str | None = None
+    # (parent key, key) -> where that key's job went, for keys an input kind no longer accepts.
+    moved: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 NO_HINTS = Hints()
@@ -266,6 +268,9 @@ def _message(err: Any, root: type[BaseModel], path: PathKey, hints: Hints) -> st
     kind = err.get("type", "")
     msg = str(err.get("msg", "invalid"))
     if kind == "extra_forbidden":
+        moved = hints.moved.get((str(path[-2]), str(path[-1]))) if len(path) >= 2 else None
+        if moved:
+            return f"no longer accepted here: {moved}"
         key = str(path[-1]).lower() if path else ""
         credential = key in _CREDENTIAL_KEYS or any(w in key for w in _CREDENTIAL_WORDS)
         if credential and hints.credentials:

@@ -2,7 +2,7 @@
 
 Each module in `firstboot/steps/` defines:
 
-    META = StepMeta(name="dns", needs=("time",), timeout=120, retry=RetryPolicy(...))
+    META = StepMeta(name="time", needs=("dns",), timeout=120, retry=RetryPolicy(...))
     def check(ctx: Context) -> CheckResult: ...   # read-only; doctor runs it too
     def run(ctx: Context) -> None: ...            # does the work; raises StepFailure
 

@@ -7,8 +7,8 @@ Standard library only, outside the `firstboot.steps` package: the CLI's parser n
 ORDER: tuple[str, ...] = (
     "metadata",
     "hostname",
-    "time",
     "dns",
+    "time",
     "proxy",
     "connectivity",
     "resources",

@@ -1,20 +1,28 @@
-"""dns: the Azure endpoints Arc needs resolve, through the system resolver and the configured upstreams.
+"""dns: what the clone must resolve does resolve, through its own resolver; repaired when only that fails.
 
-Every name is asked of every server at once (a thread per query, `dns.timeout_seconds` each), so a dead
-resolver is reported within about that timeout instead of after sequential default timeouts.
+Runs before `time` (NTP servers are often names: chronyd and the offset measurement need the resolver
+this step repairs; plain DNS over port 53 does not need a correct clock, so nothing is lost by asking first).
 
-- "system resolver": the `nameserver` lines of `<root>/etc/resolv.conf`, queried with dnspython (not
-  getaddrinfo, which cannot be pointed at a test server). Port 53, or `ARCBAKE_DNS_PORT` (test seam).
+The names: every Arc endpoint (`ARC_ENDPOINTS` + `REGIONAL_ENDPOINTS`, formatted with `arc.location`, from
+Microsoft's "Azure Arc-enabled Kubernetes network requirements"; wildcards are represented by a regional
+instance) and every `time.ntp_servers` entry that is a name. Every name is asked of every server at once
+(a thread per query, `dns.timeout_seconds` each), so a dead resolver is reported within about that timeout
+instead of after sequential default timeouts.
+
+- "system resolver": the clone's own, `firstboot.resolver` (`<root>/etc/resolv.conf`, port 53 or
+  `ARCBAKE_DNS_PORT`).
 - upstreams: `dns.upstream_servers` on `dns.port`.
 
-When the system resolver fails (or is slower than `SLOW_SECONDS`) but the upstreams answer and
-`dns.apply_fix` is true, the fix is written: a NetworkManager drop-in that stops NM rewriting resolv.conf,
-`/etc/resolv.conf` with the upstreams, and (always) `/etc/rancher/k3s/resolv.conf` with the pod upstreams
-(K3s' `resolv-conf:` points there, since a CoreDNS `forward` override is ignored); then it checks again.
+Precedence (README, "DNS: who decides the clone's resolver"): the template carries no DNS fix, so the
+clone's resolver is what NetworkManager makes of its network: the VM's `network.dns` and `network.search`
+for a static address (cloud-init renders them into the connection), DHCP's otherwise. It is kept whenever
+it resolves the names. Only when it fails (or is slower than `SLOW_SECONDS`) while the upstreams answer,
+and `dns.apply_fix` is true, is the fix written: a NetworkManager drop-in that stops NM rewriting
+resolv.conf, and `/etc/resolv.conf` naming the upstreams with the search domains it had (plus `domain`).
+`/etc/rancher/k3s/resolv.conf` is always written with the pod upstreams (K3s' `resolv-conf:` points there,
+since a CoreDNS `forward` override is ignored). Then it checks again.
 
-Names: `ARC_ENDPOINTS` + `REGIONAL_ENDPOINTS` (formatted with `arc.location`), from Microsoft's "Azure
-Arc-enabled Kubernetes network requirements"; wildcards are represented by a regional instance.
-`ARCBAKE_ENDPOINTS_OVERRIDE` (comma list of `host[:port]`) replaces the list (test seam, also used by
+`ARCBAKE_ENDPOINTS_OVERRIDE` (comma list of `host[:port]`) replaces the Arc list (test seam, also used by
 the connectivity step).
 """
 
@@ -23,22 +31,26 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
-import time
 from dataclasses import dataclass
-
-import dns.exception
-import dns.rcode
-import dns.resolver
 
 from firstboot.contract import OnboardingConfig
 from firstboot.fsutil import atomic_write
+from firstboot.resolver import (
+    RESOLV_CONF,
+    Answer,
+    is_address,
+    query,
+    search_domains,
+    system_nameservers,
+    system_port,
+)
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
 
 LOG = logging.getLogger(__name__)
 
 META = StepMeta(
     name="dns",
-    needs=("time",),
+    needs=("hostname",),
     timeout_seconds=180,
     retry=RetryPolicy(deadline_seconds=120, initial_wait=2, max_wait=20),
     summary="resolving the Azure Arc endpoints",
@@ -64,8 +76,6 @@ REGIONAL_ENDPOINTS: tuple[str, ...] = (
     "{region}.obo.arc.azure.com:8084",
 )
 ENDPOINTS_OVERRIDE_ENV = "ARCBAKE_ENDPOINTS_OVERRIDE"
-DNS_PORT_ENV = "ARCBAKE_DNS_PORT"
-RESOLV_CONF = "/etc/resolv.conf"
 K3S_RESOLV_CONF = "/etc/rancher/k3s/resolv.conf"
 NM_DROPIN = "/etc/NetworkManager/conf.d/90-arcbake-dns.conf"
 MARK = "# written by arcbake firstboot (dns step)"
@@ -98,69 +108,6 @@ def parse_endpoint(item: str) -> Endpoint:
     if sep and port.isdigit() and host and ":" not in host:
         return Endpoint(host, int(port))
     return Endpoint(item)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One query's outcome: `status` is ok, nxdomain, servfail, refused, timeout, noanswer or error."""
-
-    name: str
-    server: str
-    status: str
-    seconds: float
-    detail: str = ""
-
-
-def query(name: str, server: str, port: int, timeout: float) -> Answer:
-    """Ask `server` for A (then AAAA) records of `name`; never raises."""
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = [server]
-    res.port = port
-    res.timeout = res.lifetime = timeout
-    started = time.monotonic()
-
-    def done(status: str, detail: str = "") -> Answer:
-        return Answer(name, server, status, time.monotonic() - started, detail)
-
-    try:
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = res.resolve(name, rdtype, search=False)
-                return done("ok", ", ".join(r.to_text() for r in answer))
-            except dns.resolver.NoAnswer:
-                continue
-        return done("noanswer")
-    except dns.resolver.NXDOMAIN:
-        return done("nxdomain")
-    except dns.resolver.LifetimeTimeout:
-        return done("timeout")
-    except dns.resolver.NoNameservers as exc:
-        # dnspython reports SERVFAIL / REFUSED this way; keep the rcode for the message.
-        text = str(exc)
-        status = "servfail" if "SERVFAIL" in text else "refused" if "REFUSED" in text else "error"
-        return done(status, text[-160:])
-    except dns.exception.DNSException as exc:
-        return done("error", f"{type(exc).__name__}: {exc}")
-
-
-def system_nameservers(ctx: Context) -> list[str]:
-    """`nameserver` entries of `<root>/etc/resolv.conf`."""
-    path = ctx.path(RESOLV_CONF)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    return [
-        parts[1]
-        for parts in (line.split() for line in text.splitlines())
-        if len(parts) >= 2 and parts[0] == "nameserver"
-    ]
-
-
-def system_port() -> int:
-    """53, or `ARCBAKE_DNS_PORT` (test seam: resolv.conf cannot carry a port)."""
-    raw = os.environ.get(DNS_PORT_ENV, "")
-    return int(raw) if raw.isdigit() else 53
 
 
 @dataclass(frozen=True)
@@ -223,7 +170,9 @@ def write_fix(ctx: Context) -> list[str]:
     """Point the host at the upstreams (NM drop-in + resolv.conf); return the guest paths written."""
     config = ctx.require_config()
     upstream = [str(s) for s in config.dns.upstream_servers]
-    search = f"search {config.domain}\n" if config.domain else ""
+    # Keep the search domains the network gave (a static VM's network.search, DHCP's option 119).
+    domains = list(dict.fromkeys([*search_domains(ctx), *([config.domain] if config.domain else [])]))
+    search = f"search {' '.join(domains)}\n" if domains else ""
     files = {
         NM_DROPIN: f"{MARK}\n[main]\ndns=none\nrc-manager=unmanaged\n",
         RESOLV_CONF: MARK
@@ -300,17 +249,25 @@ def diagnose(ctx: Context, s: Survey, fixed: bool = False) -> tuple[bool, str, s
     )
 
 
+def required_names(ctx: Context) -> list[str]:
+    """The names the clone must resolve: the Arc endpoints and the NTP servers given by name."""
+    config = ctx.require_config()
+    arc = {e.host for e in endpoints(config, dict(ctx.env) | dict(os.environ))}
+    ntp = {s for s in config.time.ntp_servers if not is_address(s)}
+    return sorted(arc | ntp)
+
+
 def run(ctx: Context) -> None:
     """Survey; apply the fix when the upstreams answer but the system resolver does not; survey again."""
     config = ctx.require_config()
-    names = sorted({e.host for e in endpoints(config, dict(ctx.env) | dict(os.environ))})
+    names = required_names(ctx)
     try:
         write_k3s_resolv(ctx)
     except OSError as exc:
         raise PermanentFailure(f"cannot write {K3S_RESOLV_CONF}: {exc}", "check /etc/rancher") from None
     s = survey(ctx, names)
     if s.system_ok:
-        ctx.progress(f"{len(names)} Arc endpoints resolve through {', '.join(s.system_servers)}")
+        ctx.progress(f"{len(names)} names resolve through {', '.join(s.system_servers)}")
         return
     fixed = False
     if s.upstream_ok and config.dns.apply_fix:
@@ -319,7 +276,7 @@ def run(ctx: Context) -> None:
         LOG.warning("system resolver failing; DNS fix applied: %s", ", ".join(written))
         s = survey(ctx, names)
         if s.system_ok:
-            ctx.progress(f"DNS fix applied; {len(names)} Arc endpoints resolve")
+            ctx.progress(f"DNS fix applied; {len(names)} names resolve")
             return
     transient, message, remedy = diagnose(ctx, s, fixed)
     raise (TransientFailure if transient else PermanentFailure)(message, remedy)
@@ -327,10 +284,9 @@ def run(ctx: Context) -> None:
 
 def check(ctx: Context) -> CheckResult:
     """Read-only survey of the host resolver and the upstreams."""
-    config = ctx.require_config()
-    names = sorted({e.host for e in endpoints(config, dict(ctx.env) | dict(os.environ))})
+    names = required_names(ctx)
     s = survey(ctx, names)
     if s.system_ok:
-        return CheckResult(True, f"{len(names)} Arc endpoints resolve through {', '.join(s.system_servers)}")
+        return CheckResult(True, f"{len(names)} names resolve through {', '.join(s.system_servers)}")
     _, message, remedy = diagnose(ctx, s)
     return CheckResult(False, message, remedy)

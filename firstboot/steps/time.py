@@ -1,13 +1,21 @@
 """time: chrony sources from metadata, wait for synchronisation, then measure the offset with ntplib.
 
-Azure sign-in fails when the clock is off, so this link is checked before anything talks to Azure.
+Azure sign-in fails when the clock is off, so this link is checked before anything talks to Azure. It runs
+after `dns`: NTP servers are usually names, and a clone whose resolver forwards to a dead upstream cannot
+reach any of them until the dns step has repaired the resolver (README, "DNS: who decides the clone's
+resolver"). Repairing first serves chronyd itself, which resolves its sources through the same resolver;
+resolving the names here through the upstreams and handing chrony addresses would leave chronyd's own
+re-resolution (pools rotate their addresses) broken.
 
 1. Sources: when `<root>/etc/chrony.conf` has `sourcedir /etc/chrony.d` (chrony 4), the servers go to
    `/etc/chrony.d/arcbake.sources`; otherwise (arcbake's own chrony.conf, chrony 3) the `server`/`pool`
    lines of chrony.conf are replaced by ours. A port other than 123 is written as `port N`.
 2. On a real root (`/`) with chronyc: `chronyc reload sources` when the sources file changed, a restart
    of chronyd when chrony.conf did; then `chronyc waitsync` bounded by `time.sync_timeout_seconds`.
-3. ntplib asks every configured server (on `time.ntp_port`) in parallel: the step fails (transient, so
+   `chronyc refresh` first makes chronyd resolve its source names again: it may have failed to while the
+   resolver was still broken, and would otherwise retry only after a growing back-off.
+3. ntplib asks every configured server (names resolved through the clone's resolver, `firstboot.resolver`)
+   on `time.ntp_port`, in parallel: the step fails (transient, so
    retried until the step's deadline) when none answers, when the answering servers are unsynchronised
    (leap 3 or stratum 0), or when the best offset exceeds `time.max_offset_seconds`.
 """
@@ -23,7 +31,7 @@ from pathlib import Path
 
 import ntplib
 
-from firstboot import subp
+from firstboot import resolver, subp
 from firstboot.contract import TimeConfig
 from firstboot.fsutil import atomic_write
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -32,7 +40,7 @@ LOG = logging.getLogger(__name__)
 
 META = StepMeta(
     name="time",
-    needs=("hostname",),
+    needs=("dns",),
     timeout_seconds=300,
     retry=RetryPolicy(deadline_seconds=240, initial_wait=2, max_wait=20),
     summary="synchronising the clock (chrony) and measuring the offset",
@@ -100,12 +108,16 @@ def write_sources(ctx: Context) -> list[str]:
     return changed
 
 
-def measure(cfg: TimeConfig, timeout: float = NTP_TIMEOUT) -> list[Sample]:
+def measure(ctx: Context, cfg: TimeConfig, timeout: float = NTP_TIMEOUT) -> list[Sample]:
     """Ask every server at once (one thread each); one Sample per server, in config order."""
 
     def ask(server: str) -> Sample:
+        found, failed = resolver.addresses(ctx, server, timeout)
+        if not found:
+            why = "; ".join(f"{a.server}: {a.status}" for a in failed) or "no nameserver in /etc/resolv.conf"
+            return Sample(server, error=f"does not resolve through the clone's resolver ({why})")
         try:
-            resp = ntplib.NTPClient().request(server, port=cfg.ntp_port, version=4, timeout=timeout)
+            resp = ntplib.NTPClient().request(found[0], port=cfg.ntp_port, version=4, timeout=timeout)
         except ntplib.NTPException as exc:
             return Sample(server, error=f"no answer ({exc})")
         except OSError as exc:
@@ -123,6 +135,13 @@ def _servers(cfg: TimeConfig) -> str:
 def judge(cfg: TimeConfig, samples: list[Sample]) -> tuple[str, str] | None:
     """None when the clock is fine, else (message, remedy)."""
     answered = [s for s in samples if s.error is None]
+    unresolved = [s for s in samples if s.error and s.error.startswith("does not resolve")]
+    if not answered and unresolved:
+        return (
+            "NTP server names do not resolve: " + "; ".join(f"{s.server} {s.error}" for s in unresolved),
+            "the dns step should have repaired the resolver: run `firstboot doctor` and check the dns "
+            "line; or give time.ntp_servers as addresses in the fleet file",
+        )
     if not answered:
         return (
             f"no NTP server answered: {_servers(cfg)} (UDP)",
@@ -150,6 +169,15 @@ def judge(cfg: TimeConfig, samples: list[Sample]) -> tuple[str, str] | None:
     return None
 
 
+def _refresh() -> None:
+    # chrony < 4.0 (early EL8) has no `refresh`; it then re-resolves on its own back-off, which
+    # waitsync's bound covers, so the failure is logged and not fatal.
+    try:
+        subp.run(["chronyc", "refresh"], timeout=15, description="chronyc refresh (resolve the names again)")
+    except subp.ProcessExecutionError as exc:
+        LOG.warning("chronyc refresh failed (chronyd re-resolves names on its own later): %s", exc)
+
+
 def _waitsync(ctx: Context, cfg: TimeConfig, changed: list[str]) -> None:
     if ctx.root != Path("/") or not shutil.which("chronyc"):
         return
@@ -159,6 +187,7 @@ def _waitsync(ctx: Context, cfg: TimeConfig, changed: list[str]) -> None:
             subp.run(["systemctl", "restart", "chronyd"], timeout=60, description="restarting chronyd")
         elif changed:
             subp.run(["chronyc", "reload", "sources"], timeout=15, description="chronyc reload sources")
+        _refresh()
         tries = max(1, int(cfg.sync_timeout_seconds))
         subp.run(
             ["chronyc", "waitsync", str(tries), f"{cfg.max_offset_seconds:g}", "0", "1"],
@@ -183,7 +212,7 @@ def run(ctx: Context) -> None:
             f"cannot write the chrony sources: {exc}", "check that /etc is writable"
         ) from None
     _waitsync(ctx, cfg, changed)
-    samples = measure(cfg)
+    samples = measure(ctx, cfg)
     verdict = judge(cfg, samples)
     if verdict is not None:
         raise TransientFailure(*verdict)
@@ -208,7 +237,7 @@ def chrony_leap_status(ctx: Context) -> str | None:
 def check(ctx: Context) -> CheckResult:
     """Read-only: the offset measured now, then chrony's own sync state (real root only)."""
     cfg = ctx.require_config().time
-    samples = measure(cfg)
+    samples = measure(ctx, cfg)
     verdict = judge(cfg, samples)
     if verdict is not None:
         return CheckResult(False, *verdict)

@@ -18,7 +18,7 @@ from spec_base import BASE, variant
 from builder import render as render_mod
 from builder.assets import packer_dir
 from builder.render import RenderError, SecretEnvError, packer_secret_env, render
-from builder.spec import ImageSpec, load_spec, parse_spec
+from builder.spec import ImageSpec, SpecError, load_spec, parse_spec
 from firstboot.located_yaml import load_located
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,8 +47,6 @@ LAYOUT = {
     "rootfs/etc/systemd/system/arcbake-rotate.service",
     "rootfs/etc/systemd/system/arcbake-rotate.timer",
     "rootfs/etc/vmware-tools/tools.conf",
-    "rootfs/etc/NetworkManager/conf.d/90-arcbake-dns.conf",
-    "rootfs/etc/resolv.conf",
     "scripts/10-install-k3s-airgap.sh",
     "scripts/20-install-azure-cli.sh",
     "scripts/30-install-firstboot.sh",
@@ -227,13 +225,27 @@ def test_failure_leaves_nothing_half_applied(tmp_path: Path, monkeypatch: pytest
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
-def test_dns_fix_off_renders_no_resolver_override(tmp_path: Path) -> None:
-    spec = parse(variant("build:\n", "dns: {apply_fix: false}\nbuild:\n"))
-    render(spec, tmp_path / "b", now=NOW, packer=PACKER_166)
-    assert not (tmp_path / "b/rootfs/etc/resolv.conf").exists()
-    assert not (tmp_path / "b/rootfs/etc/NetworkManager/conf.d/90-arcbake-dns.conf").exists()
+@pytest.mark.parametrize("name", ["rocky9", "rhel9"])
+def test_build_keeps_the_site_resolver(tmp_path: Path, name: str) -> None:
+    # The guest files are copied before scripts 05-40 (RHSM, dnf, curl through a proxy only the site's DNS
+    # knows): nothing copied may replace the build VM's resolver, and no script may install a DNS fix.
+    render(example(name), tmp_path / "b", now=NOW, packer=PACKER_166)
+    out = tmp_path / "b"
+    assert not (out / "rootfs/etc/resolv.conf").exists()
+    assert not list((out / "rootfs/etc").glob("NetworkManager/**/*"))
+    for script in (out / "scripts").glob("*.sh"):
+        text = script.read_text()
+        assert "dns=none" not in text and "/etc/resolv.conf" not in text, script.name
     # Pods still get their upstream through k3s resolv-conf.
-    assert "nameserver 1.1.1.1" in (tmp_path / "b/rootfs/etc/rancher/k3s/resolv.conf").read_text()
+    assert "nameserver 1.1.1.1" in (out / "rootfs/etc/rancher/k3s/resolv.conf").read_text()
+
+
+@pytest.mark.parametrize("key", ["upstream_servers: [1.1.1.1]", "apply_fix: true", "search: [corp.test]"])
+def test_host_dns_keys_moved_to_the_fleet(key: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse(variant("build:\n", f"dns: {{{key}}}\nbuild:\n"))
+    text = str(info.value)
+    assert "no longer accepted here" in text and "fleet file" in text and "dns." in text
 
 
 @pytest.mark.parametrize(

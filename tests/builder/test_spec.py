@@ -30,7 +30,7 @@ def test_base_is_valid() -> None:
     spec = parse(BASE)
     assert spec.os.variant == "rocky9"
     assert str(spec.k3s.cluster_cidr) == "10.42.0.0/16"
-    assert [str(s) for s in spec.dns.upstream_servers] == ["1.1.1.1", "1.0.0.1"]
+    assert [str(s) for s in spec.dns.pod_upstream_servers] == ["1.1.1.1", "1.0.0.1"]
     assert spec.hardware.firmware.value == "efi"
 
 
@@ -462,7 +462,6 @@ def test_defaults_line_up_with_the_onboarding_contract() -> None:
     assert spec.k3s.cluster_cidr == contract.cluster_cidr
     assert spec.k3s.service_cidr == contract.service_cidr
     assert spec.k3s.cluster_dns == contract.cluster_dns
-    assert [str(s) for s in spec.dns.upstream_servers] == [str(s) for s in DnsConfig().upstream_servers]
     assert [str(s) for s in spec.dns.pod_upstream_servers] == [
         str(s) for s in DnsConfig().pod_upstream_servers
     ]

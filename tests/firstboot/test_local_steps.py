@@ -125,12 +125,12 @@ def test_time_on_a_real_root_restarts_or_reloads_chrony_then_waits_bounded(
     from firstboot.steps import time as time_step
 
     calls: list[tuple[list[str], float]] = []
-    fail = {"waitsync": False}
+    fail = {"waitsync": False, "refresh": False}
 
     def fake_run(argv: list[str], *, timeout: float, **kw: Any) -> subp.Result:
         calls.append((list(argv), timeout))
-        if fail["waitsync"] and argv[1] == "waitsync":
-            raise subp.ProcessExecutionError("waiting for chrony", argv, exit_code=1)
+        if fail.get(argv[1]):
+            raise subp.ProcessExecutionError("chronyc", argv, exit_code=1)
         return subp.Result(tuple(argv), 0, "", "")
 
     monkeypatch.setattr("firstboot.steps.time.subp.run", fake_run)
@@ -138,14 +138,21 @@ def test_time_on_a_real_root_restarts_or_reloads_chrony_then_waits_bounded(
     ctx = ctx_for(Path("/"))
     cfg = ctx.require_config().time
     time_step._waitsync(ctx, cfg, ["/etc/chrony.conf"])
+    # `refresh`: chronyd resolves its source names again now that the dns step ran before it.
     assert [c[0] for c in calls] == [
         ["systemctl", "restart", "chronyd"],
+        ["chronyc", "refresh"],
         ["chronyc", "waitsync", "5", "5", "0", "1"],
     ]
-    assert calls[1][1] == 15
+    assert calls[2][1] == 15
     calls.clear()
     time_step._waitsync(ctx, cfg, ["/etc/chrony.d/arcbake.sources"])
     assert calls[0][0] == ["chronyc", "reload", "sources"]
+    # chrony < 4.0 has no `refresh`: logged, and waitsync still runs.
+    calls.clear()
+    fail["refresh"] = True
+    time_step._waitsync(ctx, cfg, [])
+    assert [c[0][1] for c in calls] == ["refresh", "waitsync"]
     fail["waitsync"] = True
     with pytest.raises(TransientFailure) as info:
         time_step._waitsync(ctx, cfg, [])

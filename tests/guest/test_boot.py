@@ -175,8 +175,8 @@ def test_skewed_time_fails_at_time(guest_world: GuestWorld, start_ntp: Callable[
     assert "the clock is off by +1" in last["message"], last
     assert last["remedy"] and "makestep" in last["remedy"], last
     assert last["remedy"] in journal
-    assert guest_world.stamped() == {"metadata", "hostname"}
-    assert _running_steps(guest_world.statuses()) == ["metadata", "hostname", "time"]
+    assert guest_world.stamped() == {"metadata", "hostname", "dns"}
+    assert _running_steps(guest_world.statuses()) == ["metadata", "hostname", "dns", "time"]
     assert not guest_world.guest.path("/etc/rancher/k3s/k3s.yaml").exists()
     assert guest_world.az_calls() == []
 

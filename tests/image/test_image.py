@@ -113,13 +113,16 @@ def test_firewalld_trusted_sources(host: Any, expect: dict[str, Any]) -> None:
 
 
 @pytest.mark.group("dns")
-def test_host_resolvers(host: Any, expect: dict[str, Any]) -> None:
-    if not expect["dns_fix"]:
-        pytest.skip("the DNS fix is off in this image")
-    text = host.file("/etc/resolv.conf").content_string
-    assert re.findall(r"^nameserver\s+(\S+)", text, re.M) == expect["upstream_servers"]
-    drop_in = host.file("/etc/NetworkManager/conf.d/90-arcbake-dns.conf")
-    assert drop_in.exists and re.search(r"^dns=none$", drop_in.content_string, re.M)
+def test_no_baked_dns_fix(host: Any) -> None:
+    # The build resolves through the site's resolver up to the seal, and a clone through its own network's
+    # (network.dns, DHCP): only firstboot's dns step may pin resolv.conf, and only on a clone whose
+    # resolver fails (README, "DNS: who decides the clone's resolver").
+    assert not host.file("/etc/NetworkManager/conf.d/90-arcbake-dns.conf").exists
+    resolv = host.file("/etc/resolv.conf")
+    if resolv.exists:
+        assert "arcbake" not in resolv.content_string, "resolv.conf was written by arcbake"
+    dns_none = host.run("grep -rlsE '^[[:space:]]*dns[[:space:]]*=[[:space:]]*none' /etc/NetworkManager")
+    assert dns_none.stdout.strip() == "", f"NetworkManager dns=none in {dns_none.stdout.strip()}"
 
 
 @pytest.mark.group("dns")

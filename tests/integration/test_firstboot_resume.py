@@ -28,7 +28,7 @@ from firstboot import steps
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KillPoint = tuple[str, Callable[[World], bool]]
-LOCAL_STEPS = ("metadata", "hostname", "time", "dns", "proxy", "connectivity", "resources")
+LOCAL_STEPS = ("metadata", "hostname", "dns", "time", "proxy", "connectivity", "resources")
 
 
 def _running(step: str, fragment: str = "") -> Callable[[World], bool]:

@@ -62,7 +62,7 @@ def test_preflight_reaches_done_and_keeps_secrets_out(
     assert SECRET not in meta.read_text()
 
 
-@pytest.mark.fault("NTP server silent during a run", "run fails at time with the servers named; dns not run")
+@pytest.mark.fault("NTP server silent during a run", "run fails at time, servers named; proxy not run")
 def test_run_stops_at_the_broken_link(
     preflight_world: PreflightWorld, guest_root: Path, tmp_path: Path, silent_udp: SilentUdp
 ) -> None:
@@ -77,7 +77,7 @@ def test_run_stops_at_the_broken_link(
     assert f"127.0.0.1:{silent_udp.port}" in result.status.message
     assert result.status.remedy and "UDP port" in result.status.remedy
     stamped = {p.name for p in (root / "var/lib/arcbake/instances/vm-1").glob("*.done")}
-    assert stamped == {"metadata.done", "hostname.done"}
+    assert stamped == {"metadata.done", "hostname.done", "dns.done"}
 
 
 @pytest.mark.slow

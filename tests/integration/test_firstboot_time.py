@@ -6,11 +6,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fixtures.guestinfo import DictSource, onboarding_config
+from fixtures.dnsserver import DnsmasqHandle
+from fixtures.firstboot_plugin import ARC_NAMES
+from fixtures.guestinfo import DictSource, onboarding_config, write_metadata
 from fixtures.ntp import NtpHandle, SilentUdp
 
+from firstboot import steps
 from firstboot.contract import OnboardingConfig
-from firstboot.engine import build_context
+from firstboot.engine import Engine, build_context
+from firstboot.sources import FileSource
 from firstboot.step import Context, TransientFailure
 from firstboot.steps import time as time_step
 
@@ -84,3 +88,48 @@ def test_no_answer_fails_naming_the_servers(guest_root: Path, silent_udp: Silent
         time_step.run(ctx)
     assert f"127.0.0.1:{silent_udp.port}, localhost:{silent_udp.port}" in info.value.message
     assert f"UDP port {silent_udp.port}" in info.value.remedy
+
+
+@pytest.mark.fault(
+    "the clone's resolver forwards to a dead upstream; NTP given by name",
+    "dns repairs the resolver first, then time resolves the NTP name through it and passes",
+)
+def test_ntp_name_resolves_after_the_dns_repair(
+    guest_root: Path,
+    tmp_path: Path,
+    ntp_synced: NtpHandle,
+    start_dns: Callable[..., DnsmasqHandle],
+    silent_udp: SilentUdp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The configured upstream (dns.upstream_servers) knows every name; the VM's resolver (a forwarder on
+    # ::1, same port number, as DHCP or VMware would hand it out) forwards everything to a dead upstream.
+    names = {**dict.fromkeys(ARC_NAMES, "127.0.0.1"), "ntp.site.test": "127.0.0.1"}
+    upstream = start_dns(names)
+    dead = dict.fromkeys(["com", "net", "test"], silent_udp.port)
+    start_dns(host="::1", port=upstream.port, forward_silent=dead)
+    (guest_root / "etc").mkdir()
+    (guest_root / "etc/resolv.conf").write_text("search site.test\nnameserver ::1\n")
+    monkeypatch.setenv("ARCBAKE_DNS_PORT", str(upstream.port))
+    config = onboarding_config(
+        ntp_servers=["ntp.site.test"], ntp_port=ntp_synced.port, dns_port=upstream.port
+    )
+    meta = write_metadata(tmp_path / "meta.json", config, secrets={"sp_secret": "s"})
+    ctx = build_context(guest_root, FileSource(meta), env={}, time_scale=0.01)
+    result = Engine(ctx, steps.load(["metadata", "hostname", "dns", "time"])).run()
+    assert result.ok, result.status
+    resolv = (guest_root / "etc/resolv.conf").read_text()
+    assert "nameserver 127.0.0.1" in resolv and "::1" not in resolv
+    assert "search site.test example.test" in resolv
+    assert "server ntp.site.test iburst" in (guest_root / "etc/chrony.d/arcbake.sources").read_text()
+    assert time_step.check(ctx).ok
+
+
+def test_ntp_name_the_resolver_cannot_find_names_the_link(guest_root: Path, ntp_synced: NtpHandle) -> None:
+    (guest_root / "etc").mkdir()
+    (guest_root / "etc/resolv.conf").write_text("")
+    ctx = ctx_for(guest_root, ntp_synced.port, servers=["ntp.nowhere.test"])
+    with pytest.raises(TransientFailure) as info:
+        time_step.run(ctx)
+    assert "ntp.nowhere.test" in info.value.message and "do not resolve" in info.value.message
+    assert "dns" in info.value.remedy
