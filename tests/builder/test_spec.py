@@ -213,8 +213,8 @@ ERRORS = [
     ),
     (
         "resolver-bad",
-        variant("build:\n", "dns: {upstream_servers: [1.1.1.1, dns.example]}\nbuild:\n"),
-        "dns.upstream_servers.1",
+        variant("build:\n", "dns: {pod_upstream_servers: [1.1.1.1, dns.example]}\nbuild:\n"),
+        "dns.pod_upstream_servers.1",
         27,
         "not a valid IPv4 or IPv6",
     ),
