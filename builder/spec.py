@@ -363,16 +363,31 @@ class ContentLibrary(_Model):
 
 
 class PublishSpec(_Model):
-    """What happens to the finished VM."""
+    """What happens to the finished VM: a template, or an item of a content library (not both)."""
 
+    # Default: true without a content library, false with one.
     convert_to_template: Bool = True
     content_library: ContentLibrary | None = None
     keep: Annotated[Int, Field(ge=1, le=100)] = 3
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_convert(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "convert_to_template" not in data and data.get("content_library"):
+            return {**data, "convert_to_template": False}
+        return data
 
     @model_validator(mode="after")
     def _somewhere(self) -> PublishSpec:
         if not self.convert_to_template and self.content_library is None:
             raise ValueError("publish nowhere: set convert_to_template or content_library")
+        if self.convert_to_template and self.content_library is not None:
+            # hashicorp/packer-plugin-vsphere builder/vsphere/{iso,clone}/config.go, the doc comment of
+            # content_library_destination: "The import doesn't work if convert_to_template is set to true."
+            raise ValueError(
+                "content_library cannot be combined with convert_to_template: true (the vsphere plugin "
+                "documents that the import does not work then): set convert_to_template: false"
+            )
         return self
 
 

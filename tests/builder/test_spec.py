@@ -309,6 +309,15 @@ ERRORS = [
         "publish nowhere",
     ),
     (
+        # hashicorp/packer-plugin-vsphere builder/vsphere/{iso,clone}/config.go (content_library_destination):
+        # "The import doesn't work if convert_to_template is set to true."
+        "library-and-convert",
+        variant("build:\n", "publish: {convert_to_template: true, content_library: {name: lib1}}\nbuild:\n"),
+        "publish",
+        27,
+        "cannot be combined with convert_to_template: true",
+    ),
+    (
         "keep-zero",
         variant("build:\n", "publish: {keep: 0}\nbuild:\n"),
         "publish.keep",
@@ -452,6 +461,12 @@ def test_no_proxy_is_completed() -> None:
     assert no_proxy[-1] == ".corp"
     assert {"10.42.0.0/16", "10.43.0.0/16", ".svc", ".cluster.local", "localhost"} <= set(no_proxy)
     assert spec.proxy_environment["no_proxy"] == spec.proxy_environment["NO_PROXY"]
+
+
+def test_content_library_alone_does_not_convert() -> None:
+    spec = parse(variant("build:\n", "publish: {content_library: {name: lib1}}\nbuild:\n"))
+    assert spec.publish.convert_to_template is False and spec.publish.content_library is not None
+    assert parse(BASE).publish.convert_to_template is True
 
 
 def test_defaults_line_up_with_the_onboarding_contract() -> None:

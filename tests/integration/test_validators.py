@@ -234,7 +234,7 @@ def test_content_library_default_item_name_passes_packer_validate(tmp_path: Path
     text = (REPO / "examples/demo-image.yaml").read_text()
     assert "  convert_to_template: true\n" in text
     text = text.replace(
-        "  convert_to_template: true\n", "  convert_to_template: true\n  content_library: {name: lib1}\n"
+        "  convert_to_template: true\n", "  convert_to_template: false\n  content_library: {name: lib1}\n"
     )
     spec_path = tmp_path / "cl.yaml"
     spec_path.write_text(text)
