@@ -30,6 +30,7 @@ from typing import Any
 
 from builder import packer as pk
 from builder.events import NULL, Recorder
+from builder.guestinfo import BUILD_ACCESS_KEYS
 from builder.spec import ImageSpec, load_spec
 from builder.validators import Outcome
 from builder.vsphere import inventory, retention
@@ -230,6 +231,8 @@ def _build(
             _cleanup_after_interrupt(session, dc, vm_name)
             raise
         with rec.step("publish", announce=False):
+            if spec.build_access_by_guestinfo:
+                _forget_build_access(session, dc, spec, vm_name)
             published = _published(session, dc, spec, vm_name)
         with rec.step("retention", announce=False):
             kept = retention.apply(session, dc, spec.template_name_regex(), spec.publish.keep)
@@ -282,6 +285,21 @@ def _preflight(session: Session, spec: ImageSpec) -> Any:
         finally:
             rest.close()
     return where.datacenter
+
+
+def _forget_build_access(session: Session, dc: Any, spec: ImageSpec, vm_name: str) -> None:
+    """Blank the build's guestinfo meta-data/user-data (the build key) in the powered-off VM Packer left,
+    then make it the template: Packer's own convert would have kept them for every later clone."""
+    found = inventory.vms_by_name(session, dc, [vm_name]).get(vm_name, [])
+    if not found:
+        raise NotFoundError(f"Packer finished but VM {vm_name!r} is not in datacenter {dc.name!r}")
+    vm = found[0]
+    vmops.set_extra_config(
+        vm, dict.fromkeys(BUILD_ACCESS_KEYS, ""), f"removing the build key from {vm_name!r}"
+    )
+    if spec.publish.convert_to_template:
+        vmops.power_off(vm, vm_name)
+        vm.MarkAsTemplate()
 
 
 def _published(session: Session, dc: Any, spec: ImageSpec, vm_name: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from builder.fleet import (
     resolve_secrets,
     secrets_json,
 )
+from builder.guestinfo import encode_keys
 from builder.status import parse_status, remove_secrets, secrets_to_remove
 from builder.template_names import newest_match, placeholders
 from builder.vsphere import inventory
@@ -44,7 +45,6 @@ from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vim
 from builder.vsphere.connection import TRANSPORT_ERRORS, NotFoundError, Session, VSphereError, lost
 from firstboot import contract
-from firstboot.encoding import GZIP_BASE64, encode
 from firstboot.located_yaml import Issue
 
 LOG = logging.getLogger(__name__)
@@ -117,11 +117,7 @@ def guestinfo_values(vm: FleetVM, secrets: contract.OnboardingSecrets) -> dict[s
         contract.KEY_CONFIG: vm.config_json(),
         contract.KEY_SECRETS: secrets_json(secrets),
     }
-    out: dict[str, str] = {}
-    for key, payload in payloads.items():
-        out[key] = encode(payload, GZIP_BASE64)
-        out[key + contract.ENCODING_SUFFIX] = GZIP_BASE64
-    return out
+    return encode_keys(payloads)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from builder import topology
+from builder.guestinfo import BUILD_SUDOERS, build_access
 from builder.spec import Distro, FirewallProfile, Firmware, ImageSpec
 from firstboot import proxyenv
 
@@ -84,6 +85,12 @@ def public_ports(spec: ImageSpec) -> list[dict[str, str]]:
         if not any(r["port"] == rule["port"] and r["protocol"] == rule["protocol"] for r in out):
             out.append(rule)
     return out
+
+
+# Packages whose .repo files are the distribution's own (Rocky, RHEL with subscription-manager's
+# redhat.repo): the seal leaves them enabled and disables every other repository (Rancher's, Microsoft's),
+# which air-gapped clones cannot reach (`dnf makecache` would fail on each). The image suite checks the same.
+DISTRO_REPO_PACKAGES = ("rocky-repos", "rocky-release", "redhat-release", "subscription-manager")
 
 
 def boot_command(spec: ImageSpec) -> list[str]:
@@ -176,10 +183,14 @@ def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
             "k3s-selinux",
         ],
         "build_user": spec.build.ssh_username,
+        "build_sudoers": BUILD_SUDOERS,
+        "distro_repo_packages": list(DISTRO_REPO_PACKAGES),
     }
     return {
         "spec": spec,
         "vm_name": vm_name,
+        "build_sudoers": BUILD_SUDOERS,
+        "distro_repo_packages": DISTRO_REPO_PACKAGES,
         "spec_sha256": digest,
         "public_ports": ports,
         "proxy_k3s_env": proxyenv.k3s_env_lines(spec.proxy, spec.k3s),
@@ -217,6 +228,8 @@ def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> d
     }
     if spec.time.disable_vmware_tools_timesync:
         params.update(TIMESYNC_OFF)
+    if spec.build_access_by_guestinfo and spec.build.ssh_public_key:
+        params.update(build_access(ctx["vm_name"], spec.build.ssh_username, spec.build.ssh_public_key))
     iso = spec.source.iso
     out: dict[str, Any] = {
         "vm_name": ctx["vm_name"],
@@ -245,7 +258,8 @@ def pkrvars(spec: ImageSpec, ctx: dict[str, Any], *, run_image_tests: bool) -> d
         # each value itself; the proxy patterns keep out what its shell would interpret anyway.
         "build_env": [f"{k}={v}" for k, v in spec.proxy_environment.items()],
         "run_image_tests": spec.build.run_image_tests and run_image_tests,
-        "convert_to_template": spec.publish.convert_to_template,
+        # With build access by guestinfo, builder blanks those keys first and converts the VM itself.
+        "convert_to_template": spec.publish.convert_to_template and not spec.build_access_by_guestinfo,
         "content_library": spec.publish.content_library.name if spec.publish.content_library else "",
         # Packer refuses a library item named like the VM it is made from, hence the suffix.
         "content_library_item": (

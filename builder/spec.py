@@ -431,8 +431,17 @@ class ImageSpec(_Model):
             problems.append("rhel needs an rhsm section (names of the org and activation key env vars)")
         if self.os.distro is Distro.ROCKY and self.rhsm is not None:
             problems.append("rhsm applies to rhel only")
-        if self.build.communicator == "ssh" and self.source.iso is not None and not self.build.ssh_public_key:
-            problems.append("an iso build with communicator ssh needs build.ssh_public_key")
+        if self.build.communicator == "ssh" and not self.build.ssh_public_key:
+            how = (
+                "the kickstart authorises it" if self.source.iso else "cloud-init user-data through guestinfo"
+            )
+            problems.append(f"a build with communicator ssh needs build.ssh_public_key ({how})")
+        if self.build_access_by_guestinfo and self.publish.content_library is not None:
+            # The library item is made by Packer, before builder can blank the build's guestinfo keys.
+            problems.append(
+                "a vsphere-clone build over SSH cannot publish to a content library: the build key's "
+                "guestinfo user-data would be copied into the item (publish a template instead)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -447,6 +456,12 @@ class ImageSpec(_Model):
         return self
 
     # Derived values the templates use -------------------------------------------------------------
+
+    @property
+    def build_access_by_guestinfo(self) -> bool:
+        """A vsphere-clone build over SSH: the key reaches the clone as guestinfo user-data
+        (`builder.guestinfo.build_access`), blanked by builder before the VM becomes the template."""
+        return self.source.clone is not None and self.build.communicator == "ssh"
 
     @property
     def trusted_sources(self) -> list[str]:

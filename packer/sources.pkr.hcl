@@ -44,8 +44,10 @@ source "vsphere-iso" "iso" {
   ssh_username         = var.ssh_username
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout          = "45m"
-  shutdown_command     = "sudo systemctl poweroff"
-  shutdown_timeout     = "15m"
+  # No shutdown_command: the seal has removed the build user's sudo rights, so Packer shuts the guest down
+  # through VMware Tools (an empty shutdown_command calls vm.StartShutdown(): builder/vsphere/common/
+  # step_shutdown.go of the vsphere builders).
+  shutdown_timeout = "15m"
 
   convert_to_template = var.convert_to_template
   dynamic "content_library_destination" {
@@ -84,8 +86,10 @@ source "vsphere-clone" "clone" {
   ssh_username         = var.ssh_username
   ssh_private_key_file = var.ssh_private_key_file
   ssh_timeout          = "20m"
-  shutdown_command     = "sudo systemctl poweroff"
-  shutdown_timeout     = "15m"
+  # No shutdown_command: the seal has removed the build user's sudo rights, so Packer shuts the guest down
+  # through VMware Tools (an empty shutdown_command calls vm.StartShutdown(): builder/vsphere/common/
+  # step_shutdown.go of the vsphere builders).
+  shutdown_timeout = "15m"
 
   convert_to_template = var.convert_to_template
   dynamic "content_library_destination" {

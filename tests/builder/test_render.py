@@ -280,3 +280,17 @@ def test_unit_timeout_outlasts_every_step_timeout(tmp_path: Path) -> None:
     budget = sum(step.meta.timeout_seconds for step in steps.load())
     assert int(match.group(1)) > budget
     assert re.search(r"^KillMode=process$", unit, re.MULTILINE)
+
+
+def test_nothing_after_the_seal_needs_sudo(tmp_path: Path) -> None:
+    # The seal removes the build user's sudoers drop-in, so Packer must power the VM off through VMware
+    # Tools (no shutdown_command: builder/vsphere/common/step_shutdown.go then calls vm.StartShutdown()),
+    # and the seal must be the last provisioner.
+    sources = (packer_dir() / "sources.pkr.hcl").read_text()
+    assert not re.search(r"^\s*shutdown_command\s*=", sources, re.M)
+    build_hcl = (packer_dir() / "build.pkr.hcl").read_text()
+    last = build_hcl[build_hcl.rindex('provisioner "') :]
+    assert '"9[0-9]-*.sh"' in last
+    render(example("rocky9"), tmp_path / "b", now=NOW, packer=PACKER_166)
+    seal = (tmp_path / "b/scripts/90-seal.sh").read_text()
+    assert 'rm -f "/etc/sudoers.d/90-arcbake-build"' in seal and "rm -rf /root/.azure" in seal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -505,3 +506,31 @@ def test_default_disk_leaves_a_clone_what_firstboot_checks() -> None:
     assert resources.evaluate(clone)[0] == []
     # The smallest disk the spec accepts leaves exactly what the check demands.
     assert MIN_DISK_GIB - sizing.IMAGE_FOOTPRINT_GIB == sizing.MIN_FREE_DISK_GIB
+
+
+# Rocky keeps only the newest point release of each major under download.rockylinux.org/pub; superseded
+# ones move to dl.rockylinux.org/vault/rocky/<release>/, which keeps every release
+# (https://wiki.rockylinux.org/rocky/version: 9.5 superseded; 8.10 is the last Rocky 8 release).
+ROCKY_PUB_RELEASES = {"8.10"}
+SPEC_FILES = [*IMAGE_EXAMPLES, Path(__file__).resolve().parents[2] / "templates/init/image-spec.yaml"]
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=[p.stem for p in SPEC_FILES])
+def test_example_urls_resolve_for_the_pinned_release(path: Path) -> None:
+    spec = load_spec(path)
+    text = path.read_text()
+    iso = spec.source.iso
+    if iso is not None and iso.url and "rockylinux.org" in iso.url:
+        release = re.search(r"/rocky/(\d+\.\d+)/isos/", iso.url)
+        assert release, iso.url
+        base = iso.url.rsplit("/", 1)[0]
+        if release.group(1) in ROCKY_PUB_RELEASES:
+            assert base.startswith("https://download.rockylinux.org/pub/rocky/"), iso.url
+        else:
+            assert base.startswith("https://dl.rockylinux.org/vault/rocky/"), iso.url
+        assert iso.checksum == f"file:{base}/CHECKSUM"
+    if spec.k3s.sha256.binary.startswith("2b1a3e4a"):  # the examples' placeholder
+        # Where the real values come from, at the spec's own K3s release.
+        assert (
+            f"k3s/releases/download/{spec.k3s.url_version}/sha256sum-amd64.txt" in text or "demo" in path.stem
+        )

@@ -46,7 +46,14 @@ MUST_PASS = {
     "test_firstboot_unit_enabled",
     "test_no_firstboot_state",
 }
-SEALED = {"test_machine_id_empty", "test_no_ssh_host_keys", "test_build_user_has_no_key"}
+SEALED = {
+    "test_machine_id_empty",
+    "test_no_ssh_host_keys",
+    "test_build_user_has_no_key",
+    "test_build_sudoers_removed",
+    "test_no_root_azure",
+    "test_third_party_repos_disabled",
+}
 EL_ONLY = ("test_package_installed", "test_firewalld_", "test_selinux_enforcing")
 
 
@@ -108,6 +115,16 @@ def test_image_suite_on_the_booted_guest(
         "/home/arcbake/.ssh/authorized_keys", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest build\n", 0o600
     )
     guest.write("/etc/ssh/ssh_host_ed25519_key", "not a real key\n", 0o600)
+    # What the kickstart (or the clone build's user-data), scripts 10 and 20 leave for the seal to undo.
+    guest.write("/etc/sudoers.d/90-arcbake-build", "arcbake ALL=(ALL) NOPASSWD: ALL\n", 0o440)
+    guest.write("/root/.azure/config", "[core]\ncollect_telemetry = false\n", 0o600)
+    guest.write(
+        "/etc/yum.repos.d/rancher-k3s-common.repo",
+        "[rancher-k3s-common-stable]\nname=Rancher\nbaseurl=https://rpm.rancher.io/k3s/stable/common/centos/9/noarch\n"
+        "enabled=1\ngpgcheck=1\n",
+    )
+    # A section without `enabled` is enabled by default.
+    guest.write("/etc/yum.repos.d/microsoft-prod.repo", "[packages-microsoft-com-prod]\nbaseurl=https://x\n")
     shutil.copy2(build_dir / "scripts/90-seal.sh", guest.path("/root/90-seal.sh"))
 
     with guest.running() as init:

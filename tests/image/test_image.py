@@ -190,3 +190,46 @@ def test_build_user_has_no_key(host: Any, expect: dict[str, Any]) -> None:
     if not user.exists:
         pytest.skip("no build user in this image")
     assert not host.file(f"{user.home}/.ssh/authorized_keys").exists
+
+
+@pytest.mark.sealed
+def test_build_sudoers_removed(host: Any, expect: dict[str, Any]) -> None:
+    assert not host.file(expect["build_sudoers"]).exists, "the build user's sudo rights are in the template"
+
+
+@pytest.mark.sealed
+def test_no_root_azure(host: Any) -> None:
+    # az's configuration and any token cache of the build (firstboot has its own AZURE_CONFIG_DIR).
+    assert not host.file("/root/.azure").exists
+
+
+def _enabled_sections(text: str) -> list[str]:
+    """Sections of a dnf .repo file that are enabled (dnf's default when `enabled` is absent)."""
+    state: dict[str, bool] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            state[section] = True
+        elif section and re.match(r"^enabled\s*=", line):
+            state[section] = line.split("=", 1)[1].strip().lower() in ("1", "true", "yes", "on")
+    return [name for name, on in state.items() if on]
+
+
+@pytest.mark.sealed
+def test_third_party_repos_disabled(host: Any, expect: dict[str, Any]) -> None:
+    # Air-gapped clones cannot reach Rancher's or Microsoft's repositories: dnf makecache would fail.
+    listing = host.run("ls -1 /etc/yum.repos.d/ 2>/dev/null")
+    repos = [f"/etc/yum.repos.d/{n}" for n in listing.stdout.split() if n.endswith(".repo")]
+    if not repos:
+        pytest.skip("no /etc/yum.repos.d/*.repo on this host")
+    enabled = []
+    for path in repos:
+        if path.endswith("/redhat.repo"):
+            continue  # subscription-manager's, rewritten when a clone registers
+        owner = host.run("rpm -qf --queryformat %s %s", "%{NAME}", path)
+        if owner.rc == 0 and owner.stdout.strip() in expect["distro_repo_packages"]:
+            continue
+        enabled += [f"{path} [{s}]" for s in _enabled_sections(host.file(path).content_string)]
+    assert not enabled, f"third-party repositories still enabled: {', '.join(enabled)}"
