@@ -3,6 +3,9 @@
 1. `az login --service-principal` (secret as `@FILE`, or `--certificate FILE`), `az account set`.
 2. `az connectedk8s show` first: a cluster that is already connected is not connected twice (a re-run after
    a crash or reboot); one still being created by an earlier, interrupted run is waited for (transient).
+   "Already connected" means this cluster's own Arc agents record that resource (`firstboot.arcowner`);
+   a resource of that name without them belongs to another cluster (a stale one of a deleted clone) and
+   fails at once with a remedy, as `az connectedk8s connect` would refuse it.
 3. `az connectedk8s connect --kube-config /etc/rancher/k3s/k3s.yaml --distribution k3s --infrastructure
    vsphere --onboarding-timeout N --tags k=v ...` plus `--proxy-https/--proxy-http/--proxy-skip-range/
    --proxy-cert` when a proxy is configured.
@@ -19,7 +22,7 @@ import logging
 import time
 from typing import Any
 
-from firstboot import azcli, kube, proxyenv
+from firstboot import arcowner, azcli, kube, proxyenv
 from firstboot.contract import ArcConfig, OnboardingConfig
 from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -114,6 +117,10 @@ def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
     if cluster is not None:
         state = str(cluster.get("provisioningState", "")).lower()
         if state == "succeeded":
+            # Connected, but by whom? Only this cluster's own Arc agents make it "already connected".
+            stale = arcowner.conflict(ctx, arc)
+            if stale is not None:
+                raise PermanentFailure(stale, arcowner.remedy(arc))
             return f"already connected ({cluster.get('connectivityStatus', 'unknown')})"
         raise PermanentFailure(
             f"connected cluster {arc.cluster_name} exists in state {cluster.get('provisioningState')}",

@@ -425,25 +425,47 @@ def _kube_server(kubeconfig: str) -> str:
     raise AzError(1, f"Problem loading the kubeconfig file: no cluster in {kubeconfig}")
 
 
-def _post_objects(server: str, namespace: str, pods: list[JSON]) -> None:
+def _kube_request(server: str, path: str, body: JSON | None = None) -> JSON | None:
+    """A request to the Kubernetes API double (POST when `body`); None for a 404."""
     import urllib.error
     import urllib.request
 
-    body = json.dumps({"pods": [{"namespace": namespace, **p} for p in pods]}).encode()
+    data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(  # noqa: S310 - loopback URL from the kubeconfig
-        server + "/_double/objects", data=body, method="POST", headers={"Content-Type": "application/json"}
+        server + path,
+        data=data,
+        method="POST" if body is not None else "GET",
+        headers={"Content-Type": "application/json"},
     )
     try:
         # The double API is on loopback: never through the proxy a test configures.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(req, timeout=5) as resp:
-            resp.read()
+            doc: JSON = json.loads(resp.read() or b"{}")
+            return doc
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise AzError(1, f"Failed to connect to the Kubernetes cluster: HTTP {exc.code}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise AzError(
             1,
             "Failed to connect to the Kubernetes cluster: Error while connecting to the cluster "
             f"({exc}). Please check your kubeconfig.",
         ) from exc
+
+
+def _post_objects(
+    server: str, namespace: str, pods: list[JSON], configmaps: list[JSON] | None = None
+) -> None:
+    objects = {"pods": [{"namespace": namespace, **p} for p in pods], "configmaps": configmaps or []}
+    _kube_request(server, "/_double/objects", objects)
+
+
+# The agents' record of the connected cluster they belong to, which the Arc agents' Helm chart installs and
+# connectedk8s reads before it connects (Azure/azure-cli-extensions, src/connectedk8s/azext_connectedk8s/
+# custom.py, `connect`: `configmap.data["AZURE_RESOURCE_GROUP"]` / `["AZURE_RESOURCE_NAME"]`).
+CLUSTERCONFIG = "/api/v1/namespaces/azure-arc/configmaps/azure-clusterconfig"
 
 
 def cmd_connectedk8s(d: Double, words: list[str], opts: dict[str, list[str]]) -> JSON:
@@ -476,13 +498,25 @@ def _connect(d: Double, opts: dict[str, list[str]], name: str, rg: str, sub: str
     if Path(kubeconfig).stat().st_mode & 0o077:
         raise AzError(1, f"Kubernetes configuration file is group-readable or world-readable: {kubeconfig}")
     existing = d.peek().get("clusters", {}).get(key)
+    server = _kube_server(kubeconfig)
+    record = _kube_request(server, CLUSTERCONFIG)
+    if record is not None:
+        data = record.get("data") or {}
+        rg_now, name_now = data.get("AZURE_RESOURCE_GROUP", ""), data.get("AZURE_RESOURCE_NAME", "")
+        if existing is not None and (rg_now.lower(), name_now.lower()) == (rg.lower(), name.lower()):
+            # The real connect re-puts the resource; the double keeps it as it is.
+            return {k: v for k, v in existing.items() if not k.startswith("_")}
+        raise AzError(
+            1,
+            "The kubernetes cluster you are trying to onboard is already onboarded to the resource group "
+            f"'{rg_now}' with resource name '{name_now}'.",
+        )
     if existing is not None:
         raise AzError(
             1,
-            f"The kubernetes cluster you are trying to onboard is already onboarded to the resource group "
-            f"'{rg}' with resource name '{name}'.",
+            f"The connected cluster resource {name} already exists in the resource group {rg} and "
+            "corresponds to a different Kubernetes cluster.",
         )
-    server = _kube_server(kubeconfig)
     tags = dict(t.split("=", 1) for t in opts.get("--tags", []) if "=" in t)
     cluster: JSON = {
         "agentPublicKeyCertificate": "MIICCgKCAgEA" + uuid.uuid4().hex,
@@ -513,7 +547,12 @@ def _connect(d: Double, opts: dict[str, list[str]], name: str, rg: str, sub: str
         doc.setdefault("clusters", {})[key] = cluster
     print("This operation might take a while...", file=sys.stderr, flush=True)
     d.sleep("connectedk8s connect")
-    _post_objects(server, "azure-arc", d.config.get("arc_pods") or DEFAULT_ARC_PODS)
+    record_doc = {
+        "namespace": "azure-arc",
+        "name": "azure-clusterconfig",
+        "data": {"AZURE_RESOURCE_GROUP": rg, "AZURE_RESOURCE_NAME": name, "AZURE_SUBSCRIPTION_ID": sub},
+    }
+    _post_objects(server, "azure-arc", d.config.get("arc_pods") or DEFAULT_ARC_PODS, [record_doc])
     with d.state() as doc:
         doc["clusters"][key]["provisioningState"] = "Succeeded"
         result = {k: v for k, v in doc["clusters"][key].items() if not k.startswith("_")}

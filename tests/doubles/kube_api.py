@@ -10,6 +10,7 @@ It serves, over plain HTTP on loopback (the client accepts `http://` server URLs
     GET  /api/v1/[namespaces/NS/]events               fieldSelector involvedObject.name=...
     GET  /api/v1/namespaces[/NAME], POST /api/v1/namespaces
     GET/POST/PUT /api/v1/namespaces/NS/secrets[/NAME]
+    GET/POST/PUT /api/v1/namespaces/NS/configmaps[/NAME]
 
 Watches stream `{"type": ..., "object": ...}` lines (chunked) from a resourceVersion, honour
 `timeoutSeconds`, and answer a too-old resourceVersion with an ERROR 410 event, like the real server.
@@ -18,6 +19,7 @@ A scenario (YAML/JSON file or dict) describes objects whose state changes with t
 
     nodes:       [{name: node1, ready_after: 3}]           # ready_after: null = never Ready
     deployments: [{namespace: kube-system, name: coredns, available_after: 1}]
+    configmaps:  [{namespace: azure-arc, name: azure-clusterconfig, data: {AZURE_RESOURCE_NAME: x}}]
     pods:        [{namespace: azure-arc, name: config-agent-1, labels: {app: x}, ready_after: 2}
                   {namespace: azure-arc, name: cluster-metadata, fail: {reason: CrashLoopBackOff,
                    message: "back-off restarting", after: 0.5},
@@ -134,6 +136,9 @@ def render(obj: Obj) -> JSON:
     if obj.kind == "Secret":
         body = {k: v for k, v in obj.spec.items() if k in ("data", "type")}
         return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(obj), **body}
+    if obj.kind == "ConfigMap":
+        data = {k: str(v) for k, v in (obj.spec.get("data") or {}).items()}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(obj), "data": data}
     raise ValueError(obj.kind)
 
 
@@ -380,6 +385,8 @@ class Store:
             self.put("Event", ns, spec.get("name") or f"{spec['object']}.{uuid.uuid4().hex[:8]}", spec)
         for ns in scenario.get("namespaces") or []:
             self.put("Namespace", "", ns, {})
+        for spec in scenario.get("configmaps") or []:
+            self.put("ConfigMap", spec.get("namespace", "default"), spec["name"], spec)
         with self.cond:
             for fault in scenario.get("faults") or []:
                 self.faults.append(Fault(**fault))
@@ -427,6 +434,7 @@ ROUTES: list[tuple[re.Pattern[str], str]] = [
     ),
     (re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?events(?:/(?P<name>[^/]+))?$"), "Event"),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/secrets(?:/(?P<name>[^/]+))?$"), "Secret"),
+    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps(?:/(?P<name>[^/]+))?$"), "ConfigMap"),
     (re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?$"), "Namespace"),
 ]
 LIST_KIND = {"Node": "NodeList", "Pod": "PodList", "Deployment": "DeploymentList", "Event": "EventList"}
@@ -571,7 +579,7 @@ class Handler(BaseHTTPRequestHandler):
         if not name:
             self._send(422, status_doc(422, "Invalid", "metadata.name: Required value"))
             return
-        if kind not in ("Secret", "Namespace"):
+        if kind not in ("Secret", "ConfigMap", "Namespace"):
             self._send(405, status_doc(405, "MethodNotAllowed", f"the double does not write {kind}"))
             return
         exists = store.get(kind, ns, name) is not None
@@ -587,6 +595,8 @@ class Handler(BaseHTTPRequestHandler):
             for key, value in (body.get("stringData") or {}).items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
             spec.update(data=data, type=body.get("type", "Opaque"))
+        if kind == "ConfigMap":
+            spec["data"] = dict(body.get("data") or {})
         obj = store.put(kind, ns if kind != "Namespace" else "", name, spec)
         with store.cond:
             doc = render(obj)

@@ -265,7 +265,14 @@ def test_waits_for_a_connect_still_in_progress(tmp_path: Path, cluster: KubeServ
 
 
 def _finish_connect(state_file: Path, cluster: KubeServer) -> None:
-    cluster.store.load({"pods": [{"namespace": "azure-arc", **p} for p in arc_pods(0)]})
+    # What the earlier connect's agents install: their pods and their record of the resource.
+    record = {"AZURE_RESOURCE_GROUP": "rg-edge", "AZURE_RESOURCE_NAME": "arc-node-a"}
+    cluster.store.load(
+        {
+            "pods": [{"namespace": "azure-arc", **p} for p in arc_pods(0)],
+            "configmaps": [{"namespace": "azure-arc", "name": "azure-clusterconfig", "data": record}],
+        }
+    )
     doc = json.loads(state_file.read_text())
     doc["clusters"]["rg-edge/arc-node-a"]["provisioningState"] = "Succeeded"
     state_file.write_text(json.dumps(doc))
@@ -277,3 +284,21 @@ def test_check_before_connect(tmp_path: Path, cluster: KubeServer) -> None:
     result = arc.check(ctx)
     assert not result.ok
     assert "is not connected to Arc" in result.message
+
+
+def test_a_stale_resource_of_another_cluster_fails_at_once(tmp_path: Path, cluster: KubeServer) -> None:
+    """Re-deploy after `deploy --replace`: the resource of that name is the old clone's; this cluster has no
+    Arc agents. Fail at once with the remedy (no connect, no wait for pods that never come)."""
+    ctx = arc_ctx(tmp_path, cluster)
+    stale = {"name": "arc-node-a", "provisioningState": "Succeeded", "connectivityStatus": "Offline"}
+    (tmp_path / "az" / "az-state.json").write_text(json.dumps({"clusters": {"rg-edge/arc-node-a": stale}}))
+    started = time.monotonic()
+    with pytest.raises(PermanentFailure) as info:
+        arc.run(ctx)
+    assert time.monotonic() - started < 10
+    assert "exists but belongs to another Kubernetes cluster" in info.value.message
+    assert "builder destroy FLEET" in (info.value.remedy or "")
+    assert az_calls(tmp_path / "az", "connectedk8s", "connect") == []
+    # The double refuses such a connect as connectedk8s does.
+    result = azcli.run(ctx, arc.connect_args(ctx, ctx.require_config()))
+    assert result.exit_code == 1 and "corresponds to a different Kubernetes cluster" in result.stderr
