@@ -105,8 +105,8 @@ def test_az_double_exit_codes_and_json(tmp_path: Path) -> None:
     assert "(ResourceNotFound)" in missing.stderr and missing.stderr.startswith("ERROR: ")
     assert az(tmp_path, "connectedk8s", "frobnicate").returncode == 2
     # Options the pinned connectedk8s does not define (data/az_connectedk8s_params.json): refused as az does.
-    undefined = az(tmp_path, "connectedk8s", "connect", "-n", "c", "-g", "rg", "--gateway-resource-id", "x")
-    assert undefined.returncode == 2 and "unrecognized arguments: --gateway-resource-id" in undefined.stderr
+    undefined = az(tmp_path, "connectedk8s", "connect", "-n", "c", "-g", "rg", "--kubeconfig", "k")
+    assert undefined.returncode == 2 and "unrecognized arguments: --kubeconfig" in undefined.stderr
     assert az(tmp_path, "connectedk8s", "show", "-n", "c", "-g", "rg", "--kube-config", "k").returncode == 2
     bad = az(tmp_path, "login", "--service-principal", "-u", "app", "-p", "wrong", "--tenant", "t",
              config={"secret": "s3cret"})  # fmt: skip
