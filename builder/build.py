@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import packer as pk
+from builder.checksums import refuse_placeholders
 from builder.events import NULL, Recorder
 from builder.guestinfo import BUILD_ACCESS_KEYS
 from builder.spec import ImageSpec, load_spec
@@ -177,6 +178,7 @@ def _build(
 
     started = datetime.now(UTC)
     spec = load_spec(spec_path)
+    refuse_placeholders(spec, spec_path)  # before any vCenter login: the spec is wrong, not the world
     creds = Credentials.from_env(environ)
     packer = pk.find_packer(environ)
     base_env = pk.child_env(environ, {})

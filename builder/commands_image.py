@@ -32,6 +32,7 @@ from builder.cli_common import (
     recorder,
     require_tmpdir,
 )
+from builder.pin import URLS as PIN_URLS
 from builder.progress import interactive
 from builder.rc import RC
 from builder.render import RenderError, render
@@ -240,4 +241,47 @@ def render_command(spec: Path, out_dir: Path | None, fmt: str) -> None:
         )
 
 
-COMMANDS: list[click.Command] = [init_command, schema_command, validate_command, render_command]
+PIN_ENV = [f"{name}: base URL (default {default})" for name, default in PIN_URLS.items()]
+
+
+@click.command(
+    "pin",
+    epilog=epilog(
+        [
+            "builder pin image.yaml",
+            "builder pin image.yaml --k3s v1.31.5+k3s1 --format json",
+            "ARCBAKE_K3S_RELEASES_URL=https://mirror.example/k3s builder pin image.yaml",
+        ],
+        [*PIN_ENV, "HTTPS_PROXY / NO_PROXY: honoured for the downloads", *COMMON_ENV],
+        (RC.FAILED, RC.INVALID_INPUT),
+    ),
+)
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--k3s", "k3s_version", metavar="VERSION", help="Pin this K3s release (e.g. v1.31.5+k3s1).")
+@FORMAT
+def pin_command(spec: Path, k3s_version: str | None, fmt: str) -> None:
+    """Write the K3s release's real sha256 values (binary, airgap images, install script) into SPEC.
+
+    Fetches the release's sha256sum-amd64.txt and install.sh at the tag, checks that the pinned az CLI
+    and extension versions exist, and rewrites only those values: comments and layout are kept. Nothing
+    is written unless every fetch and check succeeded."""
+    from builder.pin import PinError, pin
+
+    try:
+        with _spec_errors():
+            result = pin(spec, os.environ, k3s_version)
+    except ValueError as exc:
+        fail(str(exc), RC.USAGE)
+    except PinError as exc:
+        fail(f"{spec}: nothing written: {exc}")
+    if fmt == "json":
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    for key, (old, new) in result.changed.items():
+        click.echo(f"{key}: {old} -> {new}")
+    for key, value in result.checked.items():
+        click.echo(f"{key}: {value} exists")
+    click.echo(f"{spec}: {'pinned' if result.changed else 'already pinned to'} K3s {result.version}")
+
+
+COMMANDS: list[click.Command] = [init_command, schema_command, validate_command, render_command, pin_command]

@@ -500,6 +500,14 @@ def spec_warnings(spec: ImageSpec) -> list[str]:
             f"hardware.memory_mib: {spec.hardware.memory_mib} is below the recommended "
             f"{RECOMMENDED_MEMORY_MIB}"
         )
+    if spec.build.communicator != "none":
+        from builder.checksums import placeholder_paths  # checksums imports this module
+
+        out += [
+            f"{'.'.join(p)}: looks like a placeholder; `builder build` refuses it, `builder pin` fills in "
+            "the release's sha256"
+            for p in placeholder_paths(spec)
+        ]
     return out
 
 

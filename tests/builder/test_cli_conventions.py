@@ -61,7 +61,10 @@ def test_verbosity_counts_the_same_before_and_after_the_subcommand(args: list[st
     assert logging.getLogger().level == level
 
 
-@pytest.mark.parametrize("command", ["init", "schema", "validate", "render", "build", "deploy", "status"])
+COMMANDS = ["init", "schema", "validate", "render", "pin", "build", "deploy", "status"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_accepts_v_and_q_after_itself(command: str) -> None:
     code, out, _ = run(command, "-v", "-q", "--help")
     assert code == RC.OK and "Usage:" in out
@@ -79,7 +82,7 @@ def test_version_names_version_commit_and_python(prog: str) -> None:
     assert match.group(3) == ".".join(map(str, sys.version_info[:3]))
 
 
-@pytest.mark.parametrize("command", ["init", "schema", "validate", "render", "build", "deploy", "status"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help_shows_examples_environment_and_exit_codes(command: str) -> None:
     code, out, _ = run(command, "--help")
     assert code == RC.OK

@@ -213,3 +213,28 @@ def test_build_imports_into_content_library(fresh_vcsim: VcsimHandle, tmp_path: 
     lib = manifest["template"]["content_library"]
     assert lib["library"] == "arcbake-lib" and lib["item"] == "demo-rocky9" and lib["ovf"] is True
     assert len(lib["item_id"]) == 36 and len(lib["library_id"]) == 36
+
+
+@pytest.mark.slow
+def test_the_spec_builder_init_writes_builds_on_the_simulator_as_written(
+    fresh_vcsim: VcsimHandle, tmp_path: Path
+) -> None:
+    spec = tmp_path / "image.yaml"
+    env = {**os.environ, **fresh_vcsim.env()}
+    init = subprocess.run([BUILDER, "init", str(spec)], env=env, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    proc = subprocess.run(
+        [BUILDER, "build", str(spec), "-o", str(tmp_path / "b"), "-q", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    name = json.loads(proc.stdout)["template"]["name"]
+    assert templates(fresh_vcsim, prefix="rocky9-k3s-") == {name: True}
+    # The same spec made real (communicator ssh) is refused for its placeholder checksums, before vCenter.
+    real = spec.read_text().replace("communicator: none ", "communicator: ssh ")
+    real = real.replace("  # ssh_public_key: ssh-ed25519 AAAA...", "  ssh_public_key: ssh-ed25519 AAAAC3Nza")
+    spec.write_text(real)
+    proc = subprocess.run(
+        [BUILDER, "build", str(spec), "-q"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3 and f"builder pin {spec}" in proc.stderr, proc.stderr
