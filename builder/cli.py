@@ -1,4 +1,6 @@
-"""The `builder` command line: one click group; commands live in `commands_image` and `commands_vsphere`.
+"""The `builder` command line: one click group; commands live in `commands_image`, `commands_vsphere` and
+`commands_day2`, each module imported only when one of its commands runs (or `--help` lists them all):
+`builder status` never loads Jinja2, the renderer or the validators.
 
 Logs and progress go to stderr, results and JSON to stdout. Exit codes are `builder.rc.RC`. `-v`/`-q`
 are accepted before and after the subcommand (cli_common keeps one count); `--format json` turns errors,
@@ -7,13 +9,13 @@ usage errors included, into a JSON document on stdout.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from itertools import pairwise
 
 import click
 
-from builder import commands_day2, commands_image, commands_vsphere
 from builder.cli_common import COMMON_ENV, configure_logging, epilog, error_document, verbosity_options
 from builder.rc import RC
 from firstboot.about import version_text
@@ -25,7 +27,41 @@ def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> No
         ctx.exit(0)
 
 
+# Command name -> the module whose COMMANDS list defines it (tests/builder/test_cli_lazy.py keeps this true).
+COMMAND_MODULES = {
+    "init": "builder.commands_image",
+    "schema": "builder.commands_image",
+    "validate": "builder.commands_image",
+    "render": "builder.commands_image",
+    "build": "builder.commands_vsphere",
+    "deploy": "builder.commands_vsphere",
+    "status": "builder.commands_vsphere",
+    "report": "builder.commands_vsphere",
+    "destroy": "builder.commands_day2",
+    "rollout": "builder.commands_day2",
+    "rotate": "builder.commands_day2",
+    "templates": "builder.commands_day2",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module on first use and gives its commands -v/-q."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMAND_MODULES, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            module = importlib.import_module(COMMAND_MODULES[cmd_name])
+            for command in module.COMMANDS:
+                if command.name not in self.commands:
+                    command.params.extend(verbosity_options())
+                    self.add_command(command)
+        return self.commands.get(cmd_name)
+
+
 @click.group(
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=epilog(
         [
@@ -50,9 +86,6 @@ def cli() -> None:
 
 
 cli.params.extend(verbosity_options())
-for _command in [*commands_image.COMMANDS, *commands_vsphere.COMMANDS, *commands_day2.COMMANDS]:
-    _command.params.extend(verbosity_options())
-    cli.add_command(_command)
 
 
 def _wants_json(argv: list[str]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,27 +39,40 @@ from firstboot.located_yaml import InputError
 VSPHERE_HELP_ENV = (VSPHERE_ENV, *COMMON_ENV)
 
 
+def _raised(*paths: str) -> tuple[type[BaseException], ...]:
+    """The named exception classes whose modules are imported already. An exception of a module that was
+    never imported cannot have been raised, so the handler need not import it (`builder status` stays
+    clear of the renderer, Packer and Azure modules)."""
+    out: list[type[BaseException]] = []
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        if module in sys.modules:
+            out.append(getattr(sys.modules[module], name))
+    return tuple(out)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """Map the project's exceptions to one-line messages and exit codes (never a traceback)."""
-    from builder.azure_arm import AzureError
-    from builder.build import ValidationFailedError
-    from builder.fleet import FleetError
-    from builder.packer import PackerError
-    from builder.render import RenderError
     from builder.vsphere.connection import TRANSPORT_ERRORS, VSphereError, fault_message
 
     try:
         yield
     except InputError as exc:
-        fail_input(exc, "fleet file" if isinstance(exc, FleetError) else "image spec")
-    except ValidationFailedError as exc:
-        fail(str(exc), RC.ARTIFACT_REJECTED)
-    except (VSphereError, PackerError, RenderError, AzureError) as exc:
-        fail(str(exc))
-    except TRANSPORT_ERRORS as exc:
-        # The vCenter connection broke where no operation named it (status, a lookup).
-        fail(f"vCenter connection lost ({fault_message(exc)})")
+        spec_or_fleet = "fleet file" if isinstance(exc, _raised("builder.fleet.FleetError")) else "image spec"
+        fail_input(exc, spec_or_fleet)
+    except Exception as exc:
+        if isinstance(exc, _raised("builder.build.ValidationFailedError")):
+            fail(str(exc), RC.ARTIFACT_REJECTED)
+        failed = _raised(
+            "builder.packer.PackerError", "builder.render.RenderError", "builder.azure_arm.AzureError"
+        )
+        if isinstance(exc, (VSphereError, *failed)):
+            fail(str(exc))
+        if isinstance(exc, TRANSPORT_ERRORS):
+            # The vCenter connection broke where no operation named it (status, a lookup).
+            fail(f"vCenter connection lost ({fault_message(exc)})")
+        raise
 
 
 def _session() -> Any:

@@ -30,7 +30,6 @@ from builder.guesttext import clean
 from builder.texttable import aligned
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
-from builder.vsphere._vmomi import vmodl
 from builder.vsphere.connection import Session, VSphereError
 from firstboot import contract
 from firstboot.encoding import DecodeError, decode
@@ -85,12 +84,17 @@ class VmStatus:
         return f"{total:.1f}s (slowest {slowest.step} {slowest.seconds or 0.0:.1f}s)"
 
 
+# govmomi's simulator answers with a fixed vCenter instance UUID (govmomi simulator/vpx/service_content.go,
+# every release since 2017); newer releases also add "(govmomi simulator)" to the product name.
+SIMULATOR_UUID = "dbed6e0c-bd88-4ef6-b594-21283e1c677f"
+
+
 def is_simulator(session: Session) -> bool:
-    """True when the endpoint is govmomi's vCenter simulator (it publishes `vcsim.server.url`)."""
-    try:
-        return bool(session.content.setting.QueryView(name="vcsim.server.url"))
-    except vmodl.MethodFault:
-        return False
+    """True when the endpoint is govmomi's vCenter simulator, from the service content read at login
+    (no round trip)."""
+    about = session.content.about
+    names = f"{about.name or ''} {about.fullName or ''}"
+    return about.instanceUuid == SIMULATOR_UUID or "govmomi simulator" in names
 
 
 def parse_status(extra: Mapping[str, str]) -> tuple[str, contract.Status | None, str]:
@@ -165,13 +169,13 @@ def remove_secrets(vm: Any, name: str) -> str:
 def read_status(session: Session, fleet: Fleet, *, clear_secrets: bool = True) -> list[VmStatus]:
     """Status of every VM of the fleet, in fleet order; secrets removed where the clone is past metadata.
 
-    Round trips do not grow with the fleet: the datacenter, the names of its VMs, then extraConfig and
-    power state of the fleet's VMs in one PropertyCollector query (bench/fleet_deploy.py counts them).
-    Removing secrets adds one reconfiguration per VM, once in its life.
+    Two round trips whatever the fleet's size: the datacenter and the names of its VMs in one
+    PropertyCollector query, then extraConfig and power state of the fleet's VMs in another
+    (bench/fleet_deploy.py counts them). Removing secrets adds one reconfiguration per VM, once in its life.
     """
-    dc = inventory.datacenter(session, fleet.placement.datacenter)
     names = [v.name for v in fleet.vms]
-    found = vmops.read_rows(session, inventory.vms_by_name(session, dc, names), names, STATUS_PROPS)
+    _, by_name = inventory.datacenter_and_vms(session, fleet.placement.datacenter, names)
+    found = vmops.read_rows(session, by_name, names, STATUS_PROPS)
     rows: list[VmStatus] = []
     for fvm in fleet.vms:
         vms = found.get(fvm.name, [])

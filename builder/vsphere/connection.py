@@ -3,6 +3,12 @@
 Every failure becomes a one-line `VSphereError` naming what failed (the server, the user, the object),
 never the password: the message is built here from known fields, and anything pyvmomi says is redacted
 before it is quoted.
+
+The session is two SOAP round trips (RetrieveServiceContent, Login) and one to log out. pyVim's
+SmartConnect takes more: an HTTP GET of vimServiceVersions.xml to pick the API version, a second
+RetrieveServiceContent (and `Disconnect` a third before Logout). Here the stub starts at an old API
+version every vCenter accepts for RetrieveServiceContent, then moves to the newest version pyVmomi knows
+that is not newer than the server's `about.apiVersion`, which the service content carries anyway.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from xml.parsers.expat import ExpatError
 
-from builder.vsphere._vmomi import Disconnect, SmartConnect, vim, vmodl
+from builder.vsphere._vmomi import VIM_VERSIONS, SoapStubAdapter, vim, vmodl
 from firstboot.subp import redact
 
 LOG = logging.getLogger(__name__)
@@ -26,6 +33,8 @@ DEFAULT_PORT = 443
 # A DNS name, an IPv4 address or (inside brackets) an IPv6 address: nothing a URL or a shell would interpret.
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|[0-9A-Fa-f:.]+")
 CONNECT_TIMEOUT = 30
+# What pyVim's Connect uses before it knows better (vSphere 5.5): accepted by every supported vCenter.
+BASE_VERSION = "vim.version.version9"
 
 
 class VSphereError(Exception):
@@ -122,17 +131,20 @@ def fault_message(exc: BaseException) -> str:
 class Session:
     """A logged-in vSphere session. Use as a context manager; `close()` logs out."""
 
-    def __init__(self, si: Any, creds: Credentials) -> None:
+    def __init__(self, si: Any, content: Any, creds: Credentials) -> None:
         self.si = si
         self.creds = creds
-        self.content: Any = si.RetrieveContent()
+        self.content: Any = content
 
     def close(self) -> None:
-        """Log out (errors while logging out are logged, not raised)."""
+        """Log out (one round trip: sessions left open pile up on vCenter until they time out); errors
+        while logging out are logged, not raised."""
         try:
-            Disconnect(self.si)
+            self.content.sessionManager.Logout()
         except (vmodl.MethodFault, OSError, http.client.HTTPException) as exc:
             LOG.debug("logout from %s failed: %s", self.creds.server, fault_message(exc))
+        finally:
+            self.si._stub.DropConnections()
 
     def __enter__(self) -> Session:
         return self
@@ -143,25 +155,55 @@ class Session:
         self.close()
 
 
+def api_version(server_version: str) -> str:
+    """The newest pyVmomi vim25 version not newer than the server's `about.apiVersion` ("8.0.3.0",
+    "6.5"); BASE_VERSION when the server's is not a dotted number or older than every known one."""
+    wanted = _numbers(server_version)
+    if wanted is None:
+        return BASE_VERSION
+    for name, version_id in VIM_VERSIONS:
+        have = _numbers(version_id)
+        if have is not None and _padded(have, wanted) <= _padded(wanted, have):
+            return name
+    return BASE_VERSION
+
+
+def _numbers(text: str) -> tuple[int, ...] | None:
+    parts = text.strip().split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def _padded(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return a + (0,) * max(0, len(b) - len(a))
+
+
+def _ssl_context(creds: Credentials) -> ssl.SSLContext:
+    if not creds.insecure:
+        return ssl.create_default_context()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def connect(creds: Credentials, timeout: int = CONNECT_TIMEOUT) -> Session:
     """Log in to vSphere; every failure is a one-line VSphereError naming the server (and user)."""
     where = f"vCenter {creds.server}"
-    kwargs: dict[str, Any] = {}
-    if creds.insecure:
-        kwargs["disableSslCertValidation"] = True
-    else:
-        kwargs["sslContext"] = ssl.create_default_context()
     LOG.debug("connecting to %s as %s (TLS verification %s)", where, creds.user, not creds.insecure)
     try:
-        si = SmartConnect(
+        stub = SoapStubAdapter(
             host=creds.host,
             port=creds.port,
-            user=creds.user,
-            pwd=creds.password,
+            version=BASE_VERSION,
+            path="/sdk",
+            sslContext=_ssl_context(creds),
             httpConnectionTimeout=timeout,
             connectionPoolTimeout=-1,
-            **kwargs,
         )
+        si = vim.ServiceInstance("ServiceInstance", stub)
+        content = si.RetrieveContent()
+        stub.ComputeVersionInfo(api_version(str(content.about.apiVersion or "")))
+        content.sessionManager.Login(creds.user, creds.password, None)
     except vim.fault.InvalidLogin:
         raise VSphereError(
             f"{where}: login failed for user {creds.user!r}: wrong user name or password"
@@ -178,9 +220,11 @@ def connect(creds: Credentials, timeout: int = CONNECT_TIMEOUT) -> Session:
         raise VSphereError(f"{where}: host name does not resolve ({_reason(exc, creds)})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise VSphereError(f"{where}: unreachable ({_reason(exc, creds)})") from None
+    except ExpatError as exc:
+        raise VSphereError(f"{where}: no vSphere SDK answers at /sdk ({_reason(exc, creds)})") from None
     except vmodl.MethodFault as exc:
         raise VSphereError(f"{where}: login failed: {_reason(exc, creds)}") from None
-    return Session(si, creds)
+    return Session(si, content, creds)
 
 
 def _reason(exc: BaseException, creds: Credentials) -> str:

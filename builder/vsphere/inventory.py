@@ -56,20 +56,27 @@ def collect(
         view.Destroy()
 
 
-def _vm_traversal(dc: Any) -> Any:
-    # Datacenter -> vmFolder -> every nested folder and vApp -> VMs and templates. A traversal from the
-    # datacenter itself costs one round trip; a ContainerView costs three (create, retrieve, destroy).
+def _vm_traversal(start: Any, skip: bool = True) -> Any:
+    # From `start` (a datacenter, or the root folder) through datacenter folders -> datacenters -> their
+    # vmFolder -> every nested folder and vApp -> VMs and templates; host, datastore and network folders
+    # are not entered. A traversal costs one round trip; a ContainerView costs three (create, retrieve,
+    # destroy).
     folders = PC.SelectionSpec(name="folders")
+    dc_vms = PC.SelectionSpec(name="dcVms")
     vapps = PC.SelectionSpec(name="vapps")
     return PC.ObjectSpec(
-        obj=dc,
-        skip=True,
+        obj=start,
+        skip=skip,
         selectSet=[
             PC.TraversalSpec(
                 name="dcVms", type=vim.Datacenter, path="vmFolder", skip=False, selectSet=[folders]
             ),
             PC.TraversalSpec(
-                name="folders", type=vim.Folder, path="childEntity", skip=False, selectSet=[folders, vapps]
+                name="folders",
+                type=vim.Folder,
+                path="childEntity",
+                skip=False,
+                selectSet=[folders, dc_vms, vapps],
             ),
             PC.TraversalSpec(name="vapps", type=vim.VirtualApp, path="vm", skip=False),
         ],
@@ -172,6 +179,51 @@ def vms_by_name(session: Session, dc: Any, names: Iterable[str] | None = None) -
         if wanted is None or name in wanted:
             out.setdefault(name, []).append(obj)
     return out
+
+
+def datacenter_and_vms(
+    session: Session, datacenter_name: str, names: Iterable[str]
+) -> tuple[Any, dict[str, list[Any]]]:
+    """The datacenter called `datacenter_name` and its VMs and templates called `names`, by name, in ONE
+    PropertyCollector query from the root folder (`datacenter()` then `vms_by_name()` take two or more).
+
+    The answer holds every datacenter's name and vmFolder, each folder's children and each VM's name;
+    which VMs belong to the datacenter is worked out here by walking down from its vmFolder (VM names
+    are unique per datacenter only). A datacenter at the root wins over a namesake inside a folder."""
+    root = session.content.rootFolder
+    spec = PC.FilterSpec(
+        objectSet=[_vm_traversal(root, skip=False)],
+        propSet=[
+            PC.PropertySpec(type=vim.Folder, pathSet=["childEntity"], all=False),
+            PC.PropertySpec(type=vim.Datacenter, pathSet=["name", "vmFolder"], all=False),
+            PC.PropertySpec(type=vim.VirtualApp, pathSet=["vm"], all=False),
+            PC.PropertySpec(type=vim.VirtualMachine, pathSet=["name"], all=False),
+        ],
+    )
+    props = dict(_retrieve(session, spec))
+    at_root = set(props.get(root, {}).get("childEntity") or [])
+    dcs = [o for o, p in props.items() if isinstance(o, vim.Datacenter) and p.get("name") == datacenter_name]
+    if not dcs:
+        raise NotFoundError(f"datacenter {datacenter_name!r} not found on {session.creds.server}")
+    dc = sorted(dcs, key=lambda o: o not in at_root)[0]
+    wanted = set(names)
+    out: dict[str, list[Any]] = {}
+    pending = [props[dc].get("vmFolder")]
+    seen: set[Any] = set()
+    while pending:
+        obj = pending.pop()
+        if obj is None or obj in seen:
+            continue
+        seen.add(obj)
+        if isinstance(obj, vim.VirtualMachine):
+            name = str(props.get(obj, {}).get("name", ""))
+            if name in wanted:
+                out.setdefault(name, []).append(obj)
+            continue
+        children = props.get(obj, {})
+        # Reversed onto the stack: VMs come out in the server's order (status takes the last namesake).
+        pending.extend(reversed(children.get("childEntity") or children.get("vm") or []))
+    return dc, out
 
 
 def vm(session: Session, dc: Any, name: str, kind: str = "VM") -> Any:

@@ -7,6 +7,8 @@ count is per method name (`RetrievePropertiesEx`, `Fetch` for a single property 
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -57,3 +59,26 @@ def counting() -> Iterator[RoundTrips]:
         yield seen
     finally:
         SoapStubAdapter.InvokeMethod = original  # type: ignore[method-assign]
+
+
+def main(argv: list[str]) -> int:
+    """`python -m builder.vsphere.roundtrips ARGS`: run `builder ARGS` in this process, counting its SOAP
+    round trips (the whole command: login and logout included); then one JSON line on stderr with the
+    exit code, the round trips by method and the modules loaded (bench/fleet_deploy.py and the tests read it).
+    """
+    from builder.cli import main as builder_main
+
+    sys.argv = ["builder", *argv]
+    code: object = 0
+    with counting() as seen:
+        try:
+            builder_main()
+        except SystemExit as exc:
+            code = exc.code
+    report = {"code": code, "round_trips": dict(seen.by_method), "modules": sorted(sys.modules)}
+    sys.stderr.write("\n" + json.dumps(report) + "\n")
+    return code if isinstance(code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

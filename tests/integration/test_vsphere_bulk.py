@@ -7,7 +7,12 @@ template once and every existing fleet VM in one query ("already deployed?").
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures.vcsim import VcsimHandle
@@ -21,6 +26,8 @@ from builder.vsphere.roundtrips import RoundTrips, counting
 from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 STATUS_BUDGET = 5
 
@@ -92,3 +99,62 @@ def test_a_vm_deleted_between_the_two_queries_reads_as_missing(vcsim: VcsimHandl
         rows = vmops.read_rows(session, by_name, names)
     assert sorted(rows) == ["rt-gone-01", "rt-gone-03"]
     assert all(r.power == "poweredOn" and r.extra for found in rows.values() for r in found)
+
+
+# What `builder status` must not import: the image side (Jinja2, the renderer, the validators, JUnit, the
+# Packer driver), deploy and the Day 2 commands.
+NOT_FOR_STATUS = (
+    "jinja2",
+    "builder.render",
+    "builder.render_context",
+    "builder.validators",
+    "builder.junit",
+    "builder.packer",
+    "builder.build",
+    "builder.commands_image",
+    "builder.commands_day2",
+    "builder.deploy",
+    "builder.azure_arm",
+    "pyVim",
+)
+
+
+def _whole_command(sim: VcsimHandle, *args: str) -> dict[str, Any]:
+    """`builder ARGS` in a fresh process under the round-trip counter: its exit code, round trips, modules."""
+    out = subprocess.run(
+        [sys.executable, "-m", "builder.vsphere.roundtrips", *args],
+        env={**os.environ, **sim.env(), "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    result: dict[str, Any] = json.loads(out.stderr.strip().splitlines()[-1])
+    result["stdout"] = out.stdout
+    return result
+
+
+def test_the_whole_status_command_is_five_round_trips(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    # Login and logout included: RetrieveServiceContent once (the simulator check reads its `about`),
+    # Login, the datacenter with its VM names, the fleet's properties, Logout.
+    small = fleet_file(tmp_path, "rt-cs", agents=2)
+    (tmp_path / "l").mkdir()
+    large = fleet_file(tmp_path / "l", "rt-cl", agents=9)
+    _deploy_trips(vcsim, small)
+    _deploy_trips(vcsim, large)
+    whole = {"RetrieveServiceContent": 1, "Login": 1, "RetrievePropertiesEx": 2, "Logout": 1}
+    for path, size in ((small, 3), (large, 10)):
+        result = _whole_command(vcsim, "status", str(path), "--format", "json")
+        assert result["code"] == 0, result
+        doc = json.loads(result["stdout"])
+        assert doc["simulator"] is True and len(doc["vms"]) == size
+        assert result["round_trips"] == whole
+        assert sum(result["round_trips"].values()) <= STATUS_BUDGET
+
+
+def test_status_loads_no_image_module(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    result = _whole_command(vcsim, "status", str(fleet_file(tmp_path, "rt-mods", agents=2)))
+    assert result["code"] == 1  # the fleet is not deployed: every VM is missing
+    loaded = set(result["modules"])
+    assert {"builder.status", "builder.commands_vsphere", "pyVmomi"} <= loaded
+    assert not [m for m in loaded if m in NOT_FOR_STATUS or m.split(".")[0] in NOT_FOR_STATUS]
