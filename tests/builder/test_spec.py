@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from spec_base import BASE, variant
 
 from builder.spec import MIN_DISK_GIB, ImageSpec, SpecError, load_spec, parse_spec, spec_warnings
-from firstboot import sizing
+from firstboot import located_yaml, sizing
 from firstboot.located_yaml import InputError, Issue, load_located
 from firstboot.steps import resources
 
@@ -412,6 +413,20 @@ def test_yaml_errors_have_lines(text: str, line: int, fragment: str) -> None:
     assert len(issues) == 1
     assert issues[0].line == line
     assert fragment in issues[0].message
+
+
+def test_yaml_is_composed_by_libyaml_with_the_same_lines() -> None:
+    # The dev environment's PyYAML wheel carries libyaml; its nodes keep their lines like PyYAML's own.
+    assert yaml.__with_libyaml__ and located_yaml._LOADER is yaml.CSafeLoader
+    located = load_located("a:\n  b: 1\n  c:\n    - x\n    - y\n", "f.yaml")
+    assert located.data == {"a": {"b": 1, "c": ["x", "y"]}}
+    lines = {(): 1, ("a",): 1, ("a", "b"): 2, ("a", "c"): 3, ("a", "c", 0): 4, ("a", "c", 1): 5}
+    assert located.lines == lines
+
+
+def test_what_libyaml_refuses_is_read_as_pure_pyyaml_reads_it() -> None:
+    # A lone surrogate escape in JSON: libyaml rejects it, PyYAML (as before the C loader) reads it.
+    assert load_located('{"a": "\\ud800"}', "f.json").data == {"a": "\ud800"}
 
 
 def test_load_spec_names_the_file(tmp_path: Path) -> None:
