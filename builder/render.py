@@ -34,7 +34,7 @@ import jinja2
 from builder import render_context
 from builder.assets import packer_dir, templates_dir
 from builder.spec import ImageSpec
-from firstboot import subp
+from firstboot import quoting, subp
 from firstboot.fsutil import make_dirs
 
 LOG = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RenderResult:
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 - kickstart, shell and config files, never HTML
@@ -81,6 +81,10 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # One quoting function per target format (firstboot.quoting): `{{ value | shell }}`, `| systemd_env`,
+    # `| yaml_str`, `| kickstart`, `| json_str`.
+    env.filters.update(quoting.FILTERS)
+    return env
 
 
 def packer_version(timeout: float = 30) -> tuple[int, int, int] | None:

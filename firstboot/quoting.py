@@ -17,6 +17,7 @@ quoting can carry (a NUL byte anywhere, a line break where the format is line-ba
 from __future__ import annotations
 
 import json
+import re
 
 
 class Unquotable(ValueError):
@@ -24,6 +25,7 @@ class Unquotable(ValueError):
 
 
 _LINE_BREAKS = ("\n", "\r")
+_SPLITLINES = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
 
 def _refuse(value: str, what: str, chars: tuple[str, ...]) -> None:
@@ -86,11 +88,22 @@ def yaml_str(value: str) -> str:
     return "".join(out)
 
 
+# Characters shlex.split leaves alone outside quotes (shlex.quote's own safe set).
+_KS_BARE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+
+
 def kickstart(value: str) -> str:
     """A kickstart token (or the value after `--option=`) meaning exactly `value`: pykickstart splits a
     command line with `shlex.split(line, comments=True)`, POSIX rules, so single quotes carry anything
-    but a line break (a kickstart command is one line)."""
-    _refuse(value, "kickstart", ("\0", *_LINE_BREAKS))
+    but a line break (a kickstart command is one line), and no token may start with `-` (an option to
+    pykickstart's argparse whatever the quoting). Plain words stay bare, as people write them."""
+    # pykickstart splits the file with str.splitlines(), which ends a line at more than \n and \r.
+    _refuse(value, "kickstart", ("\0", *_LINE_BREAKS, *_SPLITLINES))
+    if value.startswith("-"):
+        # pykickstart's argparse reads a token starting with '-' as an option, quoted or not.
+        raise Unquotable("a kickstart value cannot start with '-'")
+    if _KS_BARE.fullmatch(value):
+        return value
     return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
