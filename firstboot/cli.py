@@ -107,10 +107,17 @@ def _parser() -> argparse.ArgumentParser:
         common,
         "doctor",
         "read-only diagnosis of every link",
-        "firstboot doctor --format json",
-        "0 healthy, 1 problems found",
+        "firstboot doctor --format json\n  firstboot doctor --bundle /root/arcbake-bundle.tar.gz",
+        "0 healthy, 1 problems found (or the bundle could not be written)",
     )
     doc.add_argument("--format", choices=("text", "json"), default="text")
+    doc.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="PATH",
+        help="also write a support tarball (status, doctor JSON, journals, pod logs, configs; secret "
+        "values redacted; mode 0600)",
+    )
     doc.add_argument("--source", default="auto", help="auto | guestinfo | env | file:PATH (default auto)")
     return parser
 
@@ -262,9 +269,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         source = EnvSource({})
     ctx = build_context(args.root, source)
     findings = doctor.diagnose(ctx)
+    report = {"healthy": all(f.result.ok for f in findings), "checks": [f.as_dict() for f in findings]}
+    written = None
+    if args.bundle is not None:
+        from firstboot import bundle
+
+        try:
+            written = bundle.write(args.bundle, bundle.collect(ctx, report), bundle.secret_values(ctx))
+        except OSError as exc:
+            reason = exc.strerror or exc
+            logging.getLogger(LOGGER).error("cannot write the bundle %s: %s", args.bundle, reason)
+            return 1
     if args.format == "json":
-        healthy = all(f.result.ok for f in findings)
-        print(json.dumps({"healthy": healthy, "checks": [f.as_dict() for f in findings]}, indent=2))
+        print(json.dumps({**report, "bundle": str(written) if written else None}, indent=2))
     else:
         width = max((len(f.step) for f in findings), default=8)
         for f in findings:
@@ -273,7 +290,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"{label:<8} {f.step:<{width}}  {r.message}")
             if not r.ok and r.remedy:
                 print(f"{'':<8} {'':<{width}}  remedy: {r.remedy}")
-    return 0 if all(f.result.ok for f in findings) else 1
+        if written:
+            print(f"bundle   {written}")
+    return 0 if report["healthy"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:

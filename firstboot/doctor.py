@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from firstboot import metadata, proxyenv, steps
+from firstboot import metadata, proxyenv, stackchecks, steps
 from firstboot.sources import SourceError
 from firstboot.state import StateStore
 from firstboot.step import CheckResult, Context, StepFailure
@@ -46,7 +48,7 @@ def prepare(ctx: Context) -> None:
         ctx.config = metadata.load_config(ctx.source)
     except (metadata.MetadataError, SourceError) as exc:
         LOG.debug("doctor: live config unavailable (%s); trying the cached copy", exc)
-        ctx.config = metadata.cached_config(ctx.root)
+        ctx.config = metadata.cached_config(ctx.root) or ctx.config
     if not ctx.instance_id:
         try:
             ctx.instance_id = metadata.instance_id(ctx.source, ctx.root)
@@ -61,41 +63,58 @@ def prepare(ctx: Context) -> None:
         ctx.env = {**ctx.env, **proxyenv.proxy_environment(ctx.config.proxy, ctx.config.k3s)}
 
 
-def _guarded(step: steps.Step, ctx: Context) -> CheckResult:
-    if step.name != "metadata" and ctx.config is None:
+def _guarded(
+    name: str, check: Callable[[Context], CheckResult], needs_config: bool, ctx: Context
+) -> CheckResult:
+    if needs_config and ctx.config is None:
         return CheckResult(
             False, "not checked: no valid metadata", "fix the metadata first", conclusive=False
         )
     try:
-        return step.check(ctx)
+        return check(ctx)
     except StepFailure as exc:
         return CheckResult(False, exc.message, exc.remedy)
     except Exception as exc:  # one broken check must not hide the others
-        LOG.debug("check %s crashed", step.name, exc_info=exc)
+        LOG.debug("check %s crashed", name, exc_info=exc)
         return CheckResult(
             False, f"check crashed: {type(exc).__name__}: {exc}", "report this bug (run with -v)"
         )
 
 
-def diagnose(ctx: Context, step_list: list[steps.Step] | None = None) -> list[Finding]:
-    """Run every check in parallel; findings in step order."""
+def diagnose(
+    ctx: Context,
+    step_list: list[steps.Step] | None = None,
+    stack: Sequence[stackchecks.StackCheck] | None = None,
+) -> list[Finding]:
+    """Run every check in parallel: the steps' checks in step order, then the rest of the stack
+    (`firstboot.stackchecks`: timedatectl, chronyd, firewall, CoreDNS, Arc agents' logs, Flux extension)."""
+    if stack is None:  # everything by default; an explicit step list asks for just those steps
+        stack = stackchecks.CHECKS if step_list is None else ()
     step_list = step_list if step_list is not None else steps.load()
     prepare(ctx)
     findings: list[Finding] = []
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, len(step_list)), thread_name_prefix="check")
+    jobs: list[tuple[str, Callable[[], CheckResult], float]] = [
+        (s.name, partial(_guarded, s.name, s.check, s.name != "metadata", ctx),
+         s.meta.timeout_seconds * ctx.time_scale)
+        for s in step_list
+    ]  # fmt: skip
+    jobs += [
+        (c.name, partial(_guarded, c.name, c.check, c.needs_config, ctx), MAX_CHECK_SECONDS) for c in stack
+    ]
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="check")
     try:
-        futures = [(s, pool.submit(_guarded, s, ctx)) for s in step_list]
-        for step, future in futures:
-            limit = min(step.meta.timeout_seconds * ctx.time_scale, MAX_CHECK_SECONDS)
+        futures = [(name, limit, pool.submit(job)) for name, job, limit in jobs]
+        for name, limit, future in futures:
+            limit = min(limit, MAX_CHECK_SECONDS)
             try:
                 result = future.result(timeout=limit)
             except cf.TimeoutError:
                 result = CheckResult(
                     False,
                     f"check did not answer within {limit:g} s",
-                    f"run `firstboot doctor -v`; {step.name} hangs",
+                    f"run `firstboot doctor -v`; {name} hangs",
                 )
-            findings.append(Finding(step.name, result))
+            findings.append(Finding(name, result))
     finally:
         # Hung checks are abandoned, not waited for.
         pool.shutdown(wait=False, cancel_futures=True)

@@ -316,6 +316,14 @@ def diagnose_pods(
     return problems
 
 
+def recent_log(core: Any, namespace: str, pod: str, container: str, lines: int, timeout: int = 10) -> str:
+    """The last `lines` lines of one container's log (doctor's agent errors, the support bundle)."""
+    text = core.read_namespaced_pod_log(
+        pod, namespace, container=container, tail_lines=lines, _request_timeout=timeout
+    )
+    return str(text)
+
+
 REMEDIES = {
     "certificate": (
         "a certificate is rejected: if a TLS-intercepting proxy is in the path, put its CA in "

@@ -66,6 +66,16 @@ def _show(ctx: Context, args: list[str], what: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else {}
 
 
+def extension_state(ctx: Context, arc: ArcConfig) -> dict[str, Any] | None:
+    """The microsoft.flux extension resource of the cluster (None when it does not exist); read-only,
+    shared by the step's check and doctor's flux-extension line."""
+    return _show(
+        ctx,
+        ["k8s-extension", "show", "--name", EXTENSION_NAME, *_cluster_args(arc)],
+        "az k8s-extension show",
+    )
+
+
 def _settled(resource: dict[str, Any], what: str, delete_hint: str) -> bool:
     """True when the resource succeeded; PermanentFailure when it failed (in progress: see wait_settled)."""
     state = str(resource.get("provisioningState", "")).lower()
@@ -307,11 +317,7 @@ def check(ctx: Context) -> CheckResult:
         return CheckResult(True, "no Flux configurations")
     arc = config.arc
     try:
-        ext = _show(
-            ctx,
-            ["k8s-extension", "show", "--name", EXTENSION_NAME, *_cluster_args(arc)],
-            "az k8s-extension show",
-        )
+        ext = extension_state(ctx, arc)
         if ext is None or str(ext.get("provisioningState")).lower() != "succeeded":
             state = "missing" if ext is None else ext.get("provisioningState")
             return CheckResult(False, f"Flux extension {state}", "run `firstboot run`")

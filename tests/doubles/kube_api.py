@@ -11,6 +11,9 @@ It serves, over plain HTTP on loopback (the client accepts `http://` server URLs
     GET  /api/v1/namespaces[/NAME], POST /api/v1/namespaces
     GET/POST/PUT /api/v1/namespaces/NS/secrets[/NAME]
     GET/POST/PUT /api/v1/namespaces/NS/configmaps[/NAME]
+    GET  /api/v1/namespaces/NS/pods/NAME/log          text/plain; ?container= (required when the pod has
+                                                       more than one, as the real API answers 400),
+                                                       ?tailLines=N; from the pod's `logs: {container: text}`
 
 Watches stream `{"type": ..., "object": ...}` lines (chunked) from a resourceVersion, honour
 `timeoutSeconds`, and answer a too-old resourceVersion with an ERROR 410 event, like the real server.
@@ -23,7 +26,8 @@ A scenario (YAML/JSON file or dict) describes objects whose state changes with t
     pods:        [{namespace: azure-arc, name: config-agent-1, labels: {app: x}, ready_after: 2}
                   {namespace: azure-arc, name: cluster-metadata, fail: {reason: CrashLoopBackOff,
                    message: "back-off restarting", after: 0.5},
-                   events: [{reason: BackOff, message: "x509: certificate signed by unknown authority"}]}]
+                   events: [{reason: BackOff, message: "x509: certificate signed by unknown authority"}],
+                   containers: [manager], logs: {manager: "E0101 ... error: x509: ..."}}]
     faults:      [{path: "^/api/v1/nodes", status: 500, count: 2},     # the first 2 matching requests
                   {path: "watch=true", drop_after: 0.2, count: 1},     # close a watch stream early
                   {path: "^/apis/apps", delay: 0.5}]                    # slow responses
@@ -440,6 +444,9 @@ ROUTES: list[tuple[re.Pattern[str], str]] = [
 LIST_KIND = {"Node": "NodeList", "Pod": "PodList", "Deployment": "DeploymentList", "Event": "EventList"}
 
 
+LOG_ROUTE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/log$")
+
+
 def status_doc(code: int, reason: str, message: str) -> JSON:
     """A `metav1.Status` failure body."""
     return {
@@ -533,6 +540,10 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/version":
             self._send(200, VERSION)
             return
+        log = LOG_ROUTE.match(path)
+        if log is not None and method == "GET":
+            self._pod_log(log["ns"], log["name"], query)
+            return
         for pattern, kind in ROUTES:  # noqa: B007 - `kind` is used after the loop
             match = pattern.match(path)
             if match:
@@ -570,6 +581,39 @@ class Handler(BaseHTTPRequestHandler):
                 "items": items,
             },
         )
+
+    def _pod_log(self, ns: str, name: str, query: dict[str, str]) -> None:
+        """The real API's rules (pkg/registry/core/pod/strategy.go LogLocation): 404 for an unknown pod,
+        400 when the pod has several containers and none is named, or the named one is not in the pod."""
+        store = self.server.store
+        pod = store.get("Pod", ns, name)
+        if pod is None:
+            self._send(404, status_doc(404, "NotFound", f'pods "{name}" not found'))
+            return
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        container = query.get("container")
+        if not container and len(names) > 1:
+            message = f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]"
+            self._send(400, status_doc(400, "BadRequest", message))
+            return
+        container = container or names[0]
+        if container not in names:
+            message = f"container {container} is not valid for pod {name}"
+            self._send(400, status_doc(400, "BadRequest", message))
+            return
+        with store.cond:
+            obj = store.objects.get(("Pod", ns, name))
+            logs = (obj.spec.get("logs") or {}) if obj is not None else {}
+        lines = str(logs.get(container, "")).splitlines(keepends=True)
+        tail = query.get("tailLines")
+        if tail is not None:
+            lines = lines[-int(tail) :] if int(tail) > 0 else []
+        body = "".join(lines).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _write(self, method: str, kind: str, ns: str, name: str | None) -> None:
         store = self.server.store
