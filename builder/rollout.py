@@ -189,7 +189,7 @@ class _Runner:
         self.template, uuid, _extra = read_template(session, names, the_plan.template, self.where)
         self.marks = fleet_marks(fleet.name, the_plan.template, uuid)
         self.secrets = resolve_secrets(fleet, environ)
-        self.generation = current_generation(fleetvms.read_all(session, self.dc), fleet.name)
+        self.generation = current_generation(fleetvms.read_all(session, self.dc), fleet)
         self.environ = environ
         self.by_name = {v.name: v for v in fleet.vms}
 

@@ -82,11 +82,13 @@ def _generations(rec: fleetvms.VmRecord) -> tuple[int | None, int | None]:
     return held, written
 
 
-def current_generation(records: list[fleetvms.VmRecord], fleet: str) -> int:
-    """The highest secrets generation among `fleet`'s VMs, written or reported (1: deploy's)."""
+def current_generation(records: list[fleetvms.VmRecord], fleet: Fleet) -> int:
+    """The highest secrets generation among the fleet's VMs (and rollout replacements), written or
+    reported (1: deploy's)."""
+    names = {v.name for v in fleet.vms} | {v.name + fleetvms.ROLLOUT_SUFFIX for v in fleet.vms}
     highest = 1
     for rec in records:
-        if rec.owned_by(fleet):
+        if rec.name in names and rec.owned_by(fleet.name):
             held, written = _generations(rec)
             highest = max(highest, held or 0, written or 0)
     return highest
@@ -105,7 +107,7 @@ def plan(session: Session, fleet: Fleet) -> RotatePlan:
             continue
         held, written = _generations(owned[0])
         rows.append(VmRotation(vm.name, "write", held, written, record=owned[0]))
-    return RotatePlan(fleet.name, current_generation(records, fleet.name) + 1, rows)
+    return RotatePlan(fleet.name, current_generation(records, fleet) + 1, rows)
 
 
 def apply(
