@@ -45,6 +45,8 @@ FINAL = {contract.State.DONE.value, contract.State.FAILED.value}
 # A status is a few hundred bytes (32 step timings about 4 KiB); anything far larger is not read.
 MAX_STATUS_CHARS = 64 * 1024
 SECRET_KEYS = (contract.KEY_SECRETS, contract.KEY_SECRETS + contract.ENCODING_SUFFIX)
+# The extraConfig keys a status row reads (the rest of a VM's extraConfig is not decoded).
+STATUS_KEYS = frozenset((contract.KEY_STATUS, contract.KEY_STATUS + contract.ENCODING_SUFFIX, *SECRET_KEYS))
 SECRETS_REMOVED = (
     "guestinfo.arcbake.secrets removed from the VM's configuration (the clone reported past metadata)"
 )
@@ -175,7 +177,7 @@ def read_status(session: Session, fleet: Fleet, *, clear_secrets: bool = True) -
     """
     names = [v.name for v in fleet.vms]
     _, by_name = inventory.datacenter_and_vms(session, fleet.placement.datacenter, names)
-    found = vmops.read_rows(session, by_name, names, STATUS_PROPS)
+    found = vmops.read_rows(session, by_name, names, STATUS_PROPS, STATUS_KEYS)
     rows: list[VmStatus] = []
     for fvm in fleet.vms:
         vms = found.get(fvm.name, [])

@@ -1,5 +1,6 @@
 """Count SOAP round trips: every call pyVmomi makes, methods and property reads alike, goes through
-`SoapStubAdapter.InvokeMethod`, so wrapping that one method counts them all (login and logout included).
+`SoapStubAdapter.InvokeMethod`, and the bulk reads whose answers builder decodes itself go through
+`rawprops.post`; wrapping those two counts them all (login and logout included).
 
 Used by `bench/fleet_deploy.py` and the tests that hold `builder status` to its round-trip budget; the
 count is per method name (`RetrievePropertiesEx`, `Fetch` for a single property read, ...).
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from pyVmomi.SoapAdapter import SoapStubAdapter
+
+from builder.vsphere import rawprops
 
 
 class RoundTrips:
@@ -54,11 +57,19 @@ def counting() -> Iterator[RoundTrips]:
         seen.add(f"Fetch {args[0]}" if name == "Fetch" and args else name)
         return original(self, mo, info, args, outerStub)
 
+    original_post = rawprops.post
+
+    def post(stub: Any, method: str, body: bytes | str) -> bytes:
+        seen.add(method)
+        return original_post(stub, method, body)
+
     SoapStubAdapter.InvokeMethod = invoke  # type: ignore[method-assign]
+    rawprops.post = post
     try:
         yield seen
     finally:
         SoapStubAdapter.InvokeMethod = original  # type: ignore[method-assign]
+        rawprops.post = original_post
 
 
 def main(argv: list[str]) -> int:

@@ -23,7 +23,7 @@ from builder.fleet import load_fleet
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere.roundtrips import RoundTrips, counting
-from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for
+from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for, set_extra
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +158,34 @@ def test_status_loads_no_image_module(vcsim: VcsimHandle, tmp_path: Path) -> Non
     loaded = set(result["modules"])
     assert {"builder.status", "builder.commands_vsphere", "pyVmomi"} <= loaded
     assert not [m for m in loaded if m in NOT_FOR_STATUS or m.split(".")[0] in NOT_FOR_STATUS]
+
+
+def test_the_raw_read_gives_what_pyvmomi_decodes(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    # rawprops reads the answer itself; every key and value must be what pyVmomi's decoder makes of it,
+    # text with markup, entities, non-ASCII and spaces included, the last of a duplicated key too.
+    fleet_path = fleet_file(tmp_path, "rt-raw", agents=2)
+    _deploy_trips(vcsim, fleet_path)
+    odd = "  <b>&amp; \u00e9\u4e2d \"q\" 'a'\t</b>  "
+    set_extra(vcsim, "rt-raw-02", {"guestinfo.arcbake.status": odd, "guestinfo.other": "x"})
+    set_extra(vcsim, "rt-raw-02", {"guestinfo.arcbake.status": odd + "2"})
+    names = ["rt-raw-01", "rt-raw-02", "rt-raw-03", "DC0_H0_VM0"]
+    with session_for(vcsim) as session:
+        _, by_name = inventory.datacenter_and_vms(session, "DC0", names)
+        decoded = vmops.read_rows(session, by_name, names, st.STATUS_PROPS)
+        keys = {k for rows in decoded.values() for r in rows for k in r.extra}
+        assert len(keys) > 10 and "guestinfo.other" in keys
+        with counting() as trips:
+            raw = vmops.read_rows(session, by_name, names, st.STATUS_PROPS, keys)
+    assert trips.by_method == {"RetrievePropertiesEx": 1}  # read raw, not asked again through pyVmomi
+    assert raw == decoded
+    assert raw["rt-raw-02"][0].extra["guestinfo.arcbake.status"] == odd + "2"
+    assert raw["DC0_H0_VM0"][0].is_template is False
+    with session_for(vcsim) as session:
+        only = vmops.read_rows(session, by_name, names, st.STATUS_PROPS, st.STATUS_KEYS)
+    full = decoded["rt-raw-02"][0].extra
+    assert only["rt-raw-02"][0].extra == {k: v for k, v in full.items() if k in st.STATUS_KEYS}
+    assert set(only["rt-raw-02"][0].extra) == {
+        "guestinfo.arcbake.status",
+        "guestinfo.arcbake.secrets",
+        "guestinfo.arcbake.secrets.encoding",
+    }
