@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from pydantic import (
 from builder import topology
 from builder.spec import InventoryName, SshPublicKey
 from builder.template_names import check_placeholders
+from firstboot.boundedread import BoundedReadError, read_bounded
 from firstboot.contract import (
     PATTERN_HINTS,
     ArcAuth,
@@ -94,11 +96,45 @@ class FleetError(InputError):
     """The fleet file (or a secret it references) is invalid; exit code 3."""
 
 
+# builder's own environment (vSphere credentials, Packer's variables, arcbake's settings): a reference to
+# it would copy the operator's credentials into a clone's guestinfo.
+RESERVED_ENV_PREFIXES = ("VSPHERE_", "PKR_VAR_", "ARCBAKE_")
+# A secret is a password, token, key or certificate chain; anything larger is a mistake (or /dev/zero).
+MAX_SECRET_BYTES = 64 * 1024
+# Process state, not files: /proc/self/environ would copy builder's own environment.
+_PSEUDO_FS = ("/proc", "/sys", "/dev")
+
+
 class SecretRef(_Model):
-    """Where a secret value comes from: an environment variable or a file. Never the value itself."""
+    """Where a secret value comes from: an environment variable or a file. Never the value itself.
+
+    Not builder's own variables (RESERVED_ENV_PREFIXES); files are regular files of at most
+    MAX_SECRET_BYTES (a symlink is followed, and what it reaches must be one), never under /proc, /sys, /dev.
+    """
 
     env: EnvName | None = None
-    file: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    file: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f]+$")] | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _not_builders_own(cls, value: str | None) -> str | None:
+        if value is not None and value.upper().startswith(RESERVED_ENV_PREFIXES):
+            reserved = ", ".join(f"{p}*" for p in RESERVED_ENV_PREFIXES)
+            raise ValueError(
+                f"{value} is builder's own environment ({reserved}): "
+                "name a variable that holds only this secret"
+            )
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _a_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        path = os.path.normpath(Path(value).expanduser())
+        if any(path == root or path.startswith(root + "/") for root in _PSEUDO_FS):
+            raise ValueError("a secret file is a regular file: paths under /proc, /sys and /dev are refused")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -733,16 +769,27 @@ def load_fleet(path: Path | str) -> Fleet:
 # Secrets ----------------------------------------------------------------------------------------------
 
 
-def _read_ref(ref: SecretRef, environ: Mapping[str, str], base: Path) -> str | None:
+def _read_ref(ref: SecretRef, environ: Mapping[str, str], base: Path) -> str:
+    """The secret's value; ValueError saying why not (never the value)."""
     if ref.env:
-        return environ.get(ref.env) or None
+        value = environ.get(ref.env, "")
+        if not value:
+            raise ValueError(f"environment variable {ref.env} is not set")
+        if len(value.encode()) > MAX_SECRET_BYTES:
+            raise ValueError(f"environment variable {ref.env} is larger than {MAX_SECRET_BYTES // 1024} KiB")
+        return value
     file = Path(ref.file or "").expanduser()
     if not file.is_absolute():
         file = base / file
     try:
-        return file.read_text(encoding="utf-8").rstrip("\r\n") or None
-    except (OSError, UnicodeDecodeError):
-        return None
+        text = read_bounded(file, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
+    except BoundedReadError as exc:
+        raise ValueError(f"file {ref.file}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"file {ref.file}: not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"file {ref.file} is empty")
+    return text
 
 
 def resolve_secrets(fleet: Fleet, environ: Mapping[str, str]) -> dict[str, OnboardingSecrets]:
@@ -754,11 +801,11 @@ def resolve_secrets(fleet: Fleet, environ: Mapping[str, str]) -> dict[str, Onboa
     def value(ref: SecretRef | None, where: str) -> str | None:
         if ref is None:
             return None
-        got = _read_ref(ref, environ, base)
-        if got is None:
-            what = f"environment variable {ref.env} is not set" if ref.env else f"cannot read file {ref.file}"
-            problems.setdefault(ref.describe(), f"{where}: {what}")
-        return got
+        try:
+            return _read_ref(ref, environ, base)
+        except ValueError as exc:
+            problems.setdefault(ref.describe(), f"{where}: {exc}")
+            return None
 
     for vm in fleet.vms:
         refs = vm.secret_refs

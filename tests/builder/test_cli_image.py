@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema  # type: ignore[import-untyped]
@@ -114,3 +115,21 @@ def test_render_refuses_foreign_dir(tmp_path: Path) -> None:
     assert code == RC.FAILED
     assert "not an arcbake build dir" in err
     assert (tmp_path / "notes/todo.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "too-large"])
+def test_validate_reads_inputs_bounded(tmp_path: Path, kind: str) -> None:
+    # Issue 8: `builder validate /dev/zero` read without bound; a FIFO would block forever.
+    path = tmp_path / "spec.yaml"
+    if kind == "dev-zero":
+        path = Path("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("# padding\n" * 200_000)
+    code, _, err = run("validate", str(path))
+    assert code == 3
+    lines = [line for line in err.splitlines() if line.startswith(str(path))]
+    assert len(lines) == 1
+    assert ("1 MiB limit" if kind == "too-large" else "not a regular file") in lines[0]
+    assert "Traceback" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -254,3 +255,70 @@ def test_newest_template_match() -> None:
     assert newest_match("tpl-{timestamp}", names) == "tpl-202612312359"
     assert newest_match("tpl-2026", names) == "tpl-2026"
     assert newest_match("nope-{date}", names) is None
+
+
+# Issue 8: secret references that would copy builder's own credentials or read without bound.
+REFUSED_REFS = [
+    ("vsphere-password", "{env: VSPHERE_PASSWORD}", "builder's own environment"),
+    ("packer-variable", "{env: PKR_VAR_rhsm_org}", "builder's own environment"),
+    ("arcbake-setting", "{env: arcbake_ssh_key_file}", "builder's own environment"),
+    ("proc-environ", "{file: /proc/self/environ}", "paths under /proc, /sys and /dev are refused"),
+    ("dev-zero", "{file: /dev/zero}", "paths under /proc, /sys and /dev are refused"),
+    ("dev-dotdot", "{file: /tmp/../dev/zero}", "paths under /proc, /sys and /dev are refused"),
+]
+
+
+@pytest.mark.parametrize(("ref", "fragment"), [r[1:] for r in REFUSED_REFS], ids=[r[0] for r in REFUSED_REFS])
+def test_secret_references_refused_at_validation(tmp_path: Path, ref: str, fragment: str) -> None:
+    found = _issue_objects(write(tmp_path, f"  - {{name: a, secrets: {{k3s_token: {ref}}}}}\n"))
+    kind = "env" if ref.startswith("{env") else "file"
+    assert [(i.path, i.line) for i in found] == [(f"vms.0.secrets.k3s_token.{kind}", 9)]
+    assert fragment in found[0].message
+
+
+def _resolve_problem(tmp_path: Path, make: str) -> str:
+    """Make `tok` in tmp_path as `make` says; the problem resolve_secrets reports for {file: tok}."""
+    target = tmp_path / "tok"
+    if make == "fifo":
+        os.mkfifo(target)
+    elif make == "symlink-to-proc":
+        target.symlink_to("/proc/self/environ")
+    elif make == "symlink-to-dev":
+        target.symlink_to("/dev/zero")
+    elif make == "too-large":
+        target.write_text("x" * (64 * 1024 + 1))
+    elif make == "empty":
+        target.write_text("\n")
+    elif make == "directory":
+        target.mkdir()
+    fleet = load_fleet(write(tmp_path, "  - {name: a, secrets: {k3s_token: {file: tok}}}\n"))
+    with pytest.raises(FleetError) as err:
+        resolve_secrets(fleet, {"SP": "sp"})
+    assert len(err.value.issues) == 1
+    return err.value.issues[0].message
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        ("fifo", "not a regular file"),
+        ("symlink-to-proc", "is on a pseudo file system"),
+        ("symlink-to-dev", "not a regular file"),
+        ("too-large", "larger than the 64 KiB limit"),
+        ("empty", "is empty"),
+        ("directory", "not a regular file"),
+        ("missing", "No such file or directory"),
+    ],
+)
+def test_secret_files_are_bounded_regular_files(tmp_path: Path, make: str, fragment: str) -> None:
+    message = _resolve_problem(tmp_path, make)
+    assert message.startswith("vms[a].secrets.k3s_token: file tok")
+    assert fragment in message
+
+
+def test_secret_file_through_a_symlink_to_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "real").write_text("t0ken\n")
+    (tmp_path / "tok").symlink_to(tmp_path / "real")
+    fleet = load_fleet(write(tmp_path, "  - {name: a, secrets: {k3s_token: {file: tok}}}\n"))
+    resolved = resolve_secrets(fleet, {"SP": "sp"})["a"]
+    assert resolved.k3s_token is not None and resolved.k3s_token.get_secret_value() == "t0ken"
