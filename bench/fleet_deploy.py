@@ -13,11 +13,13 @@ is the waiting the bounded pool exists to overlap.
 Then `builder status` at 100 and 1,000 deployed VMs (`--status-sizes`), each fleet on a fresh simulator:
 the bulk read builder does (the fleet's VMs in one PropertyCollector query) beside the per-VM read it
 replaced (each VM's `config` and `runtime` fetched one by one), with their SOAP round trips counted at
-pyVmomi's stub (`builder.vsphere.roundtrips`), and the whole `builder status FLEET --format json` command
-in a fresh process (start-up, login and logout included).
+pyVmomi's stub (`builder.vsphere.roundtrips`); then the whole `builder status FLEET --format json`
+command in a fresh process (start-up, fleet file, login, read, logout): its wall and CPU seconds and all
+its round trips, beside the same command of the code at `--baseline` (a commit before the whole-command
+work, extracted with `git archive` into a temporary folder; `--baseline none` leaves it out).
 
     python bench/fleet_deploy.py [--sizes 10,100] [--concurrency 1,8] [--task-latency M=ms,...]
-                                 [--status-sizes 100,1000] [--only deploy|status]
+                                 [--status-sizes 100,1000] [--only deploy|status] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import statistics
@@ -48,6 +51,24 @@ from builder.vsphere.connection import Credentials, Session, connect  # noqa: E4
 from builder.vsphere.roundtrips import counting  # noqa: E402
 
 VCSIM = REPO / ".bin" / "vcsim"
+# main before the whole-command work of `builder status` (9 round trips, SmartConnect, eager CLI imports,
+# pure-Python YAML, pyVmomi's decoder): the "before" column.
+BASELINE = "2032a25"
+# `builder ARGS` under the round-trip counter, in a fresh process, for the tree on PYTHONPATH (both trees
+# have `counting()`); the round trips go to stderr as the last line.
+PROBE = """
+import json, sys
+from builder.vsphere.roundtrips import counting
+from builder.cli import main
+sys.argv = ["builder", *sys.argv[1:]]
+code = 0
+with counting() as seen:
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+sys.stderr.write("\\n" + json.dumps({"code": code, "trips": seen.total}) + "\\n")
+"""
 HEAD = """\
 name: bench
 template: DC0_H0_VM0
@@ -158,7 +179,7 @@ def median_of(runs: int, fn: Callable[[], tuple[float, int]]) -> tuple[float, in
     return statistics.median(r[0] for r in results), results[-1][1]
 
 
-def measure_status(size: int, workdir: Path, runs: int) -> dict[str, float]:
+def measure_status(size: int, workdir: Path, runs: int, baseline: Path | None) -> dict[str, float]:
     """Deploy `size` clones on a fresh simulator, then time and count the status reads."""
     path = workdir / f"status-{size}.yaml"
     path.write_text(fleet_text(size))
@@ -197,23 +218,30 @@ def measure_status(size: int, workdir: Path, runs: int) -> dict[str, float]:
             bulk_s, bulk_trips = median_of(runs, bulk)
             per_vm_s, per_vm_trips = median_of(1 if size > 100 else runs, per_vm)
 
-        def command() -> tuple[float, int]:
+        def command(tree: Path, cpu_s: list[float]) -> tuple[float, int]:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            script = "from builder.cli import main; main()"
             out = subprocess.run(
-                [sys.executable, "-c", script, "status", str(path), "--format", "json"],
-                env={**os.environ, **env, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+                [sys.executable, "-c", PROBE, "status", str(path), "--format", "json"],
+                env={**os.environ, **env, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"},
+                cwd=tree,  # `python -c` puts the working directory first on sys.path
                 capture_output=True,
                 text=True,
                 timeout=300,
                 check=False,
             )
             seconds = time.perf_counter() - started
-            if out.returncode != 0 or len(json.loads(out.stdout)["vms"]) != size:
-                raise SystemExit(f"builder status failed: {out.stderr.strip()}")
-            return seconds, 0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            probe = json.loads(out.stderr.strip().splitlines()[-1])
+            if probe["code"] != 0 or len(json.loads(out.stdout)["vms"]) != size:
+                raise SystemExit(f"builder status ({tree}) failed: {out.stderr.strip()}")
+            return seconds, int(probe["trips"])
 
-        cli_s, _ = median_of(runs, command)
+        cli_cpu: list[float] = []
+        cli_s, cli_trips = median_of(runs, lambda: command(REPO, cli_cpu))
+        base_cpu: list[float] = []
+        base_s, base_trips = median_of(runs, lambda: command(baseline, base_cpu)) if baseline else (0.0, 0)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -225,29 +253,78 @@ def measure_status(size: int, workdir: Path, runs: int) -> dict[str, float]:
         "per_vm_s": per_vm_s,
         "per_vm_trips": per_vm_trips,
         "cli_s": cli_s,
+        "cli_cpu_s": statistics.median(cli_cpu),
+        "cli_trips": cli_trips,
+        "base_s": base_s,
+        "base_cpu_s": statistics.median(base_cpu) if base_cpu else 0.0,
+        "base_trips": base_trips,
     }
 
 
-def run_status(sizes: list[int], workdir: Path, runs: int) -> None:
-    """`builder status` read at each fleet size, bulk beside per-VM; the table and the ratios."""
+def run_status(sizes: list[int], workdir: Path, runs: int, baseline: Path | None) -> None:
+    """`builder status` read at each fleet size, bulk beside per-VM; then the whole command beside the
+    baseline's; the tables and the ratios."""
     print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall seconds stretch with it)")
     print(
         f"{'VMs':>5}  {'bulk s':>7}  {'CPU s':>6}  {'trips':>5}  "
-        f"{'per-VM s':>8}  {'trips':>5}  {'per-VM/bulk':>11}  {'command s':>9}  {'fleet parse s':>13}"
+        f"{'per-VM s':>8}  {'trips':>5}  {'per-VM/bulk':>11}  {'fleet parse s':>13}"
     )
     results: dict[int, dict[str, float]] = {}
     for size in sizes:
-        r = results[size] = measure_status(size, workdir, runs)
+        r = results[size] = measure_status(size, workdir, runs, baseline)
         print(
             f"{size:>5}  {r['bulk_s']:>7.3f}  {r['bulk_cpu_s']:>6.3f}  {r['bulk_trips']:>5.0f}  "
             f"{r['per_vm_s']:>8.3f}  {r['per_vm_trips']:>5.0f}  {r['per_vm_s'] / r['bulk_s']:>10.1f}x  "
-            f"{r['cli_s']:>9.3f}  {r['parse_s']:>13.3f}",
+            f"{r['parse_s']:>13.3f}",
             flush=True,
         )
     small, large = min(sizes), max(sizes)
     if small != large:
         ratio = (results[large]["bulk_s"] / large) / (results[small]["bulk_s"] / small)
         print(f"bulk read s/VM {large} vs {small} VMs: {ratio:.2f} (1.00 = linear in fleet size)")
+    print(
+        "\nthe whole `builder status FLEET --format json` in a fresh process (start-up, fleet file, login, "
+        f"read, logout), now and at {BASELINE if baseline else '(no baseline)'}:"
+    )
+    print(
+        f"{'VMs':>5}  {'now s':>6}  {'CPU s':>6}  {'trips':>5}  "
+        f"{'before s':>8}  {'CPU s':>6}  {'trips':>5}  {'before/now wall':>15}  {'CPU':>5}"
+    )
+    for size in sizes:
+        r = results[size]
+        wall = f"{r['base_s'] / r['cli_s']:.1f}x" if baseline else "-"
+        cpu = f"{r['base_cpu_s'] / r['cli_cpu_s']:.1f}x" if baseline else "-"
+        print(
+            f"{size:>5}  {r['cli_s']:>6.3f}  {r['cli_cpu_s']:>6.3f}  {r['cli_trips']:>5.0f}  "
+            f"{r['base_s']:>8.3f}  {r['base_cpu_s']:>6.3f}  {r['base_trips']:>5.0f}  {wall:>15}  {cpu:>5}"
+        )
+
+
+def extract(rev: str, into: Path) -> Path:
+    """The tree of commit `rev` (git archive) under `into`, to run its `builder` beside this one."""
+    tree = into / f"baseline-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "archive",
+            "--format=tar",
+            rev,
+            "builder",
+            "firstboot",
+            "templates",
+            "packer",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=60)
+    return tree
 
 
 def main() -> int:
@@ -259,6 +336,11 @@ def main() -> int:
     parser.add_argument("--status-sizes", default="100,1000")
     parser.add_argument("--runs", type=int, default=3, help="status: median of this many runs")
     parser.add_argument("--only", choices=("deploy", "status"))
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help="status: the commit to run beside (default %(default)s; none: no)",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # deploy's notes about the simulator's template are not results
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -273,7 +355,8 @@ def main() -> int:
             run_grid(sizes, levels, args.task_latency, Path(tmp))
         if args.only != "deploy":
             print("\nbuilder status: bulk read vs per-VM read (SOAP round trips counted at the stub):")
-            run_status([int(s) for s in args.status_sizes.split(",")], Path(tmp), args.runs)
+            baseline = None if args.baseline == "none" else extract(args.baseline, Path(tmp))
+            run_status([int(s) for s in args.status_sizes.split(",")], Path(tmp), args.runs, baseline)
     return 0
 
 

@@ -18,11 +18,12 @@ import click
 
 from builder.cli_common import COMMON_ENV, configure_logging, epilog, error_document, verbosity_options
 from builder.rc import RC
-from firstboot.about import version_text
 
 
 def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
+        from firstboot.about import version_text  # importlib.metadata and git: only for --version
+
         click.echo(version_text("builder"))
         ctx.exit(0)
 
