@@ -111,3 +111,49 @@ hostile_bytes = st.one_of(
     st.text(max_size=500).map(lambda t: b"\xff\xfe" + t.encode("utf-8", "surrogatepass")),
     st.binary(min_size=1, max_size=50).map(lambda b: b"schema_version: 1\nos: {distro: " + b + b"}\n"),
 )
+
+
+# What a shell, systemd, YAML or shlex would interpret, mixed into arbitrary text.
+HOSTILE_PIECES = st.sampled_from(
+    [
+        "'",
+        '"',
+        "\\",
+        "$",
+        "`",
+        "$(id)",
+        "${IFS}",
+        "*",
+        "?",
+        "[a]",
+        "~",
+        "#",
+        ";",
+        "&",
+        "|",
+        "<",
+        ">",
+        " ",
+        "\t",
+        "-",
+        "--help",
+        "%",
+        "=",
+        "\\n",
+        "\u2028",
+        "\u0085",
+        "\x7f",
+        "\x1b[31m",
+        "{{",
+        "}}",
+        ": ",
+        "- ",
+        "!!python/object",
+        "&a",
+        "*a",
+        "@",
+        ",",
+        "\ufeff",
+    ]
+)
+hostile_text = st.lists(st.one_of(HOSTILE_PIECES, st.text(max_size=8)), max_size=12).map("".join)

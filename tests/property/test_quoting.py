@@ -20,51 +20,8 @@ from pykickstart.version import RHEL9, makeVersion
 
 from firstboot import quoting
 from property.counting import count, scaled
+from property.strategies import hostile_text as TEXT
 
-# What a shell, systemd, YAML or shlex would interpret, mixed into arbitrary text.
-HOSTILE = st.sampled_from(
-    [
-        "'",
-        '"',
-        "\\",
-        "$",
-        "`",
-        "$(id)",
-        "${IFS}",
-        "*",
-        "?",
-        "[a]",
-        "~",
-        "#",
-        ";",
-        "&",
-        "|",
-        "<",
-        ">",
-        " ",
-        "\t",
-        "-",
-        "--help",
-        "%",
-        "=",
-        "\\n",
-        "\u2028",
-        "\u0085",
-        "\x7f",
-        "\x1b[31m",
-        "{{",
-        "}}",
-        ": ",
-        "- ",
-        "!!python/object",
-        "&a",
-        "*a",
-        "@",
-        ",",
-        "\ufeff",
-    ]
-)
-TEXT = st.lists(st.one_of(HOSTILE, st.text(max_size=8)), max_size=12).map("".join)
 ONE_LINE = TEXT.map(lambda s: "".join(s.splitlines()).replace("\0", ""))
 
 
