@@ -221,17 +221,19 @@ class VmEntry(_Model):
         description="the server VM this one joins: an agent's server (default: the fleet's only cluster), or "
         "for a server, the first server of its HA cluster (embedded etcd)",
     )
-    network: NetworkSpec = NetworkSpec()
+    # Section defaults by factory: a model default holding a list is unhashable, and pydantic deep-copies
+    # such a default for every VM (most of the validation time of a 1,000-VM fleet).
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
     user: LinuxUser = "arcbake"
     ssh_authorized_keys: list[SshPublicKey] = Field(default_factory=list)
     time: TimeConfig
-    dns: DnsConfig = DnsConfig()
-    proxy: ProxyConfig = ProxyConfig()
-    k3s: K3sSettings = K3sSettings()
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    k3s: K3sSettings = Field(default_factory=K3sSettings)
     # Servers only (agents stop after K3s); `null` in a VM entry drops the defaults' section.
     arc: ArcConfig | None = None
     tags: ArcTags | None = None
-    flux: FluxConfig = FluxConfig()
+    flux: FluxConfig = Field(default_factory=FluxConfig)
     secrets: SecretRefs | None = None
 
 
