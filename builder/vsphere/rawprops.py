@@ -62,7 +62,42 @@ def post(stub: Any, method: str, body: bytes | str) -> bytes:
     return data
 
 
-def _call(session: Any, method: str, args: list[Any]) -> ET.Element:
+_OPEN, _CLOSE, _KEY, _END_KEY = b"<OptionValue", b"</OptionValue>", b"<key>", b"</key>"
+
+
+def drop_options(body: bytes, keys: Collection[str]) -> bytes:
+    """`body` without the OptionValue elements whose key is not one of `keys` (before parsing: a VM's
+    extraConfig is mostly other keys, and building a tree of them costs more than reading the rest).
+
+    Exact, not a guess at XML: outside comments and CDATA (whose presence returns `body` unchanged), `<`
+    stands only for markup, and OptionValue elements do not nest (one that does, or a prefixed or
+    otherwise unexpected form, returns `body` unchanged too: the parser then reads all of it)."""
+    if b"<!--" in body or b"<![CDATA[" in body:
+        return body
+    wanted = {k.encode() for k in keys}
+    kept: list[bytes] = []
+    pos = 0
+    while (start := body.find(_OPEN, pos)) >= 0:
+        end = body.find(_CLOSE, start)
+        if end < 0:
+            return body
+        end += len(_CLOSE)
+        element = body[start:end]
+        key_at = element.find(_KEY)
+        key_end = element.find(_END_KEY, key_at)
+        named = element[len(_OPEN) : len(_OPEN) + 1] in (b" ", b">")
+        if not named or key_at < 0 or key_end < 0 or element.find(_OPEN, len(_OPEN)) >= 0:
+            return body
+        kept.append(body[pos:start])
+        key = element[key_at + len(_KEY) : key_end]
+        if b"&" in key or key in wanted:  # a key with a reference is left for the parser to read
+            kept.append(element)
+        pos = end
+    kept.append(body[pos:])
+    return b"".join(kept)
+
+
+def _call(session: Any, method: str, args: list[Any], keys: Collection[str]) -> ET.Element:
     collector = session.content.propertyCollector
     stub = collector._stub
     info = PC._GetMethodInfo(method)
@@ -71,7 +106,7 @@ def _call(session: Any, method: str, args: list[Any]) -> ET.Element:
     # (text content holds `<` only escaped, so the marker cannot come from a value).
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         raise Unsupported(f"{method}: the answer carries a document type declaration")
-    root = ET.fromstring(body)  # noqa: S314 (no DTD, see above; vCenter's answer to this session)
+    root = ET.fromstring(drop_options(body, keys))  # noqa: S314 (no DTD, see above; vCenter's answer to this session)
     returnval = root.find(f".//{_V}{method}Response")
     if returnval is None:
         raise Unsupported(f"{method}: no {method}Response in the answer")
@@ -141,7 +176,7 @@ def vm_properties(
         reportMissingObjectsInResults=True,
     )
     out: dict[Any, dict[str, Any]] = {}
-    answer = _call(session, "RetrievePropertiesEx", [[spec], PC.RetrieveOptions()])
+    answer = _call(session, "RetrievePropertiesEx", [[spec], PC.RetrieveOptions()], keys)
     while True:
         for moid, values in _objects(answer, keys):
             if moid in by_moid:
@@ -149,4 +184,4 @@ def vm_properties(
         token = answer.findtext(f"{_V}returnval/{_V}token")
         if not token:
             return out
-        answer = _call(session, "ContinueRetrievePropertiesEx", [token])
+        answer = _call(session, "ContinueRetrievePropertiesEx", [token], keys)

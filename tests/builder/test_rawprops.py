@@ -139,3 +139,41 @@ def test_a_fault_or_a_dtd_is_left_to_pyvmomi(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(rawprops, "post", dtd)
     with pytest.raises(rawprops.Unsupported, match="document type declaration"):
         rawprops.vm_properties(session, [_vm("vm-1")], ["name"], KEYS)
+
+
+def _array(*options: str) -> bytes:
+    return ('<val xsi:type="ArrayOfOptionValue">' + "".join(options) + "</val>").encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        # Unwanted keys dropped, wanted kept, the rest of the document untouched.
+        (_array(_option("other", "x"), _option("k.int", "1"), _option("b", "<")), [b"k.int"]),
+        # A key written with a reference is left for the parser (it may spell a wanted key).
+        (_array(_option("k&#46;int", "1"), _option("other", "x")), [b"k&#46;int"]),
+    ],
+)
+def test_drop_options(body: bytes, kept: list[bytes]) -> None:
+    out = rawprops.drop_options(body, KEYS)
+    assert out.count(b"<OptionValue ") == len(kept)
+    assert all(b"<key>" + k + b"</key>" in out for k in kept)
+    assert out.startswith(b'<val xsi:type="ArrayOfOptionValue">') and out.endswith(b"</val>")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _array(_option("other", "x")) + b"<!-- <OptionValue> -->",
+        _array(_option("other", "<![CDATA[</OptionValue>]]>")),
+        _array(
+            "<OptionValue><key>a</key><value><OptionValue><key>b</key></OptionValue></value></OptionValue>"
+        ),
+        _array("<OptionValueX><key>other</key></OptionValueX>"),
+        _array('<OptionValue><key xsi:type="xsd:string">other</key></OptionValue>'),
+        _array("<OptionValue><key>other</key>"),
+    ],
+    ids=["comment", "cdata", "nested", "other-element", "key-attribute", "unclosed"],
+)
+def test_drop_options_leaves_what_it_cannot_cut_exactly(body: bytes) -> None:
+    assert rawprops.drop_options(body, KEYS) == body
