@@ -210,21 +210,43 @@ def validate_command(
         [
             "builder render examples/rocky9.yaml",
             "builder render examples/rocky9.yaml -o /tmp/build --format json",
+            "builder render examples/rocky9.yaml --wheelhouse",
         ],
-        [TMPDIR_ENV, *COMMON_ENV],
+        [
+            TMPDIR_ENV,
+            "XDG_CACHE_HOME: with --wheelhouse, wheels are cached under $XDG_CACHE_HOME/arcbake/wheelhouse",
+            "PIP_INDEX_URL / HTTPS_PROXY: with --wheelhouse, where pip downloads the locked wheels from",
+            *COMMON_ENV,
+        ],
         (RC.FAILED, RC.INVALID_INPUT),
     ),
 )
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @output_option("out_dir", directory=True, help_text="Build dir (default: build/<spec name>, as for build).")
+@click.option(
+    "--wheelhouse",
+    "with_wheelhouse",
+    is_flag=True,
+    help="Also assemble the guest wheelhouse into DIR/wheelhouse (the arcbake wheel, the locked "
+    "dependencies, requirements.txt), as build does, without a vCenter.",
+)
 @FORMAT
-def render_command(spec: Path, out_dir: Path | None, fmt: str) -> None:
-    """Render SPEC into the build dir (packer/, http/, rootfs/, scripts/)."""
+def render_command(spec: Path, out_dir: Path | None, with_wheelhouse: bool, fmt: str) -> None:
+    """Render SPEC into the build dir (packer/, http/, rootfs/, scripts/; wheelhouse/ with --wheelhouse)."""
     require_tmpdir(os.environ)
     with _spec_errors():
         result = render(_load(spec), out_dir or default_build_dir(spec))
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
+    wheels: list[Path] = []
+    if with_wheelhouse:
+        from builder import wheelhouse
+
+        try:
+            with recorder().step("wheelhouse", label="assemble the guest wheelhouse"):
+                wheels = wheelhouse.assemble(result.out_dir / "wheelhouse")
+        except wheelhouse.WheelhouseError as exc:
+            fail(f"assembling the guest wheelhouse: {exc}")
     if fmt == "json":
         doc = {
             "build_dir": str(result.out_dir),
@@ -232,6 +254,7 @@ def render_command(spec: Path, out_dir: Path | None, fmt: str) -> None:
             "packer_only": result.packer_only,
             "plugins_included": result.plugins_included,
             "files": [str(p.relative_to(result.out_dir)) for p in result.files],
+            "wheelhouse": [w.name for w in wheels] if with_wheelhouse else None,
         }
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -239,6 +262,8 @@ def render_command(spec: Path, out_dir: Path | None, fmt: str) -> None:
             f"rendered {result.out_dir} (template {result.vm_name}, packer -only={result.packer_only}, "
             f"{len(result.files)} files)"
         )
+        if with_wheelhouse:
+            click.echo(f"wheelhouse {result.out_dir / 'wheelhouse'} ({len(wheels)} wheels)")
 
 
 PIN_ENV = [f"{name}: base URL (default {default})" for name, default in PIN_URLS.items()]

@@ -1,18 +1,21 @@
 """The wheelhouse: every wheel the guest needs to install arcbake's firstboot without PyPI.
 
-`builder build` assembles it on the workstation (or image CI) and Packer uploads it to
-`/tmp/arcbake-wheelhouse`, where the install-firstboot provisioning script creates the `/opt/arcbake` venv
-with `pip install --no-index --find-links /tmp/arcbake-wheelhouse 'arcbake[firstboot]'`.
+`builder build` (and `builder render --wheelhouse`) assembles it on the workstation or in image CI, and
+Packer uploads it to `/tmp/arcbake-wheelhouse`, where the install-firstboot provisioning script creates the
+`/opt/arcbake` venv with `pip install --no-index --find-links WH --require-hashes --no-deps -r
+WH/requirements.txt`: exactly the wheels listed there, each checked against its sha256.
 
-Two pip runs, both through `firstboot.subp` with a timeout:
-
-1. `pip wheel --no-deps` of the project itself (hatchling; arcbake is pure Python, so one `py3-none-any`
-   wheel fits every guest);
-2. `pip download --only-binary=:all: --implementation cp --python-version X.Y --platform ...` of the
-   built wheel with its `[firstboot]` extra: the dependencies as wheels for the *guest's* interpreter and
-   platform, not the workstation's. Compiled dependencies (pydantic-core, PyYAML) must be manylinux wheels
-   the guest's glibc can load, so the platform list is every `manylinux_2_N` from the wheel's base tag up
-   to the guest's glibc (EL8 ships 2.28, EL9 2.34), plus the legacy aliases pip does not derive itself.
+1. The arcbake wheel: `pip wheel --no-deps` of the source tree when builder runs from a checkout; from an
+   installed builder (pipx, a wheel), the wheel is rebuilt from the installed distribution's own files
+   (its RECORD), so no source tree is needed. arcbake is pure Python: one `py3-none-any` wheel.
+2. The guest's dependencies: exactly `firstboot/guest-requirements.lock` (the `firstboot` extra resolved
+   for the guest and pinned with hashes by `tools/lock_guest.py`), downloaded with `pip download
+   --only-binary=:all: --implementation cp --python-version X.Y --platform ... --no-deps --require-hashes`:
+   wheels for the *guest's* interpreter and platform, not the workstation's. Compiled dependencies
+   (pydantic-core, PyYAML) must be manylinux wheels the guest's glibc can load, so the platform list is
+   every `manylinux_2_N` from the wheel's base tag up to the guest's glibc (EL8 ships 2.28, EL9 2.34),
+   plus the legacy aliases pip does not derive itself.
+3. `requirements.txt`: the lock plus the arcbake wheel's own pin and hash, what the guest installs.
 
 Repeated builds are fast: downloaded wheels are kept in a wheel cache (default
 `$XDG_CACHE_HOME/arcbake/wheelhouse/<python>-<platform>`), and the next assembly first resolves offline
@@ -22,16 +25,23 @@ requirements (a new dependency, a first run). pip's own HTTP cache sits beside i
 
 from __future__ import annotations
 
+import base64
+import csv
+import hashlib
+import io
 import logging
 import os
 import re
 import shutil
 import sys
+import zipfile
 from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import firstboot
 from firstboot import subp
-from firstboot.fsutil import make_dirs
+from firstboot.fsutil import atomic_write, make_dirs
 
 LOG = logging.getLogger(__name__)
 
@@ -47,21 +57,56 @@ DEFAULT_GLIBC = "2.28"
 # PEP 600 aliases: the legacy manylinux names and the glibc they stand for.
 _LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 _PEP600 = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
+# The guest's pinned dependencies; inside the firstboot package so an installed builder carries it.
+GUEST_LOCK = Path(firstboot.__file__).resolve().parent / "guest-requirements.lock"
+REQUIREMENTS = "requirements.txt"
 
 
 class WheelhouseError(Exception):
     """The wheelhouse could not be assembled; the message says which step and why."""
 
 
-def project_root() -> Path:
-    """The source tree this builder runs from (the wheel is built from it)."""
+def project_root() -> Path | None:
+    """The source tree this builder runs from, or None when it runs from an installed wheel."""
     root = Path(__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").is_file():
-        raise WheelhouseError(
-            f"no pyproject.toml in {root}: building the arcbake wheel needs the source tree "
-            "(install builder with `pip install -e .` from a checkout)"
-        )
-    return root
+    return root if (root / "pyproject.toml").is_file() and (root / "firstboot").is_dir() else None
+
+
+# Files of an installed distribution that are the installer's, not the wheel's.
+_INSTALLER_FILES = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+
+
+def wheel_from_installed(dest: Path) -> Path:
+    """Rebuild the arcbake wheel from the installed distribution's files (its RECORD lists them).
+
+    A wheel installs its files unchanged, so zipping them back with the dist-info (a fresh RECORD with
+    each file's sha256) gives the wheel that was installed: what pipx users have instead of a checkout.
+    """
+    try:
+        dist = importlib_metadata.distribution("arcbake")
+    except importlib_metadata.PackageNotFoundError:
+        raise WheelhouseError("arcbake is neither a source checkout nor an installed distribution") from None
+    files = [f for f in dist.files or [] if "__pycache__" not in f.parts and f.suffix != ".pyc"]
+    info_dir = next((f.parts[0] for f in files if f.parts[0].endswith(".dist-info")), None)
+    packaged = [f for f in files if f.parts[0] in ("builder", "firstboot")]
+    if info_dir is None or not packaged:
+        raise WheelhouseError(f"the installed arcbake {dist.version} lists no package files to rebuild from")
+    # Only the wheel's own files: RECORD also lists the console scripts pip wrote outside site-packages.
+    members = packaged + [f for f in files if f.parts[0] == info_dir and f.name not in _INSTALLER_FILES]
+    wheel = dest / f"arcbake-{dist.version}-py3-none-any.whl"
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member in sorted(members, key=str):
+            data = Path(str(dist.locate_file(member))).read_bytes()
+            zf.writestr(member.as_posix(), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            writer.writerow([member.as_posix(), f"sha256={digest}", len(data)])
+        writer.writerow([f"{info_dir}/RECORD", "", ""])
+        zf.writestr(f"{info_dir}/RECORD", record.getvalue())
+    wheel.chmod(0o644)
+    LOG.info("rebuilt %s from the installed distribution (%d files)", wheel.name, len(members))
+    return wheel
 
 
 def manylinux_platforms(platform: str, glibc: str = DEFAULT_GLIBC) -> list[str]:
@@ -98,7 +143,8 @@ def default_cache_dir(python_version: str, platform: str) -> Path:
     return base / "arcbake" / "wheelhouse" / f"cp{python_version.replace('.', '')}-{platform}"
 
 
-def _pip(args: Sequence[str], *, timeout: float, description: str) -> subp.Result:
+def pip(args: Sequence[str], *, timeout: float, description: str) -> subp.Result:
+    """`python -m pip ARGS` through subp, with the user's PIP_* settings left out; WheelhouseError."""
     # PIP_* settings of the user (an index URL, --user) must not change what the guest gets, except
     # the proxy and CA settings image CI needs to reach the index at all.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
@@ -113,10 +159,13 @@ def _pip(args: Sequence[str], *, timeout: float, description: str) -> subp.Resul
 
 
 def build_project_wheel(dest: Path, *, cache_dir: Path, project: Path | None = None) -> Path:
-    """`pip wheel --no-deps` of the project into `dest`; returns the wheel's path."""
+    """The arcbake wheel in `dest`: `pip wheel --no-deps` of the source tree, or rebuilt from the installed
+    distribution when there is none; returns the wheel's path."""
     root = project or project_root()
+    if root is None:
+        return wheel_from_installed(dest)
     before = set(dest.glob("arcbake-*.whl"))
-    _pip(
+    pip(
         ["wheel", "--no-deps", "--quiet", "--cache-dir", str(cache_dir / "pip"), "--wheel-dir", str(dest),
          str(root)],
         timeout=BUILD_TIMEOUT,
@@ -128,14 +177,17 @@ def build_project_wheel(dest: Path, *, cache_dir: Path, project: Path | None = N
     return built[-1]
 
 
-def _download_args(
-    requirement: str, dest: Path, *, python_version: str, platforms: Sequence[str], cache_dir: Path
-) -> list[str]:
+def download_args(dest: Path, *, python_version: str, platforms: Sequence[str], cache_dir: Path) -> list[str]:
+    """`pip download` for the guest's interpreter and platform into `dest` (requirements not included)."""
     args = ["download", "--quiet", "--only-binary=:all:", "--implementation", "cp"]
     args += ["--python-version", python_version, "--dest", str(dest), "--cache-dir", str(cache_dir / "pip")]
     for tag in platforms:
         args += ["--platform", tag]
-    return [*args, requirement]
+    return args
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def assemble(
@@ -144,52 +196,54 @@ def assemble(
     python_version: str = DEFAULT_PYTHON,
     platform: str = DEFAULT_PLATFORM,
     glibc: str = DEFAULT_GLIBC,
-    extras: str = "firstboot",
     cache_dir: Path | None = None,
     project: Path | None = None,
     offline_first: bool = True,
+    lock: Path = GUEST_LOCK,
 ) -> list[Path]:
-    """Fill `dest` with the arcbake wheel and binary wheels of its `[extras]` dependencies.
+    """Fill `dest` with the arcbake wheel, the locked dependencies' wheels and `requirements.txt`.
 
     The wheels are for CPython `python_version` on `platform` (a manylinux tag) up to `glibc`. Wheels
     left in `dest` by an earlier run are removed first, so the wheelhouse never mixes two builds.
-    Returns the sorted list of wheel paths. Raises WheelhouseError when a step fails (e.g. a dependency
-    has no wheel for the guest: pip's message names it).
+    Returns the sorted list of wheel paths. Raises WheelhouseError when a step fails (e.g. a locked
+    wheel's hash differs, or a dependency has no wheel for the guest: pip's message names it).
     """
     if not re.fullmatch(r"3\.\d{1,2}", python_version):
         raise WheelhouseError(f"python_version must look like 3.11, not {python_version!r}")
-    if not re.fullmatch(r"[a-z0-9_]+(,[a-z0-9_]+)*", extras):
-        raise WheelhouseError(f"extras must be a comma-separated list of names, not {extras!r}")
     platforms = manylinux_platforms(platform, glibc)
+    if not lock.is_file():
+        raise WheelhouseError(f"no lock file {lock} (python tools/lock_guest.py writes it)")
     cache = cache_dir or default_cache_dir(python_version, platform)
     wheel_cache = cache / "wheels"
     wheel_cache.mkdir(parents=True, exist_ok=True)
     make_dirs(dest)  # 0755 whatever the umask: the wheelhouse is part of the build dir
-    for stale in dest.glob("*.whl"):
-        stale.unlink()
+    for stale in [*dest.glob("*.whl"), dest / REQUIREMENTS]:
+        stale.unlink(missing_ok=True)
 
     project_wheel = build_project_wheel(dest, cache_dir=cache, project=project)
-    requirement = f"{project_wheel}[{extras}]"
-    download = _download_args(
-        requirement, dest, python_version=python_version, platforms=platforms, cache_dir=cache
-    )
+    download = download_args(dest, python_version=python_version, platforms=platforms, cache_dir=cache)
+    locked = ["--no-deps", "--require-hashes", "-r", str(lock)]
     done = False
     if offline_first and any(wheel_cache.glob("*.whl")):
         try:
-            _pip(
-                [*download[:1], "--no-index", "--find-links", str(wheel_cache), *download[1:]],
+            pip(
+                [*download, "--no-index", "--find-links", str(wheel_cache), *locked],
                 timeout=DOWNLOAD_TIMEOUT,
-                description="resolving the firstboot dependencies from the wheel cache",
+                description="resolving the locked guest dependencies from the wheel cache",
             )
             done = True
         except WheelhouseError as exc:
             # A new or bumped dependency the cache does not hold yet: go to the index.
             LOG.info("wheel cache incomplete, downloading from the index: %s", str(exc).splitlines()[0])
     if not done:
-        _pip(download, timeout=DOWNLOAD_TIMEOUT, description="downloading the firstboot dependencies")
+        what = "downloading the locked guest dependencies"
+        pip([*download, *locked], timeout=DOWNLOAD_TIMEOUT, description=what)
     for wheel in dest.glob("*.whl"):
         if wheel != project_wheel and not (wheel_cache / wheel.name).exists():
             shutil.copy2(wheel, wheel_cache / wheel.name)
+    version = project_wheel.name.split("-")[1]
+    own = f"arcbake=={version} \\\n    --hash=sha256:{_sha256(project_wheel)}\n"
+    atomic_write(dest / REQUIREMENTS, lock.read_text(encoding="utf-8") + own, mode=0o644)
     wheels = sorted(dest.glob("*.whl"))
     LOG.info("wheelhouse %s: %d wheels for CPython %s on %s", dest, len(wheels), python_version, platform)
     return wheels

@@ -14,7 +14,7 @@ apt_packages=(
   make git ca-certificates python3 python3-venv python3-dev gcc
   golang-go golang-github-vmware-govmomi-dev packer cloud-init chrony dnsmasq firewalld
   systemd-container open-vm-tools shellcheck debootstrap faketime iproute2 openssl
-  chromium
+  chromium pipx
 )
 
 need_root() {

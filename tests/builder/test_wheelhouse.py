@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import re
 import sys
 import tomllib
 import zipfile
@@ -13,6 +16,11 @@ import pytest
 from builder import wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("lock_guest", REPO / "tools" / "lock_guest.py")
+assert _spec is not None and _spec.loader is not None
+lock_guest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lock_guest)
+
 PIP = os.path.basename(sys.executable)
 # Shared between runs (gitignored), so only the first run on a machine downloads.
 CACHE = REPO / ".cache" / "wheelhouse-test"
@@ -42,7 +50,7 @@ def test_manylinux_platforms(platform: str, glibc: str, must: list[str], must_no
     ("kwargs", "message"),
     [
         ({"python_version": "311"}, "python_version must look like 3.11"),
-        ({"extras": "firstboot; rm -rf /"}, "extras must be"),
+        ({"lock": "/nonexistent/guest.lock"}, "no lock file"),
         ({"glibc": "new"}, "glibc must look like"),
         ({"platform": "manylinux2014_x86_64", "glibc": "2.12"}, "older than the baseline"),
     ],
@@ -52,7 +60,8 @@ def test_bad_arguments_are_refused_before_pip_runs(
 ) -> None:
     # No allow_subp: reaching pip would fail the test through disable_subp_usage.
     with pytest.raises(wheelhouse.WheelhouseError, match=message):
-        wheelhouse.assemble(tmp_path / "wh", cache_dir=tmp_path / "cache", **kwargs)  # type: ignore[arg-type]
+        args = {k: Path(v) if k == "lock" else v for k, v in kwargs.items()}
+        wheelhouse.assemble(tmp_path / "wh", cache_dir=tmp_path / "cache", **args)  # type: ignore[arg-type]
 
 
 def _dist_name(wheel: Path) -> str:
@@ -65,10 +74,7 @@ def test_assemble_for_the_guest_interpreter(tmp_path: Path) -> None:
     wheels = wheelhouse.assemble(tmp_path / "wh", cache_dir=CACHE)
     names = {_dist_name(w) for w in wheels}
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    base = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    wanted = {
-        req.split(">")[0].split("=")[0].split("<")[0].strip().lower() for req in extras["firstboot"] + base
-    }
+    wanted = {req.split(">")[0].split("=")[0].split("<")[0].strip().lower() for req in extras["firstboot"]}
     assert "arcbake" in names
     assert wanted <= names, f"missing wheels: {wanted - names}"
     for wheel in wheels:
@@ -86,6 +92,14 @@ def test_assemble_for_the_guest_interpreter(tmp_path: Path) -> None:
         assert "firstboot/subp.py" in zf.namelist()
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         assert "Provides-Extra: firstboot" in zf.read(meta).decode()
+    # Exactly the lock's pins, and a requirements.txt the guest installs with --require-hashes.
+    pins = lock_guest.locked(wheelhouse.GUEST_LOCK.read_text())
+    got = {_dist_name(w): w.name.split("-")[1] for w in wheels if _dist_name(w) != "arcbake"}
+    assert got == pins
+    requirements = (tmp_path / "wh" / "requirements.txt").read_text()
+    digest = hashlib.sha256(project.read_bytes()).hexdigest()
+    assert requirements.startswith(wheelhouse.GUEST_LOCK.read_text())
+    assert f"arcbake=={project.name.split('-')[1]} \\\n    --hash=sha256:{digest}\n" in requirements
     # Everything downloaded is in the wheel cache, so the next build resolves offline.
     cached = {p.name for p in (CACHE / "wheels").glob("*.whl")}
     assert {w.name for w in wheels if _dist_name(w) != "arcbake"} <= cached
@@ -107,3 +121,21 @@ def test_reassembly_replaces_stale_wheels_and_resolves_from_the_cache(
     # The second assembly was satisfied by the wheel cache with pip's index switched off (the
     # offline resolution is the proof the wheelhouse is complete; the guest installs it the same way).
     assert "wheel cache incomplete" not in caplog.text
+
+
+def test_the_lock_satisfies_pyproject_and_pins_every_package_with_a_hash() -> None:
+    text = wheelhouse.GUEST_LOCK.read_text()
+    assert lock_guest.problems(text) == []
+    entries = re.findall(r"^(\S+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", text, re.M)
+    assert len(entries) == len(lock_guest.locked(text)) >= len(lock_guest.guest_requirements())
+
+
+@pytest.mark.parametrize(
+    ("lock", "problem"),
+    [
+        ("pydantic==2.9.0 \\\n    --hash=sha256:" + "0" * 64 + "\n", "kubernetes is not in the lock"),
+        ("pydantic==1.10.0 \\\n", "pydantic==1.10.0 does not satisfy pydantic<3,>=2.6"),
+    ],
+)
+def test_a_lock_behind_pyproject_is_reported(lock: str, problem: str) -> None:
+    assert problem in lock_guest.problems(lock)

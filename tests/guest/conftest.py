@@ -84,6 +84,7 @@ def _layer_hash(build_dir: Path, wheels: Path) -> str:
     digest = hashlib.sha256(guestroot.recipe_hash().encode())
     inputs = [
         *sorted(wheels.glob("*.whl")),
+        wheels / "requirements.txt",
         build_dir / "scripts/30-install-firstboot.sh",
         build_dir / "scripts/40-enable-units.sh",
         *sorted(p for p in (build_dir / "rootfs").rglob("*") if p.is_file()),

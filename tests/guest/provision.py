@@ -151,7 +151,7 @@ def install_arcbake(guest: Guest, build_dir: Path, wheelhouse: Path, staging: Pa
     """
     target = staging / "arcbake-wheelhouse"
     target.mkdir(parents=True, exist_ok=True)
-    for wheel in wheelhouse.glob("*.whl"):
+    for wheel in [*wheelhouse.glob("*.whl"), wheelhouse / "requirements.txt"]:
         shutil.copy2(wheel, target / wheel.name)
     for script in ("30-install-firstboot.sh", "40-enable-units.sh"):
         shutil.copy2(build_dir / "scripts" / script, staging / script)
