@@ -3,8 +3,9 @@
 Plan first, then act: every VM is classified before anything changes, so a conflict (a VM that exists
 with a different configuration, without `--replace`) stops the deploy with nothing done.
 
-- missing VM          -> clone (guestinfo written in the clone's own ConfigSpec), power on, then stamp
-                         `arcbake.identity`; a failure after the clone deletes the half-made VM.
+- missing VM          -> clone (guestinfo written in the clone's own ConfigSpec; its NIC gets a MAC from
+                         vCenter), read that MAC and write `guestinfo.metadata` bound to it, power on,
+                         then stamp `arcbake.identity`; a failure after the clone deletes the half-made VM.
 - same identity       -> unchanged (reported, not touched; but once the clone reports past `metadata`,
                          `guestinfo.arcbake.secrets` is removed from its configuration, as status does).
 - other identity      -> error, or with `--replace` delete and clone again.
@@ -12,7 +13,9 @@ with a different configuration, without `--replace`) stops the deploy with nothi
                          deploy never deletes or reconfigures a template.
 
 The identity is a sha256 of the template name, placement and every guestinfo payload except secret
-values (the references count); it lives in a non-guestinfo extraConfig key, invisible to the guest.
+values (the references count) and the MAC (vCenter's, read at clone time: a VM deployed again unchanged
+keeps its identity without its MAC being read or set); it lives in a non-guestinfo extraConfig key,
+invisible to the guest.
 Clones run on a bounded thread pool (`--concurrency`), sharing one vSphere session.
 """
 
@@ -110,14 +113,19 @@ class DeployConflictError(VSphereError):
 
 
 def guestinfo_values(vm: FleetVM, secrets: contract.OnboardingSecrets) -> dict[str, str]:
-    """The guestinfo keys of the contract for one VM, each `gzip+base64` with its `.encoding` key."""
+    """The guestinfo keys of the contract written in the clone's own spec (all but `guestinfo.metadata`,
+    which needs the clone's MAC: `metadata_values`), each `gzip+base64` with its `.encoding` key."""
     payloads = {
-        contract.KEY_METADATA: json.dumps(vm.metadata(), sort_keys=True),
         contract.KEY_USERDATA: vm.userdata(),
         contract.KEY_CONFIG: vm.config_json(),
         contract.KEY_SECRETS: secrets_json(secrets),
     }
     return encode_keys(payloads)
+
+
+def metadata_values(vm: FleetVM, mac: str) -> dict[str, str]:
+    """`guestinfo.metadata` (+ `.encoding`) for the clone whose NIC has `mac`."""
+    return encode_keys({contract.KEY_METADATA: json.dumps(vm.metadata(mac), sort_keys=True)})
 
 
 @dataclass
@@ -230,9 +238,8 @@ def deploy(
         t0 = time.monotonic()
         with in_flight:
             try:
-                result = _apply(
-                    plan, template, where, marks, guestinfo_values(plan.vm, secrets[plan.vm.name]), recorder
-                )
+                guestinfo = guestinfo_values(plan.vm, secrets[plan.vm.name])
+                result = _apply(session, plan, template, where, marks, guestinfo, recorder)
             except VSphereError as exc:
                 result = VmResult(plan.vm.name, "failed", str(exc))
             except TRANSPORT_ERRORS as exc:
@@ -313,20 +320,41 @@ def fleet_marks(fleet: str, template: str, template_uuid: str) -> dict[str, str]
 
 
 def clone_fleet_vm(
+    session: Session,
     vm: FleetVM,
     name: str,
     template: vmops.CloneSource,
     where: inventory.Placement,
     marks: dict[str, str],
     guestinfo: dict[str, str],
-) -> Any:
-    """Clone `template` to VM `name` (powered off) for fleet VM `vm`, with its guestinfo and marks."""
+) -> tuple[Any, dict[str, str]]:
+    """Clone `template` to VM `name` (powered off) for fleet VM `vm`, with its guestinfo and marks; then
+    read the MAC vCenter gave its NIC and write the `guestinfo.metadata` whose network binds to it, before
+    anything boots it. The clone and the metadata keys written (for the identity stamp's read-back).
+
+    vCenter assigns the MAC (unique within that vCenter): a MAC chosen here could collide with another
+    fleet's or any other VM's on the network. A clone whose metadata could not be written is deleted."""
     LOG.info("cloning %s from %s", name, template.name)
     annotation = f"arcbake fleet {marks[KEY_FLEET]}: {vm.role.value} {vm.hostname}"
-    return vmops.clone(template, name, where, {**guestinfo, **marks}, annotation=annotation, mac=vm.mac)
+    clone = vmops.clone(template, name, where, {**guestinfo, **marks}, annotation=annotation)
+    try:
+        metadata = metadata_values(vm, vmops.first_nic_mac(session, clone, name))
+        vmops.write_extra_config(clone, metadata, f"writing the network metadata of VM {name!r}")
+    except VSphereError:
+        _delete_half_made(clone, name)
+        raise
+    return clone, metadata
+
+
+def _delete_half_made(clone: Any, name: str) -> None:
+    try:
+        vmops.destroy(clone, name)
+    except VSphereError as cleanup:
+        LOG.warning("could not delete the half-deployed VM %s: %s", name, cleanup)
 
 
 def _apply(
+    session: Session,
     plan: _Plan,
     template: vmops.CloneSource,
     where: inventory.Placement,
@@ -340,25 +368,19 @@ def _apply(
         with rec.step("destroy", announce=False, vm=name):
             vmops.destroy(plan.existing.obj, name)
         action = "replaced"
-    LOG.info("cloning %s from %s", name, template.name)
-    annotation = f"arcbake fleet {marks[KEY_FLEET]}: {plan.vm.role.value} {plan.vm.hostname}"
     with rec.step("clone", announce=False, vm=name) as step:
-        clone = vmops.clone(
-            template, name, where, {**guestinfo, **marks}, annotation=annotation, mac=plan.vm.mac
-        )
+        clone, metadata = clone_fleet_vm(session, plan.vm, name, template, where, marks, guestinfo)
         step.fields["moid"] = clone._moId
     try:
         with rec.step("power-on", announce=False, vm=name):
-            vmops.power_on(clone, name)
-        # Stamped last: a VM without it was not deployed completely and is never taken as unchanged.
+            vmops.power_on(clone, name, known_off=True)
+        # Stamped last: a VM without it was not deployed completely and is never taken as unchanged. Its
+        # read-back also checks the metadata written before power-on.
         config = vmops.set_extra_config(
-            clone, {KEY_IDENTITY: plan.identity}, f"recording the identity of VM {name!r}"
+            clone, {KEY_IDENTITY: plan.identity}, f"recording the identity of VM {name!r}", kept=metadata
         )
     except VSphereError:
-        try:
-            vmops.destroy(clone, name)
-        except VSphereError as cleanup:
-            LOG.warning("could not delete the half-deployed VM %s: %s", name, cleanup)
+        _delete_half_made(clone, name)
         raise
     uuid = str(config.instanceUuid) if config else None
     return VmResult(name, action, f"{plan.vm.role.value}, powered on", clone._moId, uuid)

@@ -289,16 +289,21 @@ class FleetVM:
     config: OnboardingConfig
     secret_refs: SecretRefs
 
-    @property
-    def mac(self) -> str:
-        """The MAC of the clone's NIC (deploy sets it at clone time)."""
-        return clone_mac(self.name)
+    def metadata(self, mac: str) -> dict[str, Any]:
+        """cloud-init meta-data for the VMware datasource: instance-id, local-hostname, and the network v2
+        bound to `mac`, the MAC vCenter gave the clone's NIC (deploy reads it from the clone)."""
+        return {
+            "instance-id": self.instance_id(),
+            "local-hostname": self.hostname,
+            "network": network_v2(self.network, mac),
+        }
 
-    def metadata(self) -> dict[str, Any]:
-        """cloud-init meta-data for the VMware datasource: instance-id, local-hostname, network v2."""
-        body = {"local-hostname": self.hostname, "network": network_v2(self.network, self.mac)}
+    def instance_id(self) -> str:
+        """`iid-arcbake-NAME-DIGEST`: from what the fleet file says, not from the MAC, so a VM deployed again
+        unchanged keeps its instance-id and its deploy identity."""
+        body = {"local-hostname": self.hostname, "network": self.network.model_dump(mode="json")}
         digest = _digest({"md": body, "ud": self.userdata(), "cfg": self.config_json()})[:12]
-        return {"instance-id": f"iid-arcbake-{self.name}-{digest}", **body}
+        return f"iid-arcbake-{self.name}-{digest}"
 
     def userdata(self) -> str:
         """`#cloud-config` user-data: the admin user and its SSH keys, no password login."""
@@ -332,7 +337,9 @@ class FleetVM:
             {
                 "template": template,
                 "placement": placement.model_dump(mode="json"),
-                "metadata": self.metadata(),
+                "instance_id": self.instance_id(),
+                "hostname": self.hostname,
+                "network": self.network.model_dump(mode="json"),
                 "userdata": self.userdata(),
                 "config": json.loads(self.config_json()),
                 "secrets": self.secret_refs.model_dump(mode="json"),
@@ -358,17 +365,6 @@ def _digest(data: Any) -> str:
 # The name cloud-init gives the clone's NIC (`set-name`): what vmxnet3's first NIC is called on EL, so the
 # name is the same on every clone whatever its hardware version.
 NIC_NAME = "ens192"
-# VMware's range for manually assigned MACs (00:50:56:00:00:00 - 00:50:56:3F:FF:FF).
-_MANUAL_MAC_PREFIX, _MANUAL_MAC_BITS = "00:50:56", 22
-
-
-def clone_mac(vm_name: str) -> str:
-    """The MAC deploy gives a clone's first NIC: from the VM name, in VMware's manual range, so the network
-    config written before the clone exists can bind the address to it (cloud-init's NetworkManager and
-    sysconfig renderers match a NIC by MAC, not by a name glob)."""
-    bits = int.from_bytes(hashlib.sha256(f"arcbake-nic:{vm_name}".encode()).digest()[:4], "big")
-    low = bits & ((1 << _MANUAL_MAC_BITS) - 1)
-    return f"{_MANUAL_MAC_PREFIX}:{low >> 16:02x}:{(low >> 8) & 0xFF:02x}:{low & 0xFF:02x}"
 
 
 def network_v2(net: NetworkSpec, mac: str) -> dict[str, Any]:

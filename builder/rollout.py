@@ -46,7 +46,7 @@ from builder.rotate import KEY_GENERATION, current_generation
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Session, VSphereError
-from firstboot.contract import Role, State
+from firstboot.contract import KEY_METADATA, Role, State
 
 LOG = logging.getLogger(__name__)
 
@@ -262,12 +262,19 @@ class _Runner:
             say(f"{name}: deleting the failed replacement of an earlier run")
             vmops.destroy(new.obj, temp)
             new = None
+        elif new is not None and not new.extra.get(KEY_METADATA):
+            # Cut off between its clone and its network metadata: booting it would bind no address.
+            say(f"{name}: deleting the half-made replacement of an earlier run")
+            vmops.destroy(new.obj, temp)
+            new = None
         if new is None:
             say(f"{name}: cloning {temp} from {self.plan.template}")
             # The replacement gets the secrets generation the fleet is at (after `builder rotate`).
             secrets = self.secrets[name].model_copy(update={"generation": self.generation})
             guestinfo = {**guestinfo_values(step.vm, secrets), KEY_GENERATION: str(self.generation)}
-            obj = clone_fleet_vm(step.vm, temp, self.template, self.where, self.marks, guestinfo)
+            obj, _ = clone_fleet_vm(
+                self.session, step.vm, temp, self.template, self.where, self.marks, guestinfo
+            )
             booted = False
         else:
             obj = new.obj

@@ -135,17 +135,24 @@ def option_values(values: Mapping[str, str]) -> list[Any]:
     return [vim.option.OptionValue(key=k, value=v) for k, v in values.items()]
 
 
+def write_extra_config(vm: Any, values: Mapping[str, str], what: str) -> None:
+    """Write extraConfig keys without reading them back (a later `set_extra_config` checks them: `kept`)."""
+    wait(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=option_values(values))), what)
+
+
 def _reconfigure_extra(vm: Any, values: Mapping[str, str], what: str) -> tuple[Any, dict[str, str]]:
-    spec = vim.vm.ConfigSpec(extraConfig=option_values(values))
-    wait(vm.ReconfigVM_Task(spec=spec), what)
+    write_extra_config(vm, values, what)
     config = vm.config
     return config, options(config.extraConfig if config else None)
 
 
-def set_extra_config(vm: Any, values: Mapping[str, str], what: str) -> Any:
-    """Write extraConfig keys, check by reading back that each holds the new value; the read `config`."""
+def set_extra_config(
+    vm: Any, values: Mapping[str, str], what: str, kept: Mapping[str, str] | None = None
+) -> Any:
+    """Write extraConfig keys, check by reading back that each holds the new value, and that the keys of
+    `kept` (written earlier without a read-back) hold theirs; the read `config`."""
     config, current = _reconfigure_extra(vm, values, what)
-    wrong = [k for k, v in values.items() if current.get(k) != v]
+    wrong = [k for k, v in {**(kept or {}), **values}.items() if current.get(k) != v]
     if wrong:
         raise VSphereError(f"{what}: the VM did not keep {', '.join(sorted(wrong))}")
     return config
@@ -164,9 +171,11 @@ def remove_extra_config(vm: Any, keys: Iterable[str], what: str) -> None:
         raise VSphereError(f"{what}: the VM still holds {', '.join(sorted(kept))}")
 
 
-def power_on(vm: Any, name: str) -> None:
-    """Power on (a clone spec's powerOn is ignored by the simulator, so this is always explicit)."""
-    if str(vm.runtime.powerState) == "poweredOn":
+def power_on(vm: Any, name: str, *, known_off: bool = False) -> None:
+    """Power on (a clone spec's powerOn is ignored by the simulator, so this is always explicit).
+
+    `known_off`: the caller made the VM powered off (a fresh clone), so its power state is not read."""
+    if not known_off and str(vm.runtime.powerState) == "poweredOn":
         return
     wait(vm.PowerOnVM_Task(), f"powering on VM {name!r}")
 
@@ -222,21 +231,19 @@ def _backing(network: Any | None) -> Any | None:
     return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(network=network, deviceName=network.name)
 
 
-def _nic_change(source: CloneSource, mac: str | None) -> list[Any]:
-    # The clone's first NIC: on the target network and with the MAC the clone's network config binds its
-    # address to. A copy per clone: the source's device stays as read.
+def _nic_change(source: CloneSource) -> list[Any]:
+    # The clone's first NIC: on the target network, and with a MAC vCenter assigns to this clone: type
+    # "assigned" and no address (as terraform-provider-vsphere resets a NIC to vCenter's allocation), so a
+    # template whose NIC has a manual MAC does not hand it to every clone. vCenter keeps the MAC unique
+    # within itself; deploy reads it from the clone (`first_nic_mac`). A copy per clone: the source's
+    # device stays as read.
     if source.nic is None:
-        if mac is not None:
-            raise VSphereError(f"template {source.name!r} has no network adapter to give MAC {mac}")
-        return []
-    if source.backing is None and mac is None:
         return []
     nic = copy.deepcopy(source.nic)
     if source.backing is not None:
         nic.backing = source.backing
-    if mac is not None:
-        nic.addressType = "manual"
-        nic.macAddress = mac
+    nic.addressType = vim.vm.device.VirtualEthernetCardOption.MacTypes.assigned
+    nic.macAddress = None
     return [
         vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=nic)
     ]
@@ -250,10 +257,9 @@ def clone(
     *,
     template: bool = False,
     annotation: str | None = None,
-    mac: str | None = None,
 ) -> Any:
-    """Clone `source` to a new VM `name` at `where`, with extraConfig `extra` set in the same call, and
-    the first NIC's MAC set to `mac` (manual) when given.
+    """Clone `source` to a new VM `name` at `where`, with extraConfig `extra` set in the same call; its
+    first NIC gets a MAC from vCenter (read it with `first_nic_mac`).
 
     Pass a `CloneSource` when cloning the same source many times: a bare VM object is read again here.
     """
@@ -267,7 +273,7 @@ def clone(
     config = vim.vm.ConfigSpec(extraConfig=option_values(extra))
     if annotation is not None:
         config.annotation = annotation
-    device_change = _nic_change(source, mac)
+    device_change = _nic_change(source)
     if device_change:
         config.deviceChange = device_change
     spec = vim.vm.CloneSpec(location=relocate, config=config, powerOn=False, template=template)
@@ -275,3 +281,15 @@ def clone(
         source.obj.CloneVM_Task(folder=where.folder, name=name, spec=spec),
         f"cloning {source.name!r} to {name!r}",
     )
+
+
+def first_nic_mac(session: Session, vm: Any, name: str) -> str:
+    """The MAC of VM `name`'s first network adapter, in one PropertyCollector read of its devices."""
+    props = inventory.properties(session, [vm], vim.VirtualMachine, ["config.hardware.device"]).get(vm)
+    if props is None:
+        raise VSphereError(f"VM {name!r} was deleted while deploying")
+    devices = props.get("config.hardware.device") or []
+    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    if not nics or not nics[0].macAddress:
+        raise VSphereError(f"VM {name!r} has no network adapter with a MAC address to bind its network to")
+    return str(nics[0].macAddress).lower()

@@ -86,6 +86,7 @@ func main() {
 	defer model.Remove()
 	model.DelayConfig.MethodDelay = delays
 	simulator.Map.AddHandler(extraConfigAsVCenter{})
+	simulator.Map.AddHandler(newMacsAsVCenter())
 
 	u := &url.URL{Host: *listen}
 	if *user != "" {

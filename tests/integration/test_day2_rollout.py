@@ -12,9 +12,11 @@ from fixtures.vcsim import VcsimHandle
 
 from builder import fleetvms
 from builder import rollout as ro
+from builder.deploy import fleet_marks
 from builder.fleet import load_fleet
 from builder.rotate import KEY_GENERATION
 from builder.vsphere import inventory
+from builder.vsphere import vm as vmops
 from integration.vsphere_helpers import (
     DEMO_ARC_ID,
     SECRET_ENV,
@@ -25,6 +27,7 @@ from integration.vsphere_helpers import (
     session_for,
     vm_extra,
     vm_info,
+    vm_macs,
 )
 
 pytestmark = pytest.mark.integration
@@ -122,6 +125,28 @@ def test_failed_replacement_leaves_the_old_vm_serving_and_a_rerun_resumes(
     assert "rf-01 (server, cluster rf-01): current" in resumed.stderr
     assert "deleting the failed replacement of an earlier run" in resumed.stderr
     assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
+
+
+def test_a_replacement_cut_off_before_its_network_metadata_is_cloned_again(
+    vcsim: VcsimHandle, tmp_path: Path, arm_env: dict[str, str]
+) -> None:
+    path, vms = deployed(vcsim, tmp_path, "rh")
+    fleet = load_fleet(path)
+    with session_for(vcsim) as s:
+        # What a rollout leaves when vCenter goes away between the clone and its guestinfo.metadata.
+        where = inventory.placement_of(s, fleet.placement)
+        source = inventory.vm(s, where.datacenter, "DC0_H0_VM1")
+        vmops.clone(source, "rh-02.rollout", where, fleet_marks(fleet.name, "DC0_H0_VM1", ""))
+    with playing(vcsim, fleet):
+        result = run_cli(vcsim, *rebuild(path), **arm_env)
+    assert result.exit_code == 0, result.output
+    assert "rh-02: deleting the half-made replacement of an earlier run" in result.stderr
+    assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
+    # Each replacement's network binds to the MAC the simulator gave it, as deploy's clones do.
+    macs = vm_macs(vcsim)
+    for name in vms:
+        nic = cloudinit_decode(vm_extra(vcsim, name))["metadata"]["network"]["config"]["ethernets"]["ens192"]
+        assert [nic["match"]["macaddress"]] == macs[name]
 
 
 def test_interrupted_rollout_resumes(vcsim: VcsimHandle, tmp_path: Path, arm_env: dict[str, str]) -> None:

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 STATUS_BUDGET = 5
+PER_CLONE_BUDGET = 10
 
 
 def _status_trips(sim: VcsimHandle, fleet_path: Path) -> tuple[RoundTrips, list[st.VmStatus]]:
@@ -76,12 +77,16 @@ def test_deploy_reads_the_template_once_and_plans_in_one_query(vcsim: VcsimHandl
     large = fleet_file(tmp_path / "l", "rt-dl", agents=6)
     first_small = _deploy_trips(vcsim, small)
     first_large = _deploy_trips(vcsim, large)
-    # Reads other than the per-clone tasks are the same for 3 and 7 clones: the template's name and
-    # devices are read once, not per clone.
-    for method in ("RetrievePropertiesEx", "Fetch name", "Fetch config"):
-        per_clone = method == "Fetch config"  # the read-back of each clone's identity stamp
-        expected = first_small.by_method[method] + (4 if per_clone else 0)
+    # Reads other than the per-clone ones are the same for 3 and 7 clones: the template's name and
+    # devices are read once, not per clone. Per clone: one read of its devices (the MAC vCenter gave it,
+    # for its network metadata) and the read-back of its identity stamp.
+    for method in ("RetrievePropertiesEx", "Fetch name", "Fetch config", "Fetch runtime"):
+        per_clone = {"RetrievePropertiesEx": 1, "Fetch config": 1}.get(method, 0)
+        expected = first_small.by_method[method] + 4 * per_clone
         assert first_large.by_method[method] == expected, f"{method}: {first_small} vs {first_large}"
+    # Each clone: clone, MAC read, metadata reconfigure, power-on, identity reconfigure and read-back, and
+    # one poll of each of its 4 tasks (the simulator finishes a task before answering).
+    assert first_large.total - first_small.total == 4 * PER_CLONE_BUDGET, f"{first_small} vs {first_large}"
 
     again_small = _deploy_trips(vcsim, small)
     again_large = _deploy_trips(vcsim, large)

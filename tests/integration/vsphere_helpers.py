@@ -135,15 +135,16 @@ def vm_raw_keys(sim: VcsimHandle, name: str) -> list[str]:
         return [o.key for o in inventory.vm(s, dc, name).config.extraConfig]
 
 
-def vm_macs(sim: VcsimHandle, names: list[str]) -> dict[str, str]:
-    """The MAC of each named VM's first NIC, as the simulator holds it."""
+def vm_macs(sim: VcsimHandle) -> dict[str, list[str]]:
+    """The MACs of every network adapter of every VM and template of DC0, by VM name, as the simulator
+    holds them (one list per VM: the simulator allows duplicate names)."""
     with session_for(sim) as s:
         dc = inventory.datacenter(s, "DC0")
-        out = {}
-        for name in names:
-            devices = inventory.vm(s, dc, name).config.hardware.device
+        out: dict[str, list[str]] = {}
+        for _obj, props in inventory.datacenter_vms(s, dc, ["name", "config.hardware.device"]):
+            devices = props.get("config.hardware.device") or []
             nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
-            out[name] = str(nics[0].macAddress)
+            out.setdefault(str(props["name"]), []).extend(str(n.macAddress).lower() for n in nics)
         return out
 
 
