@@ -38,7 +38,7 @@ from fixtures.guestinfo import onboarding_config  # noqa: E402
 from fixtures.preflight import loopback_preflight  # noqa: E402
 
 from firstboot.contract import OnboardingConfig  # noqa: E402
-from firstboot.steps.dns import endpoints  # noqa: E402
+from firstboot.endpoints import endpoints  # noqa: E402
 
 DEFAULT = Latencies(
     kubeconfig=1.0,

@@ -291,6 +291,14 @@ class ArcAuth(StrEnum):
     CERTIFICATE = "certificate"
 
 
+class ArcFeatures(_Model):
+    """Arc features the cluster is meant to use. Their endpoints (firstboot.endpoints, after Microsoft's
+    network requirements) are then required by the preflight; otherwise unreachable ones are warnings."""
+
+    cluster_connect: Bool = False
+    azure_rbac: Bool = False
+
+
 class ArcConfig(_Model):
     """The Azure Arc connected cluster this clone creates (servers only)."""
 
@@ -305,6 +313,7 @@ class ArcConfig(_Model):
     onboarding_timeout_seconds: Annotated[Int, Field(ge=60, le=3600)] = 600
     # Azure cloud endpoints to preflight; region-specific names are derived from `location`.
     cloud: Literal["AzureCloud"] = "AzureCloud"
+    features: ArcFeatures = ArcFeatures()
 
 
 class Kustomization(_Model):

@@ -43,7 +43,7 @@ from builder.vsphere._vmomi import vim  # noqa: E402
 from builder.vsphere.connection import Session  # noqa: E402
 from firstboot import contract  # noqa: E402
 from firstboot.encoding import GZIP_BASE64, decode, encode  # noqa: E402
-from firstboot.steps.dns import Endpoint, endpoints  # noqa: E402
+from firstboot.endpoints import Endpoint, endpoints  # noqa: E402
 
 PUSH_SECONDS = 0.5
 RUN_TIMEOUT = 300.0

@@ -7,7 +7,12 @@ test seam) plus the proxy CA the proxy step installed. A failed verification is 
 issued by one and the same untrusted issuer for different Azure names (or any untrusted certificate seen
 through the proxy) is a TLS-intercepting proxy whose CA is not installed.
 
-The endpoint list is the dns step's (`ARCBAKE_ENDPOINTS_OVERRIDE=host:port,...` replaces it in tests).
+Through a proxy nothing is resolved here: the proxy resolves the Azure names (a node behind a proxy often
+cannot resolve public names at all). The endpoints are `firstboot.endpoints` (Microsoft's network
+requirements): a required one that fails fails the step; one only a feature needs (cluster connect:
+`<region>.obo.arc.azure.com:8084`, which a default Squid refuses to CONNECT to; Azure RBAC:
+`graph.microsoft.com`) fails it only when `arc.features` enables that feature, and is a warning otherwise.
+`ARCBAKE_ENDPOINTS_OVERRIDE=host:port,...` replaces the list in tests.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from firstboot import proxyenv
+from firstboot import endpoints, proxyenv
 from firstboot.contract import OnboardingConfig
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
-from firstboot.steps import dns
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ CONNECT_TIMEOUT = 5.0
 class Probe:
     """One endpoint's outcome: kind is ok, refused, timeout, dns, proxy, untrusted, mismatch or error."""
 
-    endpoint: dns.Endpoint
+    endpoint: endpoints.Endpoint
     kind: str
     detail: str = ""
     issuer: str = ""
@@ -130,7 +134,7 @@ def _open(host: str, port: int, via: tuple[str, int] | None) -> socket.socket:
     return sock
 
 
-def probe(ctx: Context, endpoint: dns.Endpoint) -> Probe:
+def probe(ctx: Context, endpoint: endpoints.Endpoint) -> Probe:
     """Connect (through the proxy when set) and complete a verified TLS handshake; never raises."""
     config = ctx.require_config()
     via = proxy_for(config, endpoint.host)
@@ -159,19 +163,31 @@ def probe(ctx: Context, endpoint: dns.Endpoint) -> Probe:
 def probe_all(ctx: Context) -> list[Probe]:
     """Every endpoint at once."""
     env = {**os.environ, **ctx.env}
-    targets = dns.endpoints(ctx.require_config(), env)
+    targets = endpoints.endpoints(ctx.require_config(), env)
     with cf.ThreadPoolExecutor(max_workers=min(32, max(1, len(targets)))) as pool:
         return list(pool.map(lambda e: probe(ctx, e), targets))
 
 
+def optional_failures(ctx: Context, probes: list[Probe]) -> list[str]:
+    """Warnings: endpoints only a feature the config does not enable needs, unreachable."""
+    config = ctx.require_config()
+    return [
+        f"{p.label}: {p.kind} ({p.detail}); needed for {p.endpoint.feature} only "
+        f"(arc.features.{p.endpoint.feature} is off)"
+        for p in probes
+        if p.kind != "ok" and not endpoints.required(config, p.endpoint)
+    ]
+
+
 def judge(ctx: Context, probes: list[Probe]) -> tuple[bool, str, str] | None:
-    """None when all are fine, else (transient, message, remedy)."""
+    """None when every required endpoint is fine, else (transient, message, remedy)."""
+    config = ctx.require_config()
+    probes = [p for p in probes if endpoints.required(config, p.endpoint)]
     bad = [p for p in probes if p.kind != "ok"]
     if not bad:
         return None
     untrusted = [p for p in bad if p.kind == "untrusted"]
     issuers = {p.issuer for p in untrusted if p.issuer}
-    config = ctx.require_config()
     intercept = untrusted and (
         any(p.via_proxy for p in untrusted)
         or (len(issuers) == 1 and len({p.endpoint.host for p in untrusted}) > 1)
@@ -198,11 +214,17 @@ def judge(ctx: Context, probes: list[Probe]) -> tuple[bool, str, str] | None:
         )
     via = config.proxy.https_proxy or config.proxy.http_proxy
     route = f"through the proxy {via}" if via else "directly (no proxy configured)"
+    ports = sorted({p.endpoint.port for p in bad})
+    squid = (
+        " (a proxy refuses CONNECT to ports it does not list: Squid's SSL_ports has only 443)"
+        if via and any(port != 443 for port in ports)
+        else ""
+    )
     return (
         True,
         message,
-        f"open TCP port 443 {route} to the Azure Arc endpoints (firewall, proxy allow-list); see Azure "
-        "Arc-enabled Kubernetes network requirements",
+        f"open TCP port {', '.join(map(str, ports))} {route} to the Azure Arc endpoints (firewall, proxy "
+        f"allow-list){squid}; see Azure Arc-enabled Kubernetes network requirements",
     )
 
 
@@ -213,7 +235,18 @@ def run(ctx: Context) -> None:
     if verdict is not None:
         transient, message, remedy = verdict
         raise (TransientFailure if transient else PermanentFailure)(message, remedy)
-    ctx.progress(f"TLS handshakes ok with {len(probes)} Arc endpoints")
+    warnings = optional_failures(ctx, probes)
+    for line in warnings:
+        LOG.warning("unreachable, not required by this config: %s", line)
+    ctx.progress(_ok_message(probes, warnings))
+
+
+def _ok_message(probes: list[Probe], warnings: list[str]) -> str:
+    ok = sum(p.kind == "ok" for p in probes)
+    tail = (
+        f"; {len(warnings)} feature-only endpoint(s) unreachable: {'; '.join(warnings)}" if warnings else ""
+    )
+    return f"TLS handshakes ok with {ok} Arc endpoints{tail}"
 
 
 def check(ctx: Context) -> CheckResult:
@@ -222,4 +255,4 @@ def check(ctx: Context) -> CheckResult:
     verdict = judge(ctx, probes)
     if verdict is not None:
         return CheckResult(False, verdict[1], verdict[2])
-    return CheckResult(True, f"TLS handshakes ok with {len(probes)} Arc endpoints")
+    return CheckResult(True, _ok_message(probes, optional_failures(ctx, probes)))

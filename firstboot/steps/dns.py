@@ -3,11 +3,12 @@
 Runs before `time` (NTP servers are often names: chronyd and the offset measurement need the resolver
 this step repairs; plain DNS over port 53 does not need a correct clock, so nothing is lost by asking first).
 
-The names: every Arc endpoint (`ARC_ENDPOINTS` + `REGIONAL_ENDPOINTS`, formatted with `arc.location`, from
-Microsoft's "Azure Arc-enabled Kubernetes network requirements"; wildcards are represented by a regional
-instance) and every `time.ntp_servers` entry that is a name. Every name is asked of every server at once
-(a thread per query, `dns.timeout_seconds` each), so a dead resolver is reported within about that timeout
-instead of after sequential default timeouts.
+The names (`names_to_check`): the NTP servers, the proxy and the K3s server given by name, and, without a
+proxy, the Arc endpoints the config needs (`firstboot.endpoints`: required ones, plus those of the
+features `arc.features` enables). Behind a proxy the node need not resolve public names at all (the proxy
+resolves them): they are asked too, and failing ones are only a warning. Every name is asked of every
+server at once (a thread per query, `dns.timeout_seconds` each), so a dead resolver is reported within
+about that timeout instead of after sequential default timeouts.
 
 - "system resolver": the clone's own, `firstboot.resolver` (`<root>/etc/resolv.conf`, port 53 or
   `ARCBAKE_DNS_PORT`).
@@ -16,14 +17,12 @@ instead of after sequential default timeouts.
 Precedence (README, "DNS: who decides the clone's resolver"): the template carries no DNS fix, so the
 clone's resolver is what NetworkManager makes of its network: the VM's `network.dns` and `network.search`
 for a static address (cloud-init renders them into the connection), DHCP's otherwise. It is kept whenever
-it resolves the names. Only when it fails (or is slower than `SLOW_SECONDS`) while the upstreams answer,
-and `dns.apply_fix` is true, is the fix written: a NetworkManager drop-in that stops NM rewriting
-resolv.conf, and `/etc/resolv.conf` naming the upstreams with the search domains it had (plus `domain`).
-`/etc/rancher/k3s/resolv.conf` is always written with the pod upstreams (K3s' `resolv-conf:` points there,
-since a CoreDNS `forward` override is ignored). Then it checks again.
-
-`ARCBAKE_ENDPOINTS_OVERRIDE` (comma list of `host[:port]`) replaces the Arc list (test seam, also used by
-the connectivity step).
+it resolves the required names. Only when it fails them (or is slower than `SLOW_SECONDS`) while the
+upstreams answer every one of them, and `dns.apply_fix` is true, is the fix written: a NetworkManager
+drop-in that stops NM rewriting resolv.conf, and `/etc/resolv.conf` naming the upstreams with the search
+domains it had (plus `domain`). A proxy name only the site's DNS knows is therefore never "fixed" away.
+`/etc/rancher/k3s/resolv.conf` is always written with the pod upstreams (K3s' `resolv-conf:` points
+there, since a CoreDNS `forward` override is ignored). Then it checks again.
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ import concurrent.futures as cf
 import logging
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from firstboot.contract import OnboardingConfig
+from firstboot import endpoints
 from firstboot.fsutil import atomic_write
 from firstboot.resolver import (
     RESOLV_CONF,
@@ -56,58 +56,10 @@ META = StepMeta(
     summary="resolving the Azure Arc endpoints",
 )
 
-ARC_ENDPOINTS: tuple[str, ...] = (
-    "management.azure.com",
-    "login.microsoftonline.com",
-    "login.windows.net",
-    "mcr.microsoft.com",
-    "gbl.his.arc.azure.com",
-    "k8connecthelm.azureedge.net",
-    "k8sconnectcsp.azureedge.net",
-    "guestnotificationservice.azure.com",
-    "sts.windows.net",
-    "graph.microsoft.com",
-)
-REGIONAL_ENDPOINTS: tuple[str, ...] = (
-    "{region}.dp.kubernetesconfiguration.azure.com",
-    "{region}.login.microsoft.com",
-    "{region}.data.mcr.microsoft.com",
-    # Cluster connect (az connectedk8s proxy) reaches this one on 8084, not 443.
-    "{region}.obo.arc.azure.com:8084",
-)
-ENDPOINTS_OVERRIDE_ENV = "ARCBAKE_ENDPOINTS_OVERRIDE"
 K3S_RESOLV_CONF = "/etc/rancher/k3s/resolv.conf"
 NM_DROPIN = "/etc/NetworkManager/conf.d/90-arcbake-dns.conf"
 MARK = "# written by arcbake firstboot (dns step)"
 SLOW_SECONDS = 1.5
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A name Arc needs and the port it is used on."""
-
-    host: str
-    port: int = 443
-
-
-def endpoints(config: OnboardingConfig, environ: dict[str, str] | None = None) -> list[Endpoint]:
-    """The endpoints to check: the override when set, else the Arc list for the config's region."""
-    raw = (environ if environ is not None else os.environ).get(ENDPOINTS_OVERRIDE_ENV, "").strip()
-    if raw:
-        return [parse_endpoint(item) for item in filter(None, (part.strip() for part in raw.split(",")))]
-    region = config.arc.location if config.arc is not None else None
-    names = list(ARC_ENDPOINTS)
-    if region:
-        names += [pattern.format(region=region) for pattern in REGIONAL_ENDPOINTS]
-    return [parse_endpoint(n) for n in names]
-
-
-def parse_endpoint(item: str) -> Endpoint:
-    """`host` or `host:port` (port 443 when absent)."""
-    host, sep, port = item.rpartition(":")
-    if sep and port.isdigit() and host and ":" not in host:
-        return Endpoint(host, int(port))
-    return Endpoint(item)
 
 
 @dataclass(frozen=True)
@@ -139,6 +91,20 @@ class Survey:
     def upstream_ok(self) -> bool:
         """Every name resolves through the configured upstreams."""
         return self._good(self.upstream, self.upstream_servers)
+
+    @property
+    def system_dead(self) -> bool:
+        """The system resolver gave no DNS answer at all (every query timed out or failed to send)."""
+        return bool(self.system) and all(a.status in ("timeout", "error") for a in self.system)
+
+    def only(self, names: set[str]) -> Survey:
+        """The same survey restricted to `names`."""
+        return Survey(
+            self.system_servers,
+            self.upstream_servers,
+            [a for a in self.system if a.name in names],
+            [a for a in self.upstream if a.name in names],
+        )
 
 
 def survey(ctx: Context, names: list[str]) -> Survey:
@@ -249,44 +215,86 @@ def diagnose(ctx: Context, s: Survey, fixed: bool = False) -> tuple[bool, str, s
     )
 
 
-def required_names(ctx: Context) -> list[str]:
-    """The names the clone must resolve: the Arc endpoints and the NTP servers given by name."""
+def _host(url: str | None) -> str | None:
+    host = urlsplit(url).hostname if url else None
+    return host if host and not is_address(host) else None
+
+
+def names_to_check(ctx: Context) -> tuple[set[str], set[str]]:
+    """(required, optional) names. Required: the NTP servers, the proxy and the K3s server given by name,
+    and, without a proxy, the Arc endpoints the config needs (firstboot.endpoints). Behind a proxy the
+    Arc names are the proxy's to resolve, so they are only asked (a warning when they fail)."""
     config = ctx.require_config()
-    arc = {e.host for e in endpoints(config, dict(ctx.env) | dict(os.environ))}
-    ntp = {s for s in config.time.ntp_servers if not is_address(s)}
-    return sorted(arc | ntp)
+    arc = {
+        e.host
+        for e in endpoints.endpoints(config, dict(ctx.env) | dict(os.environ))
+        if endpoints.required(config, e)
+    }
+    local = {s for s in config.time.ntp_servers if not is_address(s)}
+    local |= {h for h in (_host(config.proxy.http_proxy), _host(config.proxy.https_proxy)) if h}
+    server = _host(config.k3s.server_url)
+    if server:
+        local.add(server)
+    if config.proxy.enabled:
+        return local, arc - local
+    return arc | local, set()
 
 
 def run(ctx: Context) -> None:
     """Survey; apply the fix when the upstreams answer but the system resolver does not; survey again."""
     config = ctx.require_config()
-    names = required_names(ctx)
+    required, optional = names_to_check(ctx)
     try:
         write_k3s_resolv(ctx)
     except OSError as exc:
         raise PermanentFailure(f"cannot write {K3S_RESOLV_CONF}: {exc}", "check /etc/rancher") from None
-    s = survey(ctx, names)
-    if s.system_ok:
-        ctx.progress(f"{len(names)} names resolve through {', '.join(s.system_servers)}")
+    s = survey(ctx, sorted(required | optional))
+    required = _effective(s, required, optional)
+    need = s.only(required)
+    if not required or need.system_ok:
+        _done(ctx, s, required, optional)
         return
     fixed = False
-    if s.upstream_ok and config.dns.apply_fix:
+    if need.upstream_ok and config.dns.apply_fix:
         written = write_fix(ctx)
         fixed = True
         LOG.warning("system resolver failing; DNS fix applied: %s", ", ".join(written))
-        s = survey(ctx, names)
-        if s.system_ok:
-            ctx.progress(f"DNS fix applied; {len(names)} names resolve")
+        s = survey(ctx, sorted(required | optional))
+        need = s.only(required)
+        if need.system_ok:
+            _done(ctx, s, required, optional, "DNS fix applied; ")
             return
-    transient, message, remedy = diagnose(ctx, s, fixed)
+    transient, message, remedy = diagnose(ctx, need, fixed)
     raise (TransientFailure if transient else PermanentFailure)(message, remedy)
+
+
+def _effective(s: Survey, required: set[str], optional: set[str]) -> set[str]:
+    # Behind a proxy the public names are optional, unless the resolver answers nothing at all: a dead
+    # resolver is a broken link even when the proxy resolves Azure's names (repaired when the upstreams
+    # answer, named otherwise).
+    return required | optional if optional and s.system_dead else required
+
+
+def _done(ctx: Context, s: Survey, required: set[str], optional: set[str], prefix: str = "") -> None:
+    servers = ", ".join(s.system_servers) or "the system resolver"
+    ctx.progress(f"{prefix}{len(required)} names resolve through {servers}")
+    resolved = {a.name for a in s.only(optional).system if a.status == "ok"}
+    missing = sorted(optional - resolved)
+    if missing:
+        LOG.warning(
+            "behind the proxy, these Arc names do not resolve here (the proxy resolves them): %s",
+            ", ".join(missing),
+        )
 
 
 def check(ctx: Context) -> CheckResult:
     """Read-only survey of the host resolver and the upstreams."""
-    names = required_names(ctx)
-    s = survey(ctx, names)
-    if s.system_ok:
-        return CheckResult(True, f"{len(names)} names resolve through {', '.join(s.system_servers)}")
-    _, message, remedy = diagnose(ctx, s)
+    required, optional = names_to_check(ctx)
+    s = survey(ctx, sorted(required | optional))
+    required = _effective(s, required, optional)
+    need = s.only(required)
+    if not required or need.system_ok:
+        servers = ", ".join(s.system_servers) or "the system resolver"
+        return CheckResult(True, f"{len(required)} names resolve through {servers}")
+    _, message, remedy = diagnose(ctx, need)
     return CheckResult(False, message, remedy)

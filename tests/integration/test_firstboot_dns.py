@@ -17,7 +17,9 @@ from fixtures.firstboot_plugin import ARC_NAMES
 from fixtures.guestinfo import DictSource, onboarding_config
 from fixtures.ntp import SilentUdp
 
+from firstboot import endpoints
 from firstboot.contract import OnboardingConfig
+from firstboot.endpoints import REQUIRED
 from firstboot.engine import build_context
 from firstboot.step import Context, PermanentFailure, TransientFailure
 from firstboot.steps import dns as dns_step
@@ -71,7 +73,8 @@ def test_healthy_resolves_every_endpoint(
     # resolv.conf untouched when the system resolver works.
     assert "# from DHCP" in (guest_root / "etc/resolv.conf").read_text()
     result = dns_step.check(ctx)
-    assert result.ok and f"{len(ARC_NAMES)} names resolve" in result.message
+    # The required Arc endpoints (feature-only ones are not required by this config).
+    assert result.ok and f"{len(REQUIRED)} names resolve" in result.message
 
 
 def test_working_network_resolver_is_kept(
@@ -89,13 +92,13 @@ def test_working_network_resolver_is_kept(
 
 def test_region_specific_names_come_from_arc_location() -> None:
     cfg = OnboardingConfig.model_validate(onboarding_config())
-    names = {e.host for e in dns_step.endpoints(cfg, {})}
+    names = {e.host for e in endpoints.endpoints(cfg, {})}
     assert "westeurope.dp.kubernetesconfiguration.azure.com" in names
     assert "westeurope.obo.arc.azure.com" in names and "management.azure.com" in names
-    ports = {e.host: e.port for e in dns_step.endpoints(cfg, {})}
+    ports = {e.host: e.port for e in endpoints.endpoints(cfg, {})}
     assert ports["westeurope.obo.arc.azure.com"] == 8084 and ports["management.azure.com"] == 443
-    override = dns_step.endpoints(cfg, {"ARCBAKE_ENDPOINTS_OVERRIDE": "a.test:8443, b.test"})
-    assert override == [dns_step.Endpoint("a.test", 8443), dns_step.Endpoint("b.test", 443)]
+    override = endpoints.endpoints(cfg, {"ARCBAKE_ENDPOINTS_OVERRIDE": "a.test:8443, b.test"})
+    assert override == [endpoints.Endpoint("a.test", 8443), endpoints.Endpoint("b.test", 443)]
 
 
 @pytest.mark.fault("DNS answers NXDOMAIN for the Azure names", "dns fails permanently naming the names")
