@@ -599,16 +599,28 @@ def _build_vms(
                 )
         if len(cluster.servers) + len(cluster.agents) > 1:
             _check_tokens(cluster, head, by_name, where, check)
+    addresses = {
+        name: _cluster_addresses([by_name[n] for n in (*cluster.servers, *cluster.agents)])
+        for cluster in topology.clusters(nodes)
+        for name in (*cluster.servers, *cluster.agents)
+    }
     out = []
     for vm, merged in entries:
         if vm.name not in placed:
             continue
         target = joins[vm.name]
         url = _server_url(by_name[target]) if target is not None else None
-        built = _build_one(vm, merged, target, url, vm.name in cluster_init, check)
+        built = _build_one(vm, merged, target, url, vm.name in cluster_init, addresses[vm.name], check)
         if built is not None:
             out.append(built)
     return out
+
+
+def _cluster_addresses(members: list[VmEntry]) -> list[str]:
+    """The node networks and static addresses of a cluster's VMs (NO_PROXY on each of its clones)."""
+    static = [vm.network.address for vm in members if vm.network.address is not None]
+    networks = [str(a.network) for a in static]
+    return list(dict.fromkeys([*networks, *(str(a.ip) for a in static)]))
 
 
 @dataclass(frozen=True)
@@ -684,6 +696,7 @@ def _build_one(
     target: str | None,
     server_url: str | None,
     cluster_init: bool,
+    cluster_addresses: list[str],
     check: _Checker,
 ) -> FleetVM | None:
     before = len(check.issues)
@@ -703,7 +716,13 @@ def _build_one(
         return None
     try:
         k3s = K3sConfig.model_validate(
-            {**dict(vm.k3s), "role": vm.role, "server_url": server_url, "cluster_init": cluster_init}
+            {
+                **dict(vm.k3s),
+                "role": vm.role,
+                "server_url": server_url,
+                "cluster_init": cluster_init,
+                "cluster_addresses": cluster_addresses,
+            }
         )
         config = OnboardingConfig(
             hostname=vm.hostname,

@@ -184,6 +184,10 @@ class K3sConfig(K3sSettings):
     # The first server of a cluster with several servers: it starts embedded etcd (`cluster-init`) and
     # the others join it. Set by builder from the fleet's topology, never by hand.
     cluster_init: Bool = False
+    # The cluster's node network(s) and its nodes' static addresses, set by builder from the fleet (never
+    # by hand): NO_PROXY carries them (firstboot.proxyenv), so node-to-node and node-to-server traffic
+    # (https://<server>:6443, kubelets, etcd) never goes through the proxy.
+    cluster_addresses: Annotated[list[NoProxyEntry], Field(max_length=256)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _agent_joins(self) -> K3sConfig:

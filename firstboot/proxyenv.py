@@ -7,8 +7,10 @@ provisioner environment) and at first boot (firstboot's proxy step and every chi
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from firstboot import quoting
-from firstboot.contract import K3sNetwork, ProxyConfig
+from firstboot.contract import K3sConfig, K3sNetwork, ProxyConfig
 
 # The proxy's CA in the guest (written by the proxy step; given to az, the probes and update-ca-trust).
 CA_FILE = "/etc/pki/ca-trust/source/anchors/arcbake-proxy-ca.pem"
@@ -21,9 +23,19 @@ def _unique(items: list[str]) -> list[str]:
     return [i for i in dict.fromkeys(items) if i]
 
 
+def node_entries(k3s: K3sNetwork) -> list[str]:
+    """A clone's own cluster: its node network(s) and nodes' addresses (from the fleet), and the server it
+    joins (the host of `server_url`). Empty at bake time, when the template knows no nodes."""
+    if not isinstance(k3s, K3sConfig):
+        return []
+    server = urlsplit(k3s.server_url).hostname if k3s.server_url else None
+    return [*k3s.cluster_addresses, *([server] if server else [])]
+
+
 def no_proxy_list(proxy: ProxyConfig, k3s: K3sNetwork) -> list[str]:
-    """NO_PROXY for a node: loopback, the cluster's CIDRs and names, then the configured exceptions."""
-    base = [*LOOPBACK, str(k3s.cluster_cidr), str(k3s.service_cidr), *CLUSTER_NAMES]
+    """NO_PROXY for a node: loopback, the cluster's CIDRs and names, its nodes and server (agents reach
+    https://<server>:6443 directly), then the configured exceptions."""
+    base = [*LOOPBACK, str(k3s.cluster_cidr), str(k3s.service_cidr), *CLUSTER_NAMES, *node_entries(k3s)]
     return _unique([*base, *proxy.no_proxy])
 
 

@@ -322,3 +322,18 @@ def test_secret_file_through_a_symlink_to_a_regular_file(tmp_path: Path) -> None
     fleet = load_fleet(write(tmp_path, "  - {name: a, secrets: {k3s_token: {file: tok}}}\n"))
     resolved = resolve_secrets(fleet, {"SP": "sp"})["a"]
     assert resolved.k3s_token is not None and resolved.k3s_token.get_secret_value() == "t0ken"
+
+
+def test_no_proxy_carries_the_node_network_nodes_and_server() -> None:
+    # Agents reach https://<server>:6443 and their peers directly: with a proxy configured, NO_PROXY
+    # (k3s-agent.service.env, profile.d, every child of firstboot) must carry them (firstboot.proxyenv).
+    from firstboot import proxyenv
+    from firstboot.contract import ProxyConfig
+
+    fleet = load_fleet(Path(__file__).resolve().parents[2] / "examples/demo-fleet.yaml")
+    proxy = ProxyConfig(https_proxy="http://proxy.example.internal:3128")
+    for vm in fleet.vms:
+        no_proxy = proxyenv.no_proxy_list(proxy, vm.config.k3s)
+        assert {"192.168.50.0/24", "192.168.50.11", "192.168.50.12"} <= set(no_proxy), (vm.name, no_proxy)
+        if vm.role.value == "agent":
+            assert "192.168.50.11" in proxyenv.proxy_environment(proxy, vm.config.k3s)["NO_PROXY"].split(",")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from fixtures.guestinfo import DictSource, onboarding_config
 
 from firstboot import proxyenv
-from firstboot.contract import OnboardingConfig
+from firstboot.contract import OnboardingConfig, Role
 from firstboot.engine import build_context
 from firstboot.step import Context, PermanentFailure, TransientFailure
 from firstboot.steps import hostname, proxy, resources
@@ -159,3 +160,23 @@ def test_time_on_a_real_root_restarts_or_reloads_chrony_then_waits_bounded(
     assert (
         "did not synchronise within 5 s" in info.value.message and "chronyc sources -v" in info.value.remedy
     )
+
+
+def test_agent_reaches_its_server_and_peers_without_the_proxy(guest_root: Path) -> None:
+    # What the fleet gives an agent: the server it joins and its cluster's node network and addresses.
+    ctx = ctx_for(guest_root, proxy={"https_proxy": "http://proxy.corp:3128"})
+    config = ctx.require_config()
+    k3s = config.k3s.model_copy(
+        update={
+            "role": Role.AGENT,
+            "server_url": "https://edge-01.site.test:6443",
+            "cluster_addresses": ["192.168.50.0/24", "192.168.50.11", "192.168.50.12"],
+        }
+    )
+    ctx.config = config.model_copy(update={"k3s": k3s, "arc": None})
+    proxy.run(ctx)
+    env = (guest_root / "etc/systemd/system/k3s-agent.service.env").read_text()
+    no_proxy = re.search(r'^NO_PROXY="([^"]*)"$', env, re.M)
+    assert no_proxy, env
+    entries = no_proxy.group(1).split(",")
+    assert {"192.168.50.0/24", "192.168.50.11", "192.168.50.12", "edge-01.site.test"} <= set(entries)
