@@ -35,7 +35,7 @@ from fixtures.httpproxy import ConnectProxy  # noqa: E402
 from fixtures.ntp import SilentUdp, start_chronyd  # noqa: E402
 from fixtures.tls import TlsServer, make_ca, make_cert  # noqa: E402
 
-from firstboot import steps  # noqa: E402
+from firstboot import endpoints, steps  # noqa: E402
 from firstboot.contract import OnboardingConfig  # noqa: E402
 from firstboot.engine import Engine, build_context  # noqa: E402
 from firstboot.step import StepFailure  # noqa: E402
@@ -43,20 +43,8 @@ from firstboot.steps import dns as dns_step  # noqa: E402
 
 # The contract's default per-query timeout (firstboot.contract.DnsConfig), as in the field.
 DNS_TIMEOUT = 2.0
-ENDPOINTS = [
-    "management.azure.com",
-    "login.microsoftonline.com",
-    "login.windows.net",
-    "mcr.microsoft.com",
-    "gbl.his.arc.azure.com",
-    "k8connecthelm.azureedge.net",
-    "guestnotificationservice.azure.com",
-    "sts.windows.net",
-    "westeurope.dp.kubernetesconfiguration.azure.com",
-    "westeurope.login.microsoft.com",
-    "westeurope.data.mcr.microsoft.com",
-    "westeurope.obo.arc.azure.com",
-]
+# The Arc endpoints of a westeurope config (firstboot.endpoints), each tried on 443 here.
+ENDPOINTS = [e.host for e in endpoints.endpoints(OnboardingConfig.model_validate(onboarding_config()), {})]
 
 
 def sequential_default(names: list[str], server: str, port: int) -> float:
