@@ -229,14 +229,16 @@ def cluster_dns_address(ctx: Context, config: OnboardingConfig) -> tuple[str, in
 
 
 def resolve_cluster_names(ctx: Context, config: OnboardingConfig) -> list[str]:
-    """Failures resolving the cluster's own name and an Azure name through the cluster DNS IP."""
+    """Failures resolving the cluster's own name and (without a proxy) an Azure name through the cluster
+    DNS IP. Behind a proxy the Arc agents reach Azure through it (`--proxy-https`), and a site whose pods
+    cannot resolve public names is a working one."""
     host, port = cluster_dns_address(ctx, config)
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [host]
     resolver.port = port
     resolver.lifetime = DNS_TIMEOUT
     failures = []
-    for name in (CLUSTER_NAME, AZURE_NAME):
+    for name in (CLUSTER_NAME, *(() if config.proxy.enabled else (AZURE_NAME,))):
         try:
             resolver.resolve(name, "A")
         except dns.exception.DNSException as exc:

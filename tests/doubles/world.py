@@ -91,7 +91,12 @@ class World:
 
 @contextlib.contextmanager
 def onboarding_world(
-    preflight: Any, root: Path, workdir: Path, latencies: Latencies | None = None, **az_extra: Any
+    preflight: Any,
+    root: Path,
+    workdir: Path,
+    latencies: Latencies | None = None,
+    cluster_records: Mapping[str, str] | None = None,
+    **az_extra: Any,
 ) -> Iterator[World]:
     """Start the doubles around H3's `preflight_world` and write the metadata file."""
     from fixtures.guestinfo import write_metadata
@@ -118,7 +123,7 @@ def onboarding_world(
         "deployments": [{"namespace": "kube-system", "name": "coredns", "available_after": lat.coredns}],
     }
     (workdir / "k3s-scenario.json").write_text(json.dumps(scenario))
-    with kube_double() as server, dnsmasq() as cluster_dns:
+    with kube_double() as server, dnsmasq(cluster_records) as cluster_dns:
         source_kubeconfig = server.write_kubeconfig(workdir / "k3s-double.yaml")
         env = _node_env(preflight, workdir, root, workdir, source_kubeconfig, cluster_dns, lat)
         env.update(az_env(workdir / "az", _az_config(lat, **az_extra)))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from doubles.world import onboarding_world, run_once
 from fixtures.dnsserver import DnsmasqHandle
 from fixtures.firstboot_plugin import REGION, PreflightWorld
 from fixtures.guestinfo import DictSource, write_metadata
@@ -68,6 +69,25 @@ def test_proxied_node_without_public_dns_passes_the_preflight(
     cfg = OnboardingConfig.model_validate(config)
     needed = {e.label for e in endpoints.endpoints(cfg, {}) if endpoints.required(cfg, e)}
     assert needed <= set(preflight_world.proxy.requests)
+
+
+@pytest.mark.fault(
+    "behind a proxy, neither the node's resolver nor the cluster DNS resolves any Azure name",
+    "the node onboards: k3s, Arc and Flux through the proxy; the site's resolver is kept",
+)
+def test_proxied_node_without_public_dns_onboards(
+    preflight_world: PreflightWorld, site_only_resolver: Path, tmp_path: Path
+) -> None:
+    root = site_only_resolver
+    cluster_only = {"kubernetes.default.svc.cluster.local": "10.43.0.1"}
+    with onboarding_world(preflight_world, root, tmp_path / "world", cluster_records=cluster_only) as world:
+        # onboarding_world points the node at the world's resolver: put the site's back.
+        (root / "etc/resolv.conf").write_text("search site.test\nnameserver ::1\n")
+        proc = run_once(world)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert world.status()["state"] == "done"
+        assert len(world.az_calls("connectedk8s", "connect")) == 1
+    assert (root / "etc/resolv.conf").read_text() == "search site.test\nnameserver ::1\n"
 
 
 def ctx_with(world: PreflightWorld, root: Path, **features: bool) -> Context:
