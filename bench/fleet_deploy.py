@@ -218,12 +218,19 @@ def measure_status(size: int, workdir: Path, runs: int, baseline: Path | None) -
             bulk_s, bulk_trips = median_of(runs, bulk)
             per_vm_s, per_vm_trips = median_of(1 if size > 100 else runs, per_vm)
 
+        environ_without_pyc = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+        def pyc(tree: Path) -> str:
+            return str(workdir / f"pycache-{tree.name}")
+
         def command(tree: Path, cpu_s: list[float]) -> tuple[float, int]:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             out = subprocess.run(
                 [sys.executable, "-c", PROBE, "status", str(path), "--format", "json"],
-                env={**os.environ, **env, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"},
+                # Bytecode cached as an installed package has it, in the bench's temporary folder (none
+                # in the tree); the warm-up run below writes it.
+                env={**environ_without_pyc, **env, "PYTHONPATH": str(tree), "PYTHONPYCACHEPREFIX": pyc(tree)},
                 cwd=tree,  # `python -c` puts the working directory first on sys.path
                 capture_output=True,
                 text=True,
@@ -238,10 +245,23 @@ def measure_status(size: int, workdir: Path, runs: int, baseline: Path | None) -
                 raise SystemExit(f"builder status ({tree}) failed: {out.stderr.strip()}")
             return seconds, int(probe["trips"])
 
-        cli_cpu: list[float] = []
-        cli_s, cli_trips = median_of(runs, lambda: command(REPO, cli_cpu))
-        base_cpu: list[float] = []
-        base_s, base_trips = median_of(runs, lambda: command(baseline, base_cpu)) if baseline else (0.0, 0)
+        # Now and before alternate, run by run, so that both see the same load.
+        trees = [REPO, *([baseline] if baseline else [])]
+        cpu_by: dict[Path, list[float]] = {t: [] for t in trees}
+        wall_by: dict[Path, list[float]] = {t: [] for t in trees}
+        trips_by: dict[Path, int] = {}
+        for tree in trees:
+            command(tree, [])  # warm-up: bytecode
+        for _ in range(runs):
+            for tree in trees:
+                seconds, trips_by[tree] = command(tree, cpu_by[tree])
+                wall_by[tree].append(seconds)
+        cli_s, cli_cpu, cli_trips = statistics.median(wall_by[REPO]), cpu_by[REPO], trips_by[REPO]
+        base_s, base_cpu, base_trips = (
+            (statistics.median(wall_by[baseline]), cpu_by[baseline], trips_by[baseline])
+            if baseline
+            else (0.0, [], 0)
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
