@@ -16,16 +16,18 @@ import (
 
 // macsAsVCenter gives every network adapter of a new clone a MAC address of its own, as vCenter does.
 //
-// vCenter assigns the adapters of a clone new addresses unless their type is "manual" (VMware Fusion and
-// Workstation docs, "Cloning Virtual Machines": "The MAC address for a clone is different from the parent
-// virtual machine"), from its VMware OUI allocation: 00:50:56:XX:YY:ZZ with XX = 0x80 + the vCenter
-// Server ID (0-63) and YY:ZZ random, unique within that vCenter (vSphere 7.0 Networking, "VMware OUI
-// Allocation", GUID-1B6A280E; "MAC Address Assignment from vCenter Server"). govmomi 0.24's vcsim
-// (Debian 12) copies the source's adapters into the clone with their addresses (simulator/
-// virtual_machine.go CloneVMTask; still so at govmomi v0.56), so every clone of a template shares the
-// template's MAC; an adapter edited with an empty address gets one from the last three characters of the
-// VM's UUID string (generateMAC), which repeat (govmomi#3279). It runs as a registry handler when a
-// CloneVM_Task succeeds, before the simulator answers the call, so a client never sees the shared address.
+// vCenter gives each adapter its own MAC, unique within that vCenter (vSphere 5.1 Networking, GUID-290AE852:
+// "Each virtual network adapter in a virtual machine is assigned its own unique MAC address"), and a
+// clone's differs from its parent's (VMware Fusion 13, "Cloning Virtual Machines": "The MAC address for a
+// clone is different from the parent virtual machine"). It comes from the VMware OUI allocation:
+// 00:50:56:XX:YY:ZZ with XX = 0x80 + the vCenter Server ID (0-63) and YY:ZZ random (vSphere 7.0
+// Networking, "VMware OUI Allocation", GUID-1B6A280E). An adapter of type "manual" keeps its address (an
+// explicit static MAC; what the simulator did before). govmomi 0.24's vcsim (Debian 12) copies the
+// source's adapters into the clone with their addresses (simulator/virtual_machine.go CloneVMTask; still
+// so at govmomi v0.57.0-alpha.0), so every clone of a template shares the template's MAC; an adapter
+// edited with an empty address gets one from the last three characters of the VM's UUID string
+// (generateMAC), which repeat (govmomi#3279). This runs as a registry handler when a CloneVM_Task
+// succeeds, before the simulator answers the call, so a client never sees the shared address.
 type macsAsVCenter struct {
 	mu   sync.Mutex
 	used map[string]bool
