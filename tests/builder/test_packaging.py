@@ -77,8 +77,22 @@ def test_pipx_installed_builder_renders_the_wheelhouse_outside_the_source_tree(t
     ):
         assert inside in inside_wheel, inside
 
-    pipx_env = {**env, "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin")}
-    _run(["pipx", "install", str(wheel)], pipx_env, tmp_path)
+    # pipx's shared pip venv is kept between runs (it is pipx's own tooling, not what is tested).
+    pipx_env = {**env, "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin"),
+                "PIPX_SHARED_LIBS": str(CACHE / "pipx-shared")}  # fmt: skip
+    # builder's dependencies as wheels under .cache: a warm run installs them without the index.
+    deps = CACHE / "builder-wheels"
+    offline = [
+        "pipx",
+        "install",
+        "--pip-args",
+        f"--no-index --find-links {deps} --find-links {dist}",
+        str(wheel),
+    ]
+    if subprocess.run(offline, env=pipx_env, cwd=tmp_path, capture_output=True, timeout=600).returncode != 0:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "-d", str(deps), str(wheel)],
+             {**env, "PATH": os.environ["PATH"]}, tmp_path)  # fmt: skip
+        _run([*offline[:2], "--force", *offline[2:]], pipx_env, tmp_path)
     builder = str(tmp_path / "bin" / "builder")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
     version = _run([builder, "--version"], env, tmp_path).stdout
@@ -107,8 +121,9 @@ def test_pipx_installed_builder_renders_the_wheelhouse_outside_the_source_tree(t
 
     # The guest's own command, from the wheelhouse alone: hashes checked, nothing resolved, no index.
     guest = tmp_path / "guest"
-    _run([sys.executable, "-m", "venv", str(guest)], env, tmp_path)
-    pip = [str(guest / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index"]
+    _run([sys.executable, "-m", "venv", "--without-pip", str(guest)], env, tmp_path)
+    pip = [sys.executable, "-m", "pip", "--python", str(guest / "bin" / "python"), "install", "--quiet"]
+    pip += ["--no-compile", "--no-index"]
     _run([*pip, "--find-links", str(wh), "--require-hashes", "--no-deps", "-r", str(wh / "requirements.txt")],
          env, tmp_path)  # fmt: skip
     firstboot = _run([str(guest / "bin" / "firstboot"), "--version"], env, tmp_path).stdout
