@@ -11,6 +11,7 @@ _pyvmomi: Any = pyVmomi
 vim: Any = _pyvmomi.vim
 vmodl: Any = _pyvmomi.vmodl
 SoapStubAdapter: Any = _pyvmomi.SoapAdapter.SoapStubAdapter
+ManagedObject: Any = _pyvmomi.VmomiSupport.ManagedObject
 # pyVmomi's vim25 API versions, newest first, with their version ids ("8.0.3.0", "6.5", ...).
 VIM_VERSIONS: list[tuple[str, str]] = [
     (v, _pyvmomi.VmomiSupport.versionIdMap[v])

@@ -141,25 +141,58 @@ def _options(val: ET.Element, keys: Collection[str]) -> dict[str, str]:
     return out
 
 
-def _objects(returnval: ET.Element, keys: Collection[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+Ref = tuple[str, str]  # (type, moid) of a managed object: ("VirtualMachine", "vm-42")
+
+
+def _value(name: str, val: ET.Element, keys: Collection[str]) -> Any:
+    kind = val.get(_XSI_TYPE)
+    if kind == "ArrayOfOptionValue":
+        return _options(val, keys)
+    if kind == "ManagedObjectReference":
+        return (val.get("type", ""), val.text or "")
+    if kind == "ArrayOfManagedObjectReference":
+        return [(ref.get("type", ""), ref.text or "") for ref in val]
+    if len(val):
+        raise Unsupported(f"property {name}: type {kind}")
+    return _simple(val)
+
+
+def _objects(returnval: ET.Element, keys: Collection[str]) -> Iterator[tuple[Ref, dict[str, Any]]]:
     for result in returnval.iter(f"{_V}returnval"):
         for obj in result.iter(f"{_V}objects"):
-            moid = obj.findtext(f"{_V}obj", "")
+            ref_el = obj.find(f"{_V}obj")
+            if ref_el is None:
+                raise Unsupported("an object without obj")
             props: dict[str, Any] = {}
             for prop in obj.iter(f"{_V}propSet"):
                 name = prop.findtext(f"{_V}name", "")
                 val = prop.find(f"{_V}val")
-                if val is None:
-                    continue
-                if val.get(_XSI_TYPE) == "ArrayOfOptionValue":
-                    props[name] = _options(val, keys)
-                elif len(val):
-                    raise Unsupported(f"property {name}: type {val.get(_XSI_TYPE)}")
-                else:
-                    props[name] = _simple(val)
+                if val is not None:
+                    props[name] = _value(name, val, keys)
             missing = obj.find(f"{_V}missingSet") is not None
             if props or not missing:
-                yield moid, props
+                yield (ref_el.get("type", ""), ref_el.text or ""), props
+
+
+def retrieve(session: Any, spec: Any, keys: Collection[str] = ()) -> list[tuple[Ref, dict[str, Any]]]:
+    """RetrievePropertiesEx of `spec` (then ContinueRetrievePropertiesEx while vCenter pages): each object
+    as its `Ref` with its properties; references as `Ref`s, OptionValue arrays as {key: text} of `keys`
+    only. An object deleted meanwhile is left out.
+
+    Raises `Unsupported` for an answer it does not decode (the caller then reads through pyVmomi)."""
+    out: list[tuple[Ref, dict[str, Any]]] = []
+    answer = _call(session, "RetrievePropertiesEx", [[spec], PC.RetrieveOptions()], keys)
+    while True:
+        out.extend(_objects(answer, keys))
+        token = answer.findtext(f"{_V}returnval/{_V}token")
+        if not token:
+            return out
+        answer = _call(session, "ContinueRetrievePropertiesEx", [token], keys)
+
+
+def ref(obj: Any) -> Ref:
+    """The `Ref` of a pyVmomi managed object."""
+    return (str(obj._wsdlName), str(obj._moId))
 
 
 def vm_properties(
@@ -169,19 +202,10 @@ def vm_properties(
     OptionValue arrays as {key: text} of `keys` only. A VM deleted meanwhile is left out.
 
     Raises `Unsupported` for an answer it does not decode (the caller then reads through pyVmomi)."""
-    by_moid = {vm._moId: vm for vm in vms}
+    by_ref = {ref(vm): vm for vm in vms}
     spec = PC.FilterSpec(
         objectSet=[PC.ObjectSpec(obj=vm, skip=False) for vm in vms],
         propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=list(props), all=False)],
         reportMissingObjectsInResults=True,
     )
-    out: dict[Any, dict[str, Any]] = {}
-    answer = _call(session, "RetrievePropertiesEx", [[spec], PC.RetrieveOptions()], keys)
-    while True:
-        for moid, values in _objects(answer, keys):
-            if moid in by_moid:
-                out[by_moid[moid]] = values
-        token = answer.findtext(f"{_V}returnval/{_V}token")
-        if not token:
-            return out
-        answer = _call(session, "ContinueRetrievePropertiesEx", [token], keys)
+    return {by_ref[r]: values for r, values in retrieve(session, spec, keys) if r in by_ref}

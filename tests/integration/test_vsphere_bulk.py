@@ -20,8 +20,9 @@ from fixtures.vcsim import VcsimHandle
 from builder import status as st
 from builder.deploy import deploy
 from builder.fleet import load_fleet
-from builder.vsphere import inventory
+from builder.vsphere import inventory, rawprops
 from builder.vsphere import vm as vmops
+from builder.vsphere.connection import NotFoundError
 from builder.vsphere.roundtrips import RoundTrips, counting
 from integration.vsphere_helpers import SECRET_ENV, fleet_file, session_for, set_extra
 
@@ -194,3 +195,35 @@ def test_the_raw_read_gives_what_pyvmomi_decodes(vcsim: VcsimHandle, tmp_path: P
         "guestinfo.arcbake.secrets",
         "guestinfo.arcbake.secrets.encoding",
     }
+
+
+def test_one_traversal_finds_vms_in_nested_folders_of_the_named_datacenter_only(
+    fresh_vcsim: VcsimHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One of DC0's VMs moved two folders down; a second datacenter inside a datacenter folder (the
+    # traversal enters datacenter folders, and a VM is looked for in its own datacenter only).
+    with session_for(fresh_vcsim) as session:
+        root = session.content.rootFolder
+        dc0 = inventory.datacenter(session, "DC0")
+        deep = dc0.vmFolder.CreateFolder("a").CreateFolder("b")
+        vm0, vm1 = inventory.vm(session, dc0, "DC0_H0_VM0"), inventory.vm(session, dc0, "DC0_H0_VM1")
+        vmops.wait(deep.MoveIntoFolder_Task([vm0]), "moving a VM")
+        other = root.CreateFolder("sites").CreateDatacenter("DC9")
+        other.vmFolder.CreateFolder("x")
+        names = ["DC0_H0_VM0", "DC0_H0_VM1", "no-such-vm"]
+        with counting() as trips:
+            dc, found = inventory.datacenter_and_vms(session, "DC0", names)
+        assert trips.by_method == {"RetrievePropertiesEx": 1}
+        assert dc == dc0 and found == {"DC0_H0_VM0": [vm0], "DC0_H0_VM1": [vm1]}
+        assert inventory.datacenter_and_vms(session, "DC9", names) == (other, {})
+        with pytest.raises(NotFoundError, match="datacenter 'DC8' not found"):
+            inventory.datacenter_and_vms(session, "DC8", names)
+
+        # An answer rawprops does not decode is read again through pyVmomi, with the same result.
+        def refuse(*args: Any) -> Any:
+            raise rawprops.Unsupported("test")
+
+        monkeypatch.setattr(rawprops, "_call", refuse)
+        assert inventory.datacenter_and_vms(session, "DC0", names) == (dc0, found)
+        rows = vmops.read_rows(session, found, names, st.STATUS_PROPS, st.STATUS_KEYS)
+        assert sorted(rows) == ["DC0_H0_VM0", "DC0_H0_VM1"] and rows["DC0_H0_VM0"][0].power == "poweredOn"
