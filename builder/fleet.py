@@ -25,9 +25,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,7 +43,7 @@ from pydantic import (
 from builder import topology
 from builder.spec import InventoryName, SshPublicKey
 from builder.template_names import check_placeholders
-from firstboot.boundedread import BoundedReadError, read_bounded
+from firstboot.boundedread import BoundedReadError, on_pseudo_fs, read_bounded
 from firstboot.contract import (
     PATTERN_HINTS,
     ArcAuth,
@@ -101,8 +100,6 @@ class FleetError(InputError):
 RESERVED_ENV_PREFIXES = ("VSPHERE_", "PKR_VAR_", "ARCBAKE_")
 # A secret is a password, token, key or certificate chain; anything larger is a mistake (or /dev/zero).
 MAX_SECRET_BYTES = 64 * 1024
-# Process state, not files: /proc/self/environ would copy builder's own environment.
-_PSEUDO_FS = ("/proc", "/sys", "/dev")
 
 
 class SecretRef(_Model):
@@ -131,8 +128,7 @@ class SecretRef(_Model):
     def _a_file(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        path = os.path.normpath(Path(value).expanduser())
-        if any(path == root or path.startswith(root + "/") for root in _PSEUDO_FS):
+        if on_pseudo_fs(str(Path(value).expanduser())):
             raise ValueError("a secret file is a regular file: paths under /proc, /sys and /dev are refused")
         return value
 
@@ -288,6 +284,9 @@ class FleetVM:
     ssh_authorized_keys: tuple[str, ...]
     config: OnboardingConfig
     secret_refs: SecretRefs
+    # Where each secret reference was written (`k3s_token`, `git.NAME.https_key` -> line, key path), so a
+    # reference that cannot be read is reported at its line.
+    secret_places: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
 
     def metadata(self, mac: str) -> dict[str, Any]:
         """cloud-init meta-data for the VMware datasource: instance-id, local-hostname, and the network v2
@@ -748,7 +747,20 @@ def _build_one(
         ssh_authorized_keys=tuple(vm.ssh_authorized_keys),
         config=config,
         secret_refs=refs,
+        secret_places=_secret_places(refs, merged, check.located),
     )
+
+
+def _secret_places(
+    refs: SecretRefs, merged: _Merged, located: LocatedYaml
+) -> dict[str, tuple[int | None, str]]:
+    keys: list[tuple[str, ...]] = [(k,) for k in ("sp_secret", "sp_certificate_pem", "k3s_token")]
+    keys += [("git", name, k) for name in refs.git for k in ("https_key", "ssh_private_key")]
+    places = {}
+    for key in keys:
+        where = merged.at("secrets", *key)
+        places[".".join(key)] = (located.line_of(where), dotted(where))
+    return places
 
 
 def parse_fleet(located: LocatedYaml, path: Path) -> Fleet:
@@ -812,38 +824,40 @@ def _read_ref(ref: SecretRef, environ: Mapping[str, str], base: Path) -> str:
 def resolve_secrets(fleet: Fleet, environ: Mapping[str, str]) -> dict[str, OnboardingSecrets]:
     """Read every referenced secret; raise FleetError naming each unset variable or unreadable file."""
     base = fleet.path.parent
-    problems: dict[str, str] = {}
+    # One issue per reference, at the line it was written (a reference in `defaults` once for all VMs).
+    problems: dict[str, Issue] = {}
     out: dict[str, OnboardingSecrets] = {}
 
-    def value(ref: SecretRef | None, where: str) -> str | None:
-        if ref is None:
-            return None
-        try:
-            return _read_ref(ref, environ, base)
-        except ValueError as exc:
-            problems.setdefault(ref.describe(), f"{where}: {exc}")
-            return None
-
     for vm in fleet.vms:
+
+        def value(ref: SecretRef | None, key: str, vm: FleetVM = vm) -> str | None:
+            if ref is None:
+                return None
+            try:
+                return _read_ref(ref, environ, base)
+            except ValueError as exc:
+                line, where = vm.secret_places.get(key, (None, f"vms.{vm.name}.secrets.{key}"))
+                problems.setdefault(ref.describe(), Issue(str(fleet.path), line, where, str(exc)))
+                return None
+
         refs = vm.secret_refs
-        where = f"vms[{vm.name}].secrets"
-        data: dict[str, Any] = {"k3s_token": value(refs.k3s_token, f"{where}.k3s_token")}
+        data: dict[str, Any] = {"k3s_token": value(refs.k3s_token, "k3s_token")}
         # Agents and joining servers stop after K3s: they get no Azure or Git material.
         if vm.config.onboards_cluster:
-            data["sp_secret"] = value(refs.sp_secret, f"{where}.sp_secret")
-            data["sp_certificate_pem"] = value(refs.sp_certificate_pem, f"{where}.sp_certificate_pem")
+            data["sp_secret"] = value(refs.sp_secret, "sp_secret")
+            data["sp_certificate_pem"] = value(refs.sp_certificate_pem, "sp_certificate_pem")
             data["git"] = {
                 name: {
                     "https_user": g.https_user,
-                    "https_key": value(g.https_key, f"{where}.git.{name}.https_key"),
-                    "ssh_private_key": value(g.ssh_private_key, f"{where}.git.{name}.ssh_private_key"),
+                    "https_key": value(g.https_key, f"git.{name}.https_key"),
+                    "ssh_private_key": value(g.ssh_private_key, f"git.{name}.ssh_private_key"),
                     "known_hosts": g.known_hosts,
                 }
                 for name, g in refs.git.items()
             }
         out[vm.name] = OnboardingSecrets.model_validate(data)
     if problems:
-        raise FleetError([Issue(str(fleet.path), None, "secrets", msg) for msg in problems.values()])
+        raise FleetError(list(problems.values()))
     return out
 
 

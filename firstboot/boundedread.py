@@ -24,6 +24,12 @@ class BoundedReadError(Exception):
     """The file cannot be read as a bounded regular file; the message is one line without the content."""
 
 
+def on_pseudo_fs(path: str) -> bool:
+    """True for a path on /proc, /sys or /dev (normalised: `/tmp/../dev/zero` is on /dev)."""
+    real = os.path.normpath(path)
+    return any(real == root or real.startswith(root + "/") for root in _PSEUDO_ROOTS)
+
+
 def _where(fd: int, path: Path) -> str:
     # What the descriptor really is (a symlink resolved at open time, not by a second lookup).
     try:
@@ -54,7 +60,7 @@ def read_fd(fd: int, path: Path, limit: int, *, single_link: bool = False) -> by
         if single_link and info.st_nlink > 1:
             raise BoundedReadError(f"has {info.st_nlink} hard links; refused")
         real = _where(fd, path)
-        if any(real == root or real.startswith(root + "/") for root in _PSEUDO_ROOTS):
+        if on_pseudo_fs(real):
             raise BoundedReadError(f"{real} is on a pseudo file system (/proc, /sys, /dev): refused")
         if info.st_size > limit:
             raise BoundedReadError(f"larger than the {_size(limit)} limit ({info.st_size} bytes)")

@@ -294,7 +294,7 @@ def _resolve_problem(tmp_path: Path, make: str) -> str:
     fleet = load_fleet(write(tmp_path, "  - {name: a, secrets: {k3s_token: {file: tok}}}\n"))
     with pytest.raises(FleetError) as err:
         resolve_secrets(fleet, {"SP": "sp"})
-    assert len(err.value.issues) == 1
+    assert [(i.path, i.line) for i in err.value.issues] == [("vms.0.secrets.k3s_token", 9)]
     return err.value.issues[0].message
 
 
@@ -312,7 +312,7 @@ def _resolve_problem(tmp_path: Path, make: str) -> str:
 )
 def test_secret_files_are_bounded_regular_files(tmp_path: Path, make: str, fragment: str) -> None:
     message = _resolve_problem(tmp_path, make)
-    assert message.startswith("vms[a].secrets.k3s_token: file tok")
+    assert message.startswith("file tok")
     assert fragment in message
 
 
@@ -337,3 +337,12 @@ def test_no_proxy_carries_the_node_network_nodes_and_server() -> None:
         assert {"192.168.50.0/24", "192.168.50.11", "192.168.50.12"} <= set(no_proxy), (vm.name, no_proxy)
         if vm.role.value == "agent":
             assert "192.168.50.11" in proxyenv.proxy_environment(proxy, vm.config.k3s)["NO_PROXY"].split(",")
+
+
+def test_unset_reference_in_defaults_reported_once_at_its_line(tmp_path: Path) -> None:
+    fleet = load_fleet(write(tmp_path, "  - {name: a}\n  - {name: b, role: agent, server: a}\n"))
+    with pytest.raises(FleetError) as err:
+        resolve_secrets(fleet, {"SP": "sp"})
+    assert [str(i) for i in err.value.issues] == [
+        f"{tmp_path / 'fleet.yaml'}:7: defaults.secrets.k3s_token: environment variable TOKEN is not set"
+    ]
