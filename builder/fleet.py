@@ -405,11 +405,12 @@ class _Merged:
         return self.place(path) if path[0] in self.data else (*self.here, *path)
 
     def place(self, path: PathKey) -> PathKey:
-        """The file path a merged path was written at (the longest merged prefix with a known origin)."""
+        """The file path a merged path was written at (the longest merged prefix with a known origin);
+        a key written nowhere (a required one missing) belongs to this VM's entry."""
         for cut in range(len(path), 0, -1):
             if path[:cut] in self.origin:
                 return (*self.origin[path[:cut]], *path[cut:])
-        return path
+        return (*self.here, *path)
 
     def put(self, path: tuple[str, ...], value: Any, where: PathKey) -> None:
         target = self.data

@@ -14,6 +14,7 @@ Lives in firstboot (PyYAML and pydantic only) because firstboot never imports bu
 
 from __future__ import annotations
 
+import re
 import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,25 @@ MAX_NODES = 100_000
 MAX_DEPTH = yamlsafe.MAX_DEPTH
 
 
+# A `\ud800`-style escape in a double-quoted scalar (JSON writes astral characters so) decodes to a lone
+# surrogate, which is not text: pydantic rejects a whole mapping holding such a key (hiding every other
+# problem in it) and a terminal cannot print it. Such keys are kept escaped (`\ud800`), so they are
+# reported as the unknown or invalid keys they are, with the rest of the document's problems.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _printable_key(key: str) -> str:
+    return key.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(key) else key
+
+
+def _escape_keys(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {(_printable_key(k) if isinstance(k, str) else k): _escape_keys(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_escape_keys(v) for v in data]
+    return data
+
+
 class _TooLarge(Exception):
     def __init__(self, message: str, path: PathKey = ()) -> None:
         super().__init__(message)
@@ -111,7 +131,7 @@ def _walk(
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
-            key = str(key_node.value)
+            key = _printable_key(str(key_node.value))
             child = (*path, key)
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -149,6 +169,8 @@ def load_located(text: str, file: str) -> LocatedYaml:
         dups: list[tuple[PathKey, int]] = []
         _walk(node, (), lines, dups, [MAX_NODES])
         data = loader.construct_document(node)
+        if _SURROGATE.search(text) or "\\u" in text or "\\U" in text:
+            data = _escape_keys(data)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
