@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from builder import fleet as fleet_module
 from builder.fleet import FleetError, load_fleet, resolve_secrets, secrets_json
 from builder.template_names import newest_match
 from firstboot.located_yaml import Issue
@@ -346,3 +348,17 @@ def test_unset_reference_in_defaults_reported_once_at_its_line(tmp_path: Path) -
     assert [str(i) for i in err.value.issues] == [
         f"{tmp_path / 'fleet.yaml'}:7: defaults.secrets.k3s_token: environment variable TOKEN is not set"
     ]
+
+
+def test_cluster_addresses_are_derived_once_per_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Per member they were quadratic in the cluster's size (a 1,000-VM fleet spent most of its load on it).
+    calls: list[int] = []
+    derive = fleet_module._cluster_addresses
+
+    def counted(members: list[Any]) -> list[str]:
+        calls.append(len(members))
+        return derive(members)
+
+    monkeypatch.setattr(fleet_module, "_cluster_addresses", counted)
+    fleet = load_fleet(REPO / "examples" / "ha-fleet.yaml")
+    assert calls == [len(fleet.vms)]  # one cluster: one derivation for all of its VMs
