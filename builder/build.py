@@ -290,15 +290,13 @@ def _preflight(session: Session, spec: ImageSpec) -> Any:
 
 
 def _forget_build_access(session: Session, dc: Any, spec: ImageSpec, vm_name: str) -> None:
-    """Blank the build's guestinfo meta-data/user-data (the build key) in the powered-off VM Packer left,
+    """Remove the build's guestinfo meta-data/user-data (the build key) from the powered-off VM Packer left,
     then make it the template: Packer's own convert would have kept them for every later clone."""
     found = inventory.vms_by_name(session, dc, [vm_name]).get(vm_name, [])
     if not found:
         raise NotFoundError(f"Packer finished but VM {vm_name!r} is not in datacenter {dc.name!r}")
     vm = found[0]
-    vmops.set_extra_config(
-        vm, dict.fromkeys(BUILD_ACCESS_KEYS, ""), f"removing the build key from {vm_name!r}"
-    )
+    vmops.remove_extra_config(vm, BUILD_ACCESS_KEYS, f"removing the build key from {vm_name!r}")
     if spec.publish.convert_to_template:
         vmops.power_off(vm, vm_name)
         vm.MarkAsTemplate()
