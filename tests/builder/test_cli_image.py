@@ -117,6 +117,7 @@ def test_render_refuses_foreign_dir(tmp_path: Path) -> None:
     assert (tmp_path / "notes/todo.txt").read_text() == "x"
 
 
+@pytest.mark.fault("builder validate /dev/zero, a FIFO or a 2 MiB spec", "exit 3, one line, bounded read")
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo", "too-large"])
 def test_validate_reads_inputs_bounded(tmp_path: Path, kind: str) -> None:
     # Issue 8: `builder validate /dev/zero` read without bound; a FIFO would block forever.

@@ -175,6 +175,10 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.fault(
+    "fleet value a shell, systemd, az or kickstart would interpret (quote, newline, leading '-', null)",
+    "exit 3: one line with file, line and key path as written, nothing deployed",
+)
 @pytest.mark.parametrize(("vm", "path", "fragment"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
 def test_hostile_values_are_refused(tmp_path: Path, vm: str, path: str, fragment: str) -> None:
     found = [i for i in _issue_objects(write(tmp_path, f"  - {vm}\n")) if i.path == path]
@@ -270,6 +274,10 @@ REFUSED_REFS = [
 ]
 
 
+@pytest.mark.fault(
+    "secret reference to builder's own environment (VSPHERE_*, PKR_VAR_*, ARCBAKE_*) or /proc, /sys, /dev",
+    "refused at validation, exit 3, located at the reference",
+)
 @pytest.mark.parametrize(("ref", "fragment"), [r[1:] for r in REFUSED_REFS], ids=[r[0] for r in REFUSED_REFS])
 def test_secret_references_refused_at_validation(tmp_path: Path, ref: str, fragment: str) -> None:
     found = _issue_objects(write(tmp_path, f"  - {{name: a, secrets: {{k3s_token: {ref}}}}}\n"))
@@ -311,6 +319,10 @@ def _resolve_problem(tmp_path: Path, make: str) -> str:
         ("directory", "not a regular file"),
         ("missing", "No such file or directory"),
     ],
+)
+@pytest.mark.fault(
+    "secret file that is a FIFO, a symlink into /proc or /dev, over 64 KiB, empty or a directory",
+    "exit 3 naming the reference and why, never blocking or reading without bound",
 )
 def test_secret_files_are_bounded_regular_files(tmp_path: Path, make: str, fragment: str) -> None:
     message = _resolve_problem(tmp_path, make)
