@@ -96,14 +96,6 @@ def _problem(issue: located_yaml.Issue) -> str:
     return f"{issue.path or '(top level)'}{where}: {issue.message}"
 
 
-def validation_problems(exc: ValidationError, model: type[BaseModel], data: Any) -> list[str]:
-    """One line per key path: dotted path, line when known, message (never the input value)."""
-    issues = located_yaml.issues_from_validation(
-        exc, model, data, located_yaml.LocatedYaml(data, ""), hints=_HINTS
-    )
-    return list(dict.fromkeys(_problem(i) for i in issues))
-
-
 def _validate(model: type[M], key: str, text: str) -> M:
     doc = _located(key, text)
     try:
