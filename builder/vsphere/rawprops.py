@@ -4,7 +4,9 @@ pyVmomi decodes a SOAP answer element by element in Python (an expat callback, a
 object per element): for `builder status` of 1,000 VMs, their whole `config.extraConfig` (a dozen and
 more entries each on a clone, many more on a real VM) is ~56,000 elements and most of the command's time.
 vSphere can filter a keyed array by path (`config.extraConfig["guestinfo.x"]`) but govmomi's simulator
-(0.24, what the tests run) cannot, so the whole array is asked for and only the wanted keys are kept here.
+(0.24, what the tests run) answers such a path with nothing (the VM comes back without the property), and
+`summary.config` carries no extraConfig; so the whole array is asked for, the OptionValue elements of
+other keys are cut from the answer before it is parsed, and only the wanted keys are kept.
 
 The request is pyVmomi's own serialisation, sent on the stub's connection with its session cookie and
 API version. The answer is read only as far as this module understands it: properties whose value is a
