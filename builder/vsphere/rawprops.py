@@ -71,10 +71,12 @@ def drop_options(body: bytes, keys: Collection[str]) -> bytes:
     """`body` without the OptionValue elements whose key is not one of `keys` (before parsing: a VM's
     extraConfig is mostly other keys, and building a tree of them costs more than reading the rest).
 
-    Exact, not a guess at XML: outside comments and CDATA (whose presence returns `body` unchanged), `<`
-    stands only for markup, and OptionValue elements do not nest (one that does, or a prefixed or
-    otherwise unexpected form, returns `body` unchanged too: the parser then reads all of it)."""
-    if b"<!--" in body or b"<![CDATA[" in body:
+    Exact, not a guess at XML: outside comments, CDATA and processing instructions (whose presence
+    returns `body` unchanged), `<` stands only for markup, and OptionValue elements do not nest (one that
+    does, or a prefixed or otherwise unexpected form, returns `body` unchanged too: the parser then reads
+    all of it)."""
+    prolog = body.find(b"?>") + 2 if body.startswith(b"<?xml") else 0
+    if b"<!--" in body or b"<![CDATA[" in body or body.find(b"<?", prolog) >= 0:
         return body
     wanted = {k.encode() for k in keys}
     kept: list[bytes] = []

@@ -166,6 +166,7 @@ def test_drop_options(body: bytes, kept: list[bytes]) -> None:
     [
         _array(_option("other", "x")) + b"<!-- <OptionValue> -->",
         _array(_option("other", "<![CDATA[</OptionValue>]]>")),
+        _array(_option("other", "x")) + b"<?pi <OptionValue ?>",
         _array(
             "<OptionValue><key>a</key><value><OptionValue><key>b</key></OptionValue></value></OptionValue>"
         ),
@@ -173,7 +174,7 @@ def test_drop_options(body: bytes, kept: list[bytes]) -> None:
         _array('<OptionValue><key xsi:type="xsd:string">other</key></OptionValue>'),
         _array("<OptionValue><key>other</key>"),
     ],
-    ids=["comment", "cdata", "nested", "other-element", "key-attribute", "unclosed"],
+    ids=["comment", "cdata", "pi", "nested", "other-element", "key-attribute", "unclosed"],
 )
 def test_drop_options_leaves_what_it_cannot_cut_exactly(body: bytes) -> None:
     assert rawprops.drop_options(body, KEYS) == body
