@@ -160,6 +160,7 @@ def build_context(spec: ImageSpec, now: datetime) -> dict[str, Any]:
         "k3s_version": spec.k3s.version,
         "azure_cli_version": spec.azure.cli_version,
         "azure_extensions": spec.azure.extensions.model_dump(),
+        "helm_version": spec.azure.helm.version,
         "firewall_profile": spec.firewall.profile.value,
         # The address ranges the firewall's trusted zone was built for (builder/topology.py).
         "k3s_network": topology.network_record(spec.k3s),

@@ -344,11 +344,22 @@ class AzureExtensions(_Model):
     k8s_configuration: SemVer
 
 
+class HelmSpec(_Model):
+    """The helm client baked for `az connectedk8s connect` (firstboot hands it over as HELM_CLIENT_PATH;
+    without it connectedk8s downloads one at first boot)."""
+
+    version: Annotated[str, Field(pattern=r"^v3\.\d+\.\d+$", description="exact helm release, e.g. v3.16.3")]
+    sha256: Sha256 = Field(
+        description="sha256 of helm-<version>-linux-amd64.tar.gz (get.helm.sh/<tarball>.sha256sum)"
+    )
+
+
 class AzureSpec(_Model):
-    """The Azure CLI baked into the image, pinned."""
+    """The Azure CLI baked into the image, pinned, and the helm its connectedk8s extension uses."""
 
     cli_version: SemVer
     extensions: AzureExtensions
+    helm: HelmSpec
 
 
 class ContentLibrary(_Model):

@@ -1,14 +1,20 @@
-"""Running the Azure CLI for the arc and flux steps: environment, secrets off argv, error classification.
+"""Running the Azure CLI for `az connectedk8s connect` (the one thing only az does: it installs the Arc
+agents with helm); everything else in Azure goes through the SDK (`firstboot.arm`).
 
 - `AZURE_CONFIG_DIR` is `/var/lib/arcbake/azure` (0700, root-only): the sign-in token cache lives there,
-  not in root's home. Extensions baked into the image are found through `AZURE_EXTENSION_DIR` when the
-  unit's environment sets it (it is passed through).
+  not in root's home. `HELM_CLIENT_PATH` and `KUBECTL_CLIENT_PATH` name the image's helm (baked, pinned,
+  sha256-verified) and K3s's kubectl: without them connectedk8s downloads helm from MCR into
+  `~/.azure/helm` and runs `az aks install-cli` (kubectl and kubelogin from the internet)
+  (Azure/azure-cli-extensions src/connectedk8s/azext_connectedk8s/_utils.py, `install_helm_client()` and
+  `install_kubectl_client()`: each returns the variable's value first). Extensions baked into the image
+  are found through `AZURE_EXTENSION_DIR` when the unit's environment sets it (it is passed through).
 - `login()` passes the service principal secret as `--password @FILE` (az reads the value from the file)
   and a certificate as `--certificate FILE`; the file is 0600 in the 0700 config dir and removed at once.
   Nothing secret is ever on argv (`subp` refuses it anyway) and every output is redacted.
 - `classify()` turns a failed az call into PermanentFailure (rejected credentials, unknown tenant,
   subscription or resource group, missing permission or provider registration, a missing extension, usage
-  errors) or TransientFailure (timeouts, throttling, 5xx, network), each with a remedy.
+  errors) or TransientFailure (timeouts, throttling, 5xx, network), each with a remedy. `firstboot.arm`
+  classifies the SDK's errors with the same `PERMANENT` rules.
 """
 
 from __future__ import annotations
@@ -18,8 +24,7 @@ import json
 import logging
 import os
 import re
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,11 +50,11 @@ SYSTEM_CA_BUNDLE = "/etc/pki/tls/certs/ca-bundle.crt"
 # Exit code of `az ... show` for a resource that does not exist.
 EXIT_NOT_FOUND = 3
 DEFAULT_TIMEOUT = 180.0
+# The image's helm (templates/scripts/20-install-azure-cli.sh.j2) and K3s's kubectl (a link to k3s).
+HELM_PATH = "/usr/local/bin/helm"
+KUBECTL_PATH = "/usr/local/bin/kubectl"
 
-# provisioningState values of a resource that an earlier (interrupted) run is still creating.
-IN_PROGRESS = frozenset({"creating", "accepted", "provisioning", "updating", "running", "pending"})
-SETTLE_POLL_SECONDS = 1.0
-# (config dir, tenant, client) signed in by this process: the flux step reuses the arc step's sign-in.
+# (config dir, tenant, client) signed in by this process (a retried connect signs in once).
 _SIGNED_IN: set[tuple[str, str, str]] = set()
 
 REMEDY_REDEPLOY = "fix the fleet file's secrets and run `builder deploy` again, then `firstboot run`"
@@ -145,7 +150,8 @@ def config_dir(ctx: Context) -> Path:
 
 
 def environment(ctx: Context) -> dict[str, str]:
-    """The child environment for az: the context's (proxy, PATH) plus the config dir, no telemetry.
+    """The child environment for az: the context's (proxy, PATH) plus the config dir, the local helm and
+    kubectl (nothing downloaded), no telemetry.
 
     With a proxy CA in the config, az (Python requests, which trusts certifi's bundle, not the system's)
     gets `REQUESTS_CA_BUNDLE` pointing at the system bundle the proxy step's `update-ca-trust` rebuilt.
@@ -153,6 +159,8 @@ def environment(ctx: Context) -> dict[str, str]:
     env = dict(ctx.env)
     env.update(
         AZURE_CONFIG_DIR=str(config_dir(ctx)),
+        HELM_CLIENT_PATH=str(ctx.path(HELM_PATH)),
+        KUBECTL_CLIENT_PATH=str(ctx.path(KUBECTL_PATH)),
         AZURE_CORE_COLLECT_TELEMETRY="false",
         AZURE_CORE_NO_COLOR="true",
         AZURE_CORE_SURVEY_MESSAGE="false",
@@ -286,22 +294,3 @@ def login(ctx: Context, arc: ArcConfig) -> None:
         result = run(ctx, [*args, "--tenant", arc.tenant_id], description="az login")
     check_ok(result, "az login --service-principal")
     _SIGNED_IN.add(key)
-
-
-def wait_settled(
-    ctx: Context, show: Callable[[], dict[str, Any] | None], what: str, timeout: float
-) -> dict[str, Any] | None:
-    """`show()` until the resource is absent or no longer in progress (an interrupted run's az may still be
-    creating it: its result is waited for, never created twice). TransientFailure at the timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = show()
-        state = str((doc or {}).get("provisioningState", "")).lower()
-        if doc is None or state not in IN_PROGRESS:
-            return doc
-        ctx.progress(f"{what} is being created by an earlier run (provisioningState {state}); waiting")
-        if time.monotonic() >= deadline or ctx.cancel.wait(SETTLE_POLL_SECONDS * ctx.time_scale):
-            raise TransientFailure(
-                f"{what} is still being created (provisioningState {doc.get('provisioningState')})",
-                "wait: the next attempt checks again",
-            )

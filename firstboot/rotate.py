@@ -5,8 +5,9 @@ its metadata step takes the newest generation too). Order matters, so a bad set 
 
 1. read `guestinfo.arcbake.secrets`; nothing there, or a generation not newer than the one held: done
    (the key is overwritten with `---` either way, as the metadata step does);
-2. on the server that onboarded the cluster: sign in to Azure with the new service principal material
-   (`azcli.login`, as the arc step does); rejected credentials fail here, with the old set in force;
+2. on the server that onboarded the cluster: sign in to Entra ID with the new service principal material
+   (`arm.sign_in`: a Resource Manager token through the Azure SDK, no az process); rejected credentials
+   fail here, with the old set in force;
 3. replace each Flux configuration's Git credentials Secret in the cluster (kubernetes client);
 4. take the set (`secretstore.accept`: 0600, bound to the instance id, the old values overwritten) and
    retire its values again (onboarding is done: only the generation is kept);
@@ -57,14 +58,14 @@ def _ready_nodes(ctx: Context) -> list[str] | None:
 
 def _apply(ctx: Context) -> None:
     """Steps 2 and 3 for the new set in `ctx.secrets` (StepFailure when it is refused)."""
-    from firstboot import azcli
+    from firstboot import arm
     from firstboot.steps import flux
 
     config = ctx.require_config()
     if not config.onboards_cluster or config.arc is None:
         return
     # Rejected material (AADSTS...) fails here, before anything is replaced.
-    azcli.login(ctx, config.arc)
+    arm.sign_in(ctx)
     secrets = ctx.secrets
     for cfg in config.flux.configurations:
         cred = secrets.git.get(cfg.name) if secrets is not None else None

@@ -281,8 +281,12 @@ def check_flux_extension(ctx: Context) -> CheckResult:
     config = ctx.require_config()
     if config.arc is None or not config.onboards_cluster or not config.flux.configurations:
         return CheckResult(True, "no Flux on this node")
+    from firstboot import arm
+
     try:
         ext = flux.extension_state(ctx, config.arc)
+    except arm.NoCredentials as exc:
+        return arm.inconclusive(exc, "the Flux extension")
     except StepFailure as exc:
         return CheckResult(False, f"Flux extension unreadable: {exc.message}", exc.remedy)
     if ext is None:

@@ -1,19 +1,23 @@
 """arc: connect the K3s cluster to Azure Arc, once, and wait for the Arc agents.
 
-1. `az login --service-principal` (secret as `@FILE`, or `--certificate FILE`), `az account set`.
-2. `az connectedk8s show` first: a cluster that is already connected is not connected twice (a re-run after
-   a crash or reboot); one still being created by an earlier, interrupted run is waited for (transient).
-   "Already connected" means this cluster's own Arc agents record that resource (`firstboot.arcowner`);
-   a resource of that name without them belongs to another cluster (a stale one of a deleted clone) and
-   fails at once with a remedy, as `az connectedk8s connect` would refuse it.
-3. `az connectedk8s connect --kube-config /etc/rancher/k3s/k3s.yaml --distribution k3s --infrastructure
+1. The connected cluster is read through Resource Manager with the Azure SDK (`firstboot.arm`): one that is
+   already connected is not connected twice (a re-run after a crash or reboot); one still being created by
+   an earlier, interrupted run is waited for (transient). "Already connected" means this cluster's own Arc
+   agents record that resource (`firstboot.arcowner`); a resource of that name without them belongs to
+   another cluster (a stale one of a deleted clone) and fails at once with a remedy, as `az connectedk8s
+   connect` would refuse it.
+2. Only when it is absent: `az login --service-principal` (secret as `@FILE`, or `--certificate FILE`) and
+   `az connectedk8s connect`, the one job only az does (it installs the agents with helm), with
+   `HELM_CLIENT_PATH` / `KUBECTL_CLIENT_PATH` naming the image's helm and K3s's kubectl, so nothing but the
+   agents is downloaded; both must exist:
+   `az connectedk8s connect --kube-config /etc/rancher/k3s/k3s.yaml --distribution k3s --infrastructure
    vsphere --onboarding-timeout N --tags k=v ...` plus `--proxy-https/--proxy-http/--proxy-skip-range/
    --proxy-cert` when a proxy is configured.
-4. Watch the `azure-arc` pods until all are Ready; the ones that are not are reported with the reason from
+3. Watch the `azure-arc` pods until all are Ready; the ones that are not are reported with the reason from
    their container statuses and events (certificate and DNS failures named as such).
 
 Rejected credentials, an unknown resource group or missing permissions fail at once (see
-`firstboot.azcli`); timeouts, throttling and 5xx are retried by the engine.
+`firstboot.azcli` and `firstboot.arm`); timeouts, throttling and 5xx are retried by the engine.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import time
 from typing import Any
 
-from firstboot import arcowner, azcli, kube, proxyenv
+from firstboot import arcowner, arm, azcli, kube, proxyenv
 from firstboot.contract import ArcConfig, OnboardingConfig
 from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -77,7 +81,7 @@ def connect_args(ctx: Context, config: OnboardingConfig) -> list[str]:
 
 
 def _cluster_ident(arc: ArcConfig) -> list[str]:
-    """The az arguments naming the connected cluster (`connect` and `show` must name the same one)."""
+    """The az arguments naming the connected cluster."""
     return [
         "--name",
         arc.cluster_name,
@@ -88,45 +92,47 @@ def _cluster_ident(arc: ArcConfig) -> list[str]:
     ]
 
 
-def show_cluster(ctx: Context, config: OnboardingConfig) -> dict[str, Any] | None:
-    """The connected cluster resource, or None when it does not exist."""
-    arc = azcli.require_arc(config)
-    result = azcli.run(
-        ctx,
-        ["connectedk8s", "show", *_cluster_ident(arc)],
-        description="az connectedk8s show",
-    )
-    if result.exit_code != 0 and azcli.is_not_found(result):
-        # Not found is also what a missing resource group looks like to some az releases: tell them apart.
-        if "ResourceGroupNotFound" in result.stderr:
-            raise azcli.classify(result, "az connectedk8s show")
-        return None
-    doc = azcli.check_ok(result, "az connectedk8s show")
-    return doc if isinstance(doc, dict) else {}
+def show_cluster(ctx: Context) -> dict[str, Any] | None:
+    """The connected cluster resource through Resource Manager (REST shape), None when it does not exist."""
+    return arm.session(ctx).cluster()
+
+
+def _local_clients(ctx: Context) -> None:
+    """The image's helm and K3s's kubectl must be there: connectedk8s would download them otherwise."""
+    for name, guest in (("helm", azcli.HELM_PATH), ("kubectl", azcli.KUBECTL_PATH)):
+        if not ctx.path(guest).exists():
+            raise PermanentFailure(
+                f"{guest} is missing: az connectedk8s connect would download {name} from the internet",
+                "the image must carry helm (azure.helm in the image spec) and K3s's kubectl link: rebuild "
+                "the template with `builder build`",
+            )
 
 
 def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
     """Connect unless already connected; returns what was done (for the log)."""
     arc = azcli.require_arc(config)
-    cluster = azcli.wait_settled(
+    cluster = arm.wait_settled(
         ctx,
-        lambda: show_cluster(ctx, config),
+        lambda: show_cluster(ctx),
         f"connected cluster {arc.cluster_name}",
         (arc.onboarding_timeout_seconds + CONNECT_MARGIN_SECONDS) * ctx.time_scale,
     )
     if cluster is not None:
-        state = str(cluster.get("provisioningState", "")).lower()
-        if state == "succeeded":
+        props = cluster.get("properties") or {}
+        if arm.provisioning_state(cluster) == "succeeded":
             # Connected, but by whom? Only this cluster's own Arc agents make it "already connected".
             stale = arcowner.conflict(ctx, arc)
             if stale is not None:
                 raise PermanentFailure(stale, arcowner.remedy(arc))
-            return f"already connected ({cluster.get('connectivityStatus', 'unknown')})"
+            return f"already connected ({props.get('connectivityStatus', 'unknown')})"
         raise PermanentFailure(
-            f"connected cluster {arc.cluster_name} exists in state {cluster.get('provisioningState')}",
+            f"connected cluster {arc.cluster_name} exists in state {props.get('provisioningState')}",
             f"delete it (`az connectedk8s delete -n {arc.cluster_name} -g {arc.resource_group}`), "
             "then `firstboot run`",
         )
+    _local_clients(ctx)
+    # az keeps its own sign-in: the one az process besides connect, and only when connecting.
+    azcli.login(ctx, arc)
     ctx.progress(f"az connectedk8s connect {arc.cluster_name} (up to {arc.onboarding_timeout_seconds} s)")
     timeout = (arc.onboarding_timeout_seconds + CONNECT_MARGIN_SECONDS) * ctx.time_scale
     result = azcli.run(
@@ -181,7 +187,6 @@ def run(ctx: Context) -> None:
         raise TransientFailure(
             f"{kubeconfig} is missing", "the k3s step must succeed first: `firstboot doctor`"
         )
-    azcli.login(ctx, arc)
     done = ensure_connected(ctx, config)
     LOG.info("arc: %s %s/%s", done, arc.resource_group, arc.cluster_name)
     started = time.monotonic()
@@ -190,19 +195,21 @@ def run(ctx: Context) -> None:
 
 
 def check(ctx: Context) -> CheckResult:
-    """Read-only: Arc resource connected (`az connectedk8s show`) and the azure-arc pods Ready."""
+    """Read-only: Arc resource connected (read through Resource Manager) and the azure-arc pods Ready."""
     config = ctx.require_config()
     if config.arc is None:
         return CheckResult(True, "no Arc onboarding (agent node)")
     try:
-        cluster = show_cluster(ctx, config)
+        cluster = show_cluster(ctx)
+    except arm.NoCredentials as exc:
+        return arm.inconclusive(exc, f"connected cluster {config.arc.cluster_name}")
     except (PermanentFailure, TransientFailure) as exc:
         return CheckResult(False, exc.message, exc.remedy)
     if cluster is None:
         return CheckResult(
             False, f"cluster {config.arc.cluster_name} is not connected to Arc", "run `firstboot run`"
         )
-    status = cluster.get("connectivityStatus")
+    status = (cluster.get("properties") or {}).get("connectivityStatus")
     try:
         with kube.client_from(ctx.path(kube.KUBECONFIG)) as api:
             core = client.CoreV1Api(api)

@@ -1,24 +1,32 @@
-"""flux: the Flux extension and the Flux configurations from metadata, each created once.
+"""flux: the Flux extension and the Flux configurations from metadata, each created once, through the SDK.
 
-1. `az k8s-extension show` / `create --extension-type microsoft.flux` (skipped when present; one still
-   being created by an interrupted run is waited for).
-2. Watch the `flux-system` pods until Ready (reasons named when they are not, as in the arc step).
-3. Per configuration of `flux.configurations`: `az k8s-configuration flux show`, and only when absent
-   `flux create` with `--url --branch --kustomization name=.. path=.. prune=.. depends_on=[..]`.
-   Git credentials never go on argv and never leave the node: they are written with the `kubernetes`
-   client into a Secret `<name>-git-auth` in the configuration's namespace (Flux's keys: `username` /
-   `password` for HTTPS, `identity` / `known_hosts` for SSH) and referenced with `--local-auth-ref`.
-4. Compliance: each configuration's `complianceState` until `Compliant` (bounded); `Non-Compliant` is
-   reported with Flux's message.
+1. The `microsoft.flux` cluster extension: read, and only when absent created (a PUT through
+   `azure-mgmt-kubernetesconfiguration-extensions`); one still being created by an interrupted run is
+   waited for.
+2. Watch the `flux-system` pods until Ready (reasons named when they are not, as in the arc step), then the
+   extension's provisioningState until Succeeded.
+3. The configurations: ONE list of the cluster's Flux configurations, then a PUT for each one of
+   `flux.configurations` that is absent, on a small bounded pool (`CREATE_WORKERS`): GitRepository with the
+   branch, kustomizations with path, prune, dependsOn and sync interval. Git credentials never leave the
+   node: they are written with the `kubernetes` client into a Secret `<name>-git-auth` in the
+   configuration's namespace (Flux's keys: `username` / `password` for HTTPS, `identity` / `known_hosts` for
+   SSH) and referenced as `gitRepository.localAuthRef`.
+4. Compliance: ONE list per poll round (soon at first, then every 5 s) until every configuration is
+   `Compliant` (bounded); `Non-Compliant` is reported with Flux's messages.
+
+Rejected credentials, missing permissions or an invalid request fail at once (`firstboot.arm.classify`);
+throttling, 5xx and conflicts are retried by the SDK and then by the engine.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from firstboot import azcli, kube
+from firstboot import arm, azcli, kube
 from firstboot.contract import ArcConfig, FluxConfiguration, GitCredential, OnboardingConfig
 from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -36,90 +44,80 @@ META = StepMeta(
 )
 
 EXTENSION_NAME = "flux"
+EXTENSION_TYPE = "microsoft.flux"
 NAMESPACE = "flux-system"
-CLUSTER_TYPE = "connectedClusters"
 EXTENSION_TIMEOUT = 1200.0
 PODS_TIMEOUT = 600.0
 COMPLIANCE_TIMEOUT = 600.0
-POLL_SECONDS = 5.0
-POLL_FIRST_SECONDS = 0.5
+PROGRESS_SECONDS = 30.0
+# Concurrent PUTs of Flux configurations: enough to overlap Resource Manager's latency, few enough to stay
+# clear of its per-principal write throttling (1,200 writes per hour per subscription and principal).
+CREATE_WORKERS = 4
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
-def _cluster_args(arc: ArcConfig) -> list[str]:
-    return [
-        "--cluster-name",
-        arc.cluster_name,
-        "--resource-group",
-        arc.resource_group,
-        "--cluster-type",
-        CLUSTER_TYPE,
-        "--subscription",
-        arc.subscription_id,
-    ]
+def _delete_hint(arc_name: str, resource_group: str, what: str) -> str:
+    return f"delete {what} in the Azure portal or with az ({resource_group}/{arc_name}), then `firstboot run`"
 
 
-def _show(ctx: Context, args: list[str], what: str) -> dict[str, Any] | None:
-    result = azcli.run(ctx, args, description=what)
-    if result.exit_code != 0 and azcli.is_not_found(result) and "connectedClusters/" not in result.stderr:
-        return None
-    doc = azcli.check_ok(result, what)
-    return doc if isinstance(doc, dict) else {}
+def _settled(resource: dict[str, Any], what: str, hint: str) -> None:
+    """Nothing when the resource succeeded or is still in progress; PermanentFailure when it failed."""
+    state = arm.provisioning_state(resource)
+    if state in ("succeeded", "") or state in arm.IN_PROGRESS:
+        return
+    props = resource.get("properties") or {}
+    error = props.get("errorMessage") or ""
+    raise PermanentFailure(
+        f"{what} is in state {props.get('provisioningState')}" + (f": {error}" if error else ""), hint
+    )
 
 
 def extension_state(ctx: Context, arc: ArcConfig) -> dict[str, Any] | None:
-    """The microsoft.flux extension resource of the cluster (None when it does not exist); read-only,
-    shared by the step's check and doctor's flux-extension line."""
-    return _show(
-        ctx,
-        ["k8s-extension", "show", "--name", EXTENSION_NAME, *_cluster_args(arc)],
-        "az k8s-extension show",
-    )
+    """The microsoft.flux extension's properties (provisioningState, errorMessage, statuses, version), None
+    when it does not exist; read-only, shared by the step's check and doctor's flux-extension line."""
+    del arc  # the session is the config's (arc is its section): kept for doctor's call
+    doc = arm.session(ctx).extension(EXTENSION_NAME)
+    return None if doc is None else dict(doc.get("properties") or {})
 
 
-def _settled(resource: dict[str, Any], what: str, delete_hint: str) -> bool:
-    """True when the resource succeeded; PermanentFailure when it failed (in progress: see wait_settled)."""
-    state = str(resource.get("provisioningState", "")).lower()
-    if state == "succeeded" or state in azcli.IN_PROGRESS:
-        return True
-    error = resource.get("errorMessage")
-    raise PermanentFailure(
-        f"{what} is in state {resource.get('provisioningState')}" + (f": {error}" if error else ""),
-        f"delete it (`{delete_hint}`), then `firstboot run`",
-    )
+def _extension_body(config: OnboardingConfig) -> dict[str, Any]:
+    props: dict[str, Any] = {"extensionType": EXTENSION_TYPE, "autoUpgradeMinorVersion": True}
+    if config.flux.extension_version:
+        props.update(version=config.flux.extension_version, autoUpgradeMinorVersion=False)
+    return {"properties": props}
 
 
-def ensure_extension(ctx: Context, config: OnboardingConfig) -> str:
+def ensure_extension(ctx: Context, session: arm.ArmSession, config: OnboardingConfig) -> str:
     """Create the microsoft.flux extension unless it exists; returns what was done."""
     arc = azcli.require_arc(config)
-    base = ["k8s-extension"]
-    ident = ["--name", EXTENSION_NAME, *_cluster_args(arc)]
-    existing = azcli.wait_settled(
+    hint = _delete_hint(arc.cluster_name, arc.resource_group, f"the extension {EXTENSION_NAME}")
+    existing = arm.wait_settled(
         ctx,
-        lambda: _show(ctx, [*base, "show", *ident], "az k8s-extension show"),
+        lambda: session.extension(EXTENSION_NAME),
         "the Flux extension",
         EXTENSION_TIMEOUT * ctx.time_scale,
     )
-    delete = f"az k8s-extension delete --name {EXTENSION_NAME} " + " ".join(_cluster_args(arc))
     if existing is not None:
-        _settled(existing, "the Flux extension", delete)
+        _settled(existing, "the Flux extension", hint)
         return "extension present"
-    args = [*base, "create", *ident, "--extension-type", "microsoft.flux"]
-    if config.flux.extension_version:
-        args += ["--version", config.flux.extension_version, "--auto-upgrade-minor-version", "false"]
-    ctx.progress("az k8s-extension create microsoft.flux")
-    result = azcli.run(
-        ctx,
-        args,
-        timeout=EXTENSION_TIMEOUT * ctx.time_scale,
-        description="az k8s-extension create",
-        detach_as="k8s-extension-create",
-    )
-    if result.exit_code != 0 and "already exists" in result.stderr.lower():
-        return "extension present (created by an earlier run)"
-    created = azcli.check_ok(result, "az k8s-extension create")
-    if isinstance(created, dict):
-        _settled(created, "the Flux extension", delete)
+    ctx.progress(f"creating the {EXTENSION_TYPE} extension")
+    _settled(session.create_extension(EXTENSION_NAME, _extension_body(config)), "the Flux extension", hint)
     return "extension created"
+
+
+def extension_succeeded(ctx: Context, session: arm.ArmSession, config: OnboardingConfig) -> None:
+    """Wait until the extension's provisioningState is Succeeded (its pods are Ready by now)."""
+    arc = azcli.require_arc(config)
+    hint = _delete_hint(arc.cluster_name, arc.resource_group, f"the extension {EXTENSION_NAME}")
+    doc = arm.wait_settled(
+        ctx,
+        lambda: session.extension(EXTENSION_NAME),
+        "the Flux extension",
+        EXTENSION_TIMEOUT * ctx.time_scale,
+    )
+    if doc is None:
+        raise TransientFailure("the Flux extension disappeared", "run `firstboot run` again")
+    _settled(doc, "the Flux extension", hint)
 
 
 def secret_name(cfg: FluxConfiguration) -> str:
@@ -181,118 +179,142 @@ def _ensure_namespace(core: client.CoreV1Api, namespace: str) -> None:
             raise
 
 
-def create_args(arc: ArcConfig, cfg: FluxConfiguration, local_ref: str | None) -> list[str]:
-    """argv (after `az`) of `k8s-configuration flux create` for one configuration; no secret in it."""
-    args = [
-        "k8s-configuration",
-        "flux",
-        "create",
-        "--name",
-        cfg.name,
-        *_cluster_args(arc),
-        "--namespace",
-        cfg.namespace,
-        "--scope",
-        cfg.scope,
-        "--url",
-        cfg.url,
-        "--branch",
-        cfg.branch,
-    ]
-    for k in cfg.kustomizations:
-        spec = [f"name={k.name}", f"path={k.path}", f"prune={str(k.prune).lower()}"]
-        if k.depends_on:
-            spec.append("depends_on=[" + ",".join(f'"{d}"' for d in k.depends_on) + "]")
-        if k.sync_interval:
-            spec.append(f"sync_interval={k.sync_interval}")
-        args += ["--kustomization", *spec]
+def sync_seconds(value: str) -> int:
+    """A Flux interval (`10m`, `1h30m`, `45s`, or plain seconds) in seconds, as Resource Manager takes it."""
+    if value.isdigit():
+        return int(value)
+    match = _DURATION.match(value)
+    if not value or match is None:
+        raise PermanentFailure(
+            f"flux sync_interval {value!r} is not a duration like 10m, 1h30m or 45s",
+            "fix the kustomization's sync_interval in the fleet file",
+        )
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def configuration_body(cfg: FluxConfiguration, local_ref: str | None) -> dict[str, Any]:
+    """The Resource Manager body of one Flux configuration (fluxConfigurations 2025-04-01); no secret."""
+    git: dict[str, Any] = {"url": cfg.url, "repositoryRef": {"branch": cfg.branch}}
     if local_ref:
-        args += ["--local-auth-ref", local_ref]
-    return args
+        git["localAuthRef"] = local_ref
+    kustomizations: dict[str, Any] = {}
+    for k in cfg.kustomizations:
+        entry: dict[str, Any] = {"path": k.path, "prune": k.prune, "dependsOn": list(k.depends_on)}
+        if k.sync_interval:
+            entry["syncIntervalInSeconds"] = sync_seconds(k.sync_interval)
+        kustomizations[k.name] = entry
+    return {
+        "properties": {
+            "scope": cfg.scope,
+            "namespace": cfg.namespace,
+            "sourceKind": "GitRepository",
+            "gitRepository": git,
+            "kustomizations": kustomizations,
+        }
+    }
 
 
-def _show_config(ctx: Context, arc: ArcConfig, cfg: FluxConfiguration) -> dict[str, Any] | None:
-    args = ["k8s-configuration", "flux", "show", "--name", cfg.name, *_cluster_args(arc)]
-    return _show(ctx, args, f"az k8s-configuration flux show {cfg.name}")
-
-
-def ensure_configuration(ctx: Context, config: OnboardingConfig, cfg: FluxConfiguration) -> str:
-    """Create one Flux configuration unless it exists."""
-    arc = azcli.require_arc(config)
-    delete = f"az k8s-configuration flux delete --name {cfg.name} " + " ".join(_cluster_args(arc))
-    existing = azcli.wait_settled(
-        ctx,
-        lambda: _show_config(ctx, arc, cfg),
-        f"Flux configuration {cfg.name}",
-        EXTENSION_TIMEOUT * ctx.time_scale,
-    )
-    if existing is not None:
-        _settled(existing, f"Flux configuration {cfg.name}", delete)
-        return "present"
+def _create(ctx: Context, session: arm.ArmSession, cfg: FluxConfiguration) -> None:
     cred = ctx.secrets.git.get(cfg.name) if ctx.secrets else None
     local_ref = write_git_secret(ctx, cfg, cred) if cred else None
-    ctx.progress(f"az k8s-configuration flux create {cfg.name}")
-    result = azcli.run(
-        ctx,
-        create_args(arc, cfg, local_ref),
-        timeout=EXTENSION_TIMEOUT * ctx.time_scale,
-        description="az flux create",
-        detach_as=f"flux-create-{cfg.name}",
-    )
-    if result.exit_code != 0 and "already exists" in result.stderr.lower():
-        return "present (created by an earlier run)"
-    created = azcli.check_ok(result, f"az k8s-configuration flux create {cfg.name}")
-    if isinstance(created, dict):
-        _settled(created, f"Flux configuration {cfg.name}", delete)
-    return "created"
+    created = session.create_configuration(cfg.name, configuration_body(cfg, local_ref))
+    arc = session.arc
+    hint = _delete_hint(arc.cluster_name, arc.resource_group, f"the Flux configuration {cfg.name}")
+    _settled(created, f"Flux configuration {cfg.name}", hint)
+
+
+def ensure_configurations(ctx: Context, session: arm.ArmSession, config: OnboardingConfig) -> list[str]:
+    """Create the configurations that do not exist (one list, then PUTs on the pool); the created names."""
+    existing = session.configurations()
+    arc = session.arc
+    todo = []
+    for cfg in config.flux.configurations:
+        doc = existing.get(cfg.name)
+        if doc is None:
+            todo.append(cfg)
+        else:
+            hint = _delete_hint(arc.cluster_name, arc.resource_group, f"the Flux configuration {cfg.name}")
+            _settled(doc, f"Flux configuration {cfg.name}", hint)
+    if todo:
+        ctx.progress(f"creating {len(todo)} Flux configuration(s)")
+        with ThreadPoolExecutor(
+            max_workers=min(CREATE_WORKERS, len(todo)), thread_name_prefix="flux"
+        ) as pool:
+            # list() re-raises the first failure once every PUT has finished.
+            list(pool.map(lambda cfg: _create(ctx, session, cfg), todo))
+    return [c.name for c in todo]
+
+
+def _props(doc: dict[str, Any]) -> dict[str, Any]:
+    props: dict[str, Any] = doc.get("properties") or {}
+    return props
 
 
 def _compliance_problem(doc: dict[str, Any]) -> str:
-    messages = [doc.get("errorMessage") or ""]
-    for status in doc.get("statuses") or []:
+    props = _props(doc)
+    messages = [props.get("errorMessage") or ""]
+    for status in props.get("statuses") or []:
         if status.get("complianceState") not in (None, "Compliant"):
             conds = status.get("statusConditions") or []
             messages += [f"{status.get('kind')}/{status.get('name')}: {c.get('message')}" for c in conds]
     return "; ".join(m for m in dict.fromkeys(messages) if m) or "no message"
 
 
-def wait_compliant(ctx: Context, config: OnboardingConfig) -> None:
-    """Poll each configuration's complianceState until Compliant; fail on Non-Compliant or a timeout."""
-    arc = azcli.require_arc(config)
-    pending = list(config.flux.configurations)
+def _round(session: arm.ArmSession, config: OnboardingConfig) -> dict[str, str]:
+    """One poll round: one list; the state of each configured configuration (PermanentFailure on a failed
+    one, TransientFailure on a missing or Non-Compliant one)."""
+    docs = session.configurations()
+    arc = session.arc
+    states: dict[str, str] = {}
+    bad: dict[str, dict[str, Any]] = {}
+    for cfg in config.flux.configurations:
+        doc = docs.get(cfg.name)
+        if doc is None:
+            raise TransientFailure(f"Flux configuration {cfg.name} disappeared", "run `firstboot run` again")
+        hint = _delete_hint(arc.cluster_name, arc.resource_group, f"the Flux configuration {cfg.name}")
+        _settled(doc, f"Flux configuration {cfg.name}", hint)
+        state = str(_props(doc).get("complianceState") or "Unknown")
+        if arm.provisioning_state(doc) != "succeeded":
+            state = "Pending"
+        states[cfg.name] = state
+        if state == "Non-Compliant":
+            bad[cfg.name] = doc
+    if bad:
+        detail = "; ".join(f"{n}: {_compliance_problem(d)}" for n, d in bad.items())
+        raise TransientFailure(
+            f"Flux configuration(s) Non-Compliant: {detail}",
+            "check the repository URL, branch, paths and credentials (`kubectl -n flux-system get "
+            "gitrepositories,kustomizations`)",
+        )
+    return states
+
+
+def wait_compliant(ctx: Context, session: arm.ArmSession, config: OnboardingConfig) -> None:
+    """List the configurations once per round until all are Compliant; fail on Non-Compliant or a timeout."""
     deadline = time.monotonic() + COMPLIANCE_TIMEOUT * ctx.time_scale
-    polls = 0
-    while True:
-        states: dict[str, dict[str, Any]] = {}
-        for cfg in pending:
-            doc = _show_config(ctx, arc, cfg)
-            if doc is None:
-                raise TransientFailure(
-                    f"Flux configuration {cfg.name} disappeared", "run `firstboot run` again"
-                )
-            states[cfg.name] = doc
-        bad = {n: d for n, d in states.items() if d.get("complianceState") == "Non-Compliant"}
-        if bad:
-            detail = "; ".join(f"{n}: {_compliance_problem(d)}" for n, d in bad.items())
-            raise TransientFailure(
-                f"Flux configuration(s) Non-Compliant: {detail}",
-                "check the repository URL, branch, paths and credentials (`kubectl -n flux-system get "
-                "gitrepositories,kustomizations`)",
-            )
-        pending = [c for c in pending if states[c.name].get("complianceState") != "Compliant"]
+    said, said_at = "", 0.0
+    for interval in arm.poll_intervals(ctx):
+        states = _round(session, config)
+        pending = {n: s for n, s in states.items() if s != "Compliant"}
         if not pending:
             return
-        ctx.progress(f"waiting for Flux compliance: {', '.join(c.name for c in pending)}")
-        # Azure has no watch for compliance: poll, soon at first (Flux often reconciles in seconds), then
-        # less often.
-        interval = min(POLL_SECONDS, POLL_FIRST_SECONDS * 2 ** (polls // 2)) * ctx.time_scale
-        polls += 1
+        line = f"waiting for Flux compliance of {len(pending)} configuration(s): {_names(pending)}"
+        # Polls come every 0.2 s at first: say it when it changes, or every PROGRESS_SECONDS.
+        if line != said or time.monotonic() - said_at >= PROGRESS_SECONDS:
+            ctx.progress(line)
+            said, said_at = line, time.monotonic()
         if time.monotonic() >= deadline or ctx.cancel.wait(interval):
-            names = ", ".join(f"{c.name} ({states[c.name].get('complianceState')})" for c in pending)
-            raise TransientFailure(
-                f"Flux configuration(s) not yet Compliant: {names}",
-                "check `kubectl -n flux-system get gitrepositories,kustomizations`",
-            )
+            break
+    raise TransientFailure(
+        f"Flux configuration(s) not yet Compliant: {_names(pending)}",
+        "check `kubectl -n flux-system get gitrepositories,kustomizations`",
+    )
+
+
+def _names(states: dict[str, str], most: int = 10) -> str:
+    shown = ", ".join(f"{n} ({s})" for n, s in list(states.items())[:most])
+    return shown + (f" and {len(states) - most} more" if len(states) > most else "")
 
 
 def run(ctx: Context) -> None:
@@ -302,39 +324,49 @@ def run(ctx: Context) -> None:
         LOG.info("flux: no configurations in the metadata; nothing to do")
         return
     kube.prewarm()
-    azcli.login(ctx, azcli.require_arc(config))
-    LOG.info("flux: %s", ensure_extension(ctx, config))
+    session = arm.session(ctx)
+    LOG.info("flux: %s", ensure_extension(ctx, session, config))
     wait_pods(ctx, NAMESPACE, PODS_TIMEOUT * ctx.time_scale, "Flux controllers")
-    for cfg in config.flux.configurations:
-        LOG.info("flux: configuration %s %s", cfg.name, ensure_configuration(ctx, config, cfg))
-    wait_compliant(ctx, config)
+    extension_succeeded(ctx, session, config)
+    created = ensure_configurations(ctx, session, config)
+    LOG.info(
+        "flux: %d configuration(s) created, %d present",
+        len(created),
+        len(config.flux.configurations) - len(created),
+    )
+    wait_compliant(ctx, session, config)
 
 
 def check(ctx: Context) -> CheckResult:
-    """Read-only: the extension, the flux-system pods and each configuration's compliance."""
+    """Read-only: the extension and the compliance of every configuration (one list)."""
     config = ctx.require_config()
     if config.arc is None or not config.flux.configurations:
         return CheckResult(True, "no Flux configurations")
-    arc = config.arc
     try:
-        ext = extension_state(ctx, arc)
+        ext = extension_state(ctx, config.arc)
         if ext is None or str(ext.get("provisioningState")).lower() != "succeeded":
             state = "missing" if ext is None else ext.get("provisioningState")
             return CheckResult(False, f"Flux extension {state}", "run `firstboot run`")
-        states = {cfg.name: _show_config(ctx, arc, cfg) for cfg in config.flux.configurations}
+        docs = arm.session(ctx).configurations()
+    except arm.NoCredentials as exc:
+        return arm.inconclusive(exc, "the Flux extension and configurations")
     except (PermanentFailure, TransientFailure) as exc:
         return CheckResult(False, exc.message, exc.remedy)
-    missing = [n for n, d in states.items() if d is None]
+    missing = [c.name for c in config.flux.configurations if c.name not in docs]
     if missing:
         return CheckResult(
             False, f"Flux configuration(s) missing: {', '.join(missing)}", "run `firstboot run`"
         )
-    bad = {n: d for n, d in states.items() if d and d.get("complianceState") != "Compliant"}
+    bad = {
+        c.name: docs[c.name]
+        for c in config.flux.configurations
+        if _props(docs[c.name]).get("complianceState") != "Compliant"
+    }
     if bad:
         detail = "; ".join(
-            f"{n}: {d.get('complianceState')} ({_compliance_problem(d)})" for n, d in bad.items()
+            f"{n}: {_props(d).get('complianceState')} ({_compliance_problem(d)})" for n, d in bad.items()
         )
         return CheckResult(
             False, f"Flux not compliant: {detail}", "check `kubectl -n flux-system get kustomizations`"
         )
-    return CheckResult(True, f"Flux extension installed, {len(states)} configuration(s) Compliant")
+    return CheckResult(True, f"Flux extension installed, {len(docs)} configuration(s) Compliant")

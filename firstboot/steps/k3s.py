@@ -33,7 +33,7 @@ import dns.exception
 import dns.resolver
 import yaml
 
-from firstboot import kube, subp
+from firstboot import arm, kube, subp
 from firstboot.contract import OnboardingConfig, Role
 from firstboot.fsutil import atomic_write, private_dir
 from firstboot.kube import client
@@ -311,6 +311,8 @@ def run(ctx: Context) -> None:
     config = ctx.require_config()
     unit = unit_name(config)
     kube.prewarm()
+    if config.arc is not None:
+        arm.prewarm()  # the Azure SDK imports overlap K3s starting (the arc step needs them next)
     try:
         reload = _write_config(ctx, config)
     except OSError as exc:

@@ -33,6 +33,7 @@ azure:
     connectedk8s: 1.10.5
     k8s_extension: 1.6.3
     k8s_configuration: 2.2.0
+  helm: {{version: v3.16.3, sha256: {SHA_A}}}
 build:
   communicator: none
 """

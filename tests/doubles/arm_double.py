@@ -62,6 +62,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -111,6 +112,7 @@ class Fault:
     retry_after: int | None = None
     code: str = ""
     delay: float = 0.0
+    message: str = ""
     used: int = 0
 
     def body(self) -> JSON:
@@ -120,7 +122,7 @@ class Fault:
             409: "Conflict",
             500: "InternalServerError",
         }.get(self.status, "ServiceUnavailable")
-        return {"error": {"code": code, "message": f"injected fault {self.status} {code}"}}
+        return {"error": {"code": code, "message": self.message or f"injected fault {self.status} {code}"}}
 
 
 @dataclass
@@ -143,11 +145,16 @@ class ArmConfig:
     resource_groups: set[str] = field(default_factory=set)  # empty: any resource group
     location: str = "westeurope"
     lro_seconds: float = 0.0  # how long every operation stays InProgress
+    # ... per resource type ("connectedclusters", "extensions", "fluxconfigurations"), overriding lro_seconds
+    lro_type_seconds: dict[str, float] = field(default_factory=dict)
     lro_result: str = "Succeeded"
     retry_after: int | None = None  # Retry-After of operation responses (None: the client's own interval)
     compliance: dict[str, Compliance] = field(default_factory=dict)  # per Flux configuration name
     default_compliance: Compliance = field(default_factory=Compliance)
     faults: list[Fault] = field(default_factory=list)
+    # Called (in the server thread) with each resource whose create or update has just succeeded: a world
+    # makes the Flux controllers' pods appear when the extension is installed.
+    on_created: Callable[[JSON], None] | None = None
 
     @classmethod
     def from_mapping(cls, doc: JSON) -> ArmConfig:
@@ -158,6 +165,7 @@ class ArmConfig:
             subscriptions=set(doc.get("subscriptions") or ()),
             resource_groups=set(doc.get("resource_groups") or ()),
             lro_seconds=float(doc.get("lro_seconds", 0.0)),
+            lro_type_seconds={k.lower(): float(v) for k, v in (doc.get("lro_type_seconds") or {}).items()},
             lro_result=str(doc.get("lro_result", "Succeeded")),
             retry_after=doc.get("retry_after"),
             compliance={k: Compliance(**v) for k, v in (doc.get("compliance") or {}).items()},
@@ -219,10 +227,11 @@ class ArmState:
         self.config = config
         self.lock = threading.RLock()
         self.resources: dict[str, JSON] = {}  # lower-cased id -> resource document
-        self.created_at: dict[str, float] = {}
+        self.settled_at: dict[str, float] = {}  # when each resource's last write succeeded
         self.operations: dict[str, Operation] = {}
         self.tokens: dict[str, tuple[str, str, float]] = {}  # token -> (client, audience, expiry)
         self.requests: list[Logged] = []
+        self.hook_errors: list[str] = []  # what `on_created` raised (tests assert it stays empty)
         self.base_url = ""
 
     # -- operations ----------------------------------------------------------------------------------------
@@ -242,8 +251,14 @@ class ArmState:
                     doc["properties"]["provisioningState"] = "Failed"
             elif doc is not None:
                 doc["properties"]["provisioningState"] = op.result
+                self.settled_at[key] = now
                 if doc["type"] == TYPE_NAMES["connectedclusters"] and op.result == "Succeeded":
                     doc["properties"]["connectivityStatus"] = "Connected"
+                if op.result == "Succeeded" and self.config.on_created is not None:
+                    try:
+                        self.config.on_created(json.loads(json.dumps(doc)))
+                    except Exception as exc:  # noqa: BLE001 - a test's hook must not stop the double
+                        self.hook_errors.append(f"{type(exc).__name__}: {exc}")
 
     def running(self, resource_id: str) -> Operation | None:
         """The operation still running on a resource, if any."""
@@ -252,14 +267,11 @@ class ArmState:
                 return op
         return None
 
-    def start(self, resource_id: str, method: str) -> Operation:
-        """A new operation on `resource_id`, done after the configured `lro_seconds`."""
+    def start(self, resource_id: str, kind: str, method: str) -> Operation:
+        """A new operation on `resource_id`, done after the configured seconds for its type."""
+        seconds = self.config.lro_type_seconds.get(kind, self.config.lro_seconds)
         op = Operation(
-            uuid.uuid4().hex,
-            resource_id,
-            method,
-            time.monotonic() + self.config.lro_seconds,
-            self.config.lro_result,
+            uuid.uuid4().hex, resource_id, method, time.monotonic() + seconds, self.config.lro_result
         )
         self.operations[op.op_id] = op
         return op
@@ -282,12 +294,12 @@ class ArmState:
             doc["tags"] = tags or {}
             doc["properties"].setdefault("connectivityStatus", "Connected")
         self.resources[resource_id.lower()] = doc
-        self.created_at[resource_id.lower()] = time.monotonic()
+        self.settled_at[resource_id.lower()] = time.monotonic()
 
     def compliance(self, name: str, resource_id: str) -> Compliance | None:
         """The Flux configuration's compliance now (None while still Pending)."""
         rule = self.config.compliance.get(name, self.config.default_compliance)
-        started = self.created_at.get(resource_id.lower(), 0.0)
+        started = self.settled_at.get(resource_id.lower(), 0.0)
         return rule if time.monotonic() - started >= rule.after else None
 
 
@@ -532,7 +544,7 @@ class Handler(BaseHTTPRequestHandler):
             if method == "PUT":
                 return self._put(path, kind, name, body, version)
             if method == "DELETE":
-                return self._delete(path, version)
+                return self._delete(path, kind, version)
         raise ArmError(405, "MethodNotAllowed", f"{method} is not supported by the double on {kind}")
 
     def _scope(self, sub: str, rg: str) -> None:
@@ -657,26 +669,23 @@ class Handler(BaseHTTPRequestHandler):
             props["complianceState"] = "Pending"
             props["statuses"] = []
         self.state.resources[key] = doc
-        self.state.created_at.setdefault(key, time.monotonic())
-        op = self.state.start(path, "PUT")
-        if self.state.config.lro_seconds <= 0:
-            self.state.settle()
+        op = self.state.start(path, kind, "PUT")
+        self.state.settle()
         return (200 if existed else 201), self._view(doc), self._async_headers(op, version, False)
 
-    def _delete(self, path: str, version: str) -> tuple[int, JSON | None, dict[str, str]]:
+    def _delete(self, path: str, kind: str, version: str) -> tuple[int, JSON | None, dict[str, str]]:
         self._conflict(path)
         key = path.lower()
         doc = self.state.resources.get(key)
         if doc is None:
             return 204, None, {}
         doc["properties"]["provisioningState"] = "Deleting"
-        self.state.created_at.pop(key, None)
+        self.state.settled_at.pop(key, None)
         # Children go with their cluster (as ARM deletes the extension resources of a deleted cluster).
         for child in [k for k in self.state.resources if k.startswith(key + "/providers/")]:
             self.state.resources.pop(child)
-        op = self.state.start(path, "DELETE")
-        if self.state.config.lro_seconds <= 0:
-            self.state.settle()
+        op = self.state.start(path, kind, "DELETE")
+        self.state.settle()
         return 202, None, self._async_headers(op, version, True)
 
     def _operation(self, op_id: str, location: bool) -> tuple[int, JSON | None, dict[str, str]]:
@@ -837,6 +846,15 @@ class ArmDouble:
             target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
         )
         self.thread.start()
+        self._stopping = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        # Operations complete on their own schedule, whether or not anyone polls (hooks fire on time).
+        while not self._stopping.wait(0.05):
+            with self.state.lock:
+                self.state.settle()
 
     def requests(self, *, arm_only: bool = False) -> list[Logged]:
         """The request log (ARM only: without token and admin requests)."""
@@ -864,6 +882,8 @@ class ArmDouble:
 
     def close(self) -> None:
         """Stop serving and close the socket."""
+        self._stopping.set()
+        self._ticker.join(timeout=5)
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)

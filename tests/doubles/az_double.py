@@ -95,7 +95,22 @@ ALIASES: dict[str, dict[str, str]] = {
     },
 }
 # Environment variables recorded with each argv (never credentials: az takes none from the environment here).
-LOGGED_ENV = ("AZURE_CONFIG_DIR", "REQUESTS_CA_BUNDLE", "HTTPS_PROXY", "NO_PROXY")
+LOGGED_ENV = (
+    "AZURE_CONFIG_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "HELM_CLIENT_PATH",
+    "KUBECTL_CLIENT_PATH",
+)
+# What connectedk8s fetches when HELM_CLIENT_PATH / KUBECTL_CLIENT_PATH do not name a binary
+# (Azure/azure-cli-extensions src/connectedk8s/azext_connectedk8s/_utils.py: install_helm_client() pulls
+# helm from MCR with oras; install_kubectl_client() runs `az aks install-cli`, which fetches kubectl from
+# dl.k8s.io and kubelogin from GitHub).
+CLIENT_DOWNLOADS = {
+    "HELM_CLIENT_PATH": ("helm", ["mcr.microsoft.com:443"]),
+    "KUBECTL_CLIENT_PATH": ("kubectl", ["dl.k8s.io:443", "github.com:443"]),
+}
 PARAMS = Path(__file__).resolve().parent / "data" / "az_connectedk8s_params.json"
 GLOBAL_FLAGS = {"--only-show-errors", "--debug", "--verbose", "--yes", "-y", "--no-wait"}
 
@@ -497,6 +512,10 @@ def _connect(d: Double, opts: dict[str, list[str]], name: str, rg: str, sub: str
         raise AzError(1, f"Problem loading the kubeconfig file: [Errno 2] No such file: '{kubeconfig}'")
     if Path(kubeconfig).stat().st_mode & 0o077:
         raise AzError(1, f"Kubernetes configuration file is group-readable or world-readable: {kubeconfig}")
+    for variable, (client, hosts) in CLIENT_DOWNLOADS.items():
+        path = d.env.get(variable)
+        if not path or not Path(path).is_file():
+            _download(d, client, hosts)
     existing = d.peek().get("clusters", {}).get(key)
     server = _kube_server(kubeconfig)
     record = _kube_request(server, CLUSTERCONFIG)
@@ -545,6 +564,7 @@ def _connect(d: Double, opts: dict[str, list[str]], name: str, rg: str, sub: str
     }
     with d.state() as doc:
         doc.setdefault("clusters", {})[key] = cluster
+    _put_arm(d, cluster)
     print("This operation might take a while...", file=sys.stderr, flush=True)
     d.sleep("connectedk8s connect")
     record_doc = {
@@ -556,7 +576,68 @@ def _connect(d: Double, opts: dict[str, list[str]], name: str, rg: str, sub: str
     with d.state() as doc:
         doc["clusters"][key]["provisioningState"] = "Succeeded"
         result = {k: v for k, v in doc["clusters"][key].items() if not k.startswith("_")}
+    _put_arm(d, result)
     return result
+
+
+def _download(d: Double, client: str, hosts: list[str]) -> None:
+    """What connectedk8s does without a local client: reach the download hosts (through HTTPS_PROXY when
+    set, as requests would), so a proxy's CONNECT log shows it. Fails like the real one when unreachable."""
+    import socket
+    import urllib.parse
+
+    print(f"Downloading {client} client for first time. This can take few minutes...", file=sys.stderr)
+    proxy = d.env.get("HTTPS_PROXY") or d.env.get("https_proxy")
+    for target in hosts:
+        try:
+            if proxy:
+                parts = urllib.parse.urlsplit(proxy)
+                with socket.create_connection((parts.hostname or "", parts.port or 3128), timeout=5) as sock:
+                    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                    answer = sock.recv(200).decode("latin-1").split("\r\n", 1)[0]
+                if " 200 " not in answer + " ":
+                    raise OSError(f"proxy answered {answer!r}")
+            else:
+                host, _, port = target.rpartition(":")
+                socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as exc:
+            raise AzError(1, f"Failed to download {client} client: {exc}") from exc
+
+
+def _put_arm(d: Double, cluster: JSON) -> None:
+    """The connected cluster as connect PUTs it into Resource Manager: into the ARM double (tests/doubles/
+    arm_double.py, `POST /_double/resources`) when the config names it (`arm_url`, `arm_ca`)."""
+    url = d.config.get("arm_url")
+    if not url:
+        return
+    import ssl
+    import urllib.request
+
+    props = {k: v for k, v in cluster.items() if not k.startswith("_") and k not in _ENVELOPE}
+    if props.get("provisioningState") == "Succeeded":
+        props["connectivityStatus"] = "Connected"  # the agents are up (what `show` reports, above)
+    body = {
+        "id": cluster["id"],
+        "properties": props,
+        "location": cluster["location"],
+        "tags": cluster["tags"],
+    }
+    req = urllib.request.Request(  # noqa: S310 - the ARM double's https URL from the test's config
+        url + "/_double/resources",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=d.config.get("arm_ca"))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    with opener.open(req, timeout=5) as resp:
+        resp.read()
+
+
+# Top-level keys of an ARM resource (the rest of what az prints is `properties`).
+_ENVELOPE = ("id", "name", "type", "location", "tags", "identity", "systemData", "resourceGroup")
 
 
 def _cluster_child(

@@ -13,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from doubles.arm_double import ArmDouble
 from doubles.kube_api import KubeServer
-from firstboot import kube
+from firstboot import azcli, kube
 from firstboot.contract import OnboardingConfig, OnboardingSecrets
 from firstboot.step import Context
 
@@ -106,20 +108,72 @@ def doubles_path() -> str:
     return os.pathsep.join([str(DOUBLES), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
+def arm_env(arm: ArmDouble, ca: Path) -> dict[str, str]:
+    """firstboot's test seams pointing the Azure SDK at the ARM double (firstboot/arm.py)."""
+    return {
+        "ARCBAKE_ARM_ENDPOINT": arm.url,
+        "ARCBAKE_AZURE_AUTHORITY": arm.url,
+        "ARCBAKE_AZURE_CA_BUNDLE": str(ca),
+    }
+
+
+def local_clients(root: Path) -> None:
+    """The image's helm and K3s's kubectl link (stand-ins: az connectedk8s only needs them to exist)."""
+    for guest in (azcli.HELM_PATH, azcli.KUBECTL_PATH):
+        path = root / guest.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+
+
+def pods_on_extension(
+    server: KubeServer | str, pods: list[dict[str, Any]]
+) -> Callable[[dict[str, Any]], None]:
+    """An ARM double hook: the Flux controllers' pods appear in the Kubernetes API double once the
+    extension is installed (what the microsoft.flux extension's helm release does on a real cluster).
+    `server`: the double in this process, or the URL of one elsewhere (its `POST /_double/objects`)."""
+
+    def created(doc: dict[str, Any]) -> None:
+        if doc["type"] != "Microsoft.KubernetesConfiguration/extensions":
+            return
+        objects = {"pods": [{"namespace": "flux-system", **p} for p in pods]}
+        if isinstance(server, KubeServer):
+            server.store.load(objects)
+            return
+        request = urllib.request.Request(  # noqa: S310 - the loopback URL of the test's API double
+            server.rstrip("/") + "/_double/objects",
+            data=json.dumps(objects).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as resp:
+            resp.read()
+
+    return created
+
+
 def az_ctx(
     tmp_path: Path,
     server: KubeServer,
     az_config: Mapping[str, Any],
     *,
+    arm: ArmDouble,
+    ca: Path,
     config: OnboardingConfig | None = None,
     secrets: OnboardingSecrets | None = None,
     time_scale: float = 1.0,
+    flux_pods: list[dict[str, Any]] | None = None,
 ) -> Context:
-    """A Context for the arc and flux steps: kubeconfig of `server` under tmp_path/root, and the az
-    double (state in tmp_path/az) accepting the test service principal, plus `az_config`."""
+    """A Context for the arc and flux steps: kubeconfig of `server` and the image's helm and kubectl under
+    tmp_path/root; the ARM double `arm` (CA `ca`) for the SDK; the az double (state in tmp_path/az)
+    accepting the test service principal and putting connected clusters into `arm`, plus `az_config`."""
     root = tmp_path / "root"
     server.write_kubeconfig(root / kube.KUBECONFIG.lstrip("/"))
-    env = az_env(tmp_path / "az", {"secret": SP_SECRET, "client_id": GUID_CLIENT, **az_config})
+    local_clients(root)
+    az = {"secret": SP_SECRET, "client_id": GUID_CLIENT, "arm_url": arm.url, "arm_ca": str(ca), **az_config}
+    env = {**az_env(tmp_path / "az", az), **arm_env(arm, ca)}
+    if flux_pods is not None:
+        arm.config.on_created = pods_on_extension(server, flux_pods)
     return make_ctx(root, config or make_config(), secrets or make_secrets(), env, time_scale=time_scale)
 
 

@@ -1,6 +1,7 @@
 """A whole onboarding world for `firstboot run` as a program: H3's preflight world (chronyd, dnsmasq, TLS,
-CONNECT proxy on loopback) plus the Kubernetes API double, dnsmasq as the cluster DNS, and the systemctl
-and az doubles on PATH. Used by the resume and secrets tests and by the bench."""
+CONNECT proxy on loopback) plus the Kubernetes API double, dnsmasq as the cluster DNS, the ARM + Entra ID
+double (HTTPS, in this process) for firstboot's Azure SDK, and the systemctl and az doubles on PATH. Used
+by the resume and secrets tests and by the bench."""
 
 from __future__ import annotations
 
@@ -14,7 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doubles.harness import K3S_TOKEN, az_env, dnsmasq, doubles_path, flux_section, kube_double, read_jsonl
+from doubles.arm_double import ArmConfig, ArmDouble, Compliance, Logged
+from doubles.harness import (
+    K3S_TOKEN,
+    arm_env,
+    az_env,
+    dnsmasq,
+    doubles_path,
+    flux_section,
+    kube_double,
+    local_clients,
+    pods_on_extension,
+    read_jsonl,
+)
 from doubles.kube_api import KubeServer
 
 SP_SECRET = "planted-sp-secret-Hv5nQ1"
@@ -33,10 +46,10 @@ class Latencies:
     coredns: float = 0.4
     connect: float = 0.4  # az connectedk8s connect
     arc_pods: float = 0.2
-    extension: float = 0.3  # az k8s-extension create
+    extension: float = 0.3  # the Flux extension's operation in Resource Manager
     flux_pods: float = 0.2
-    flux_create: float = 0.2
-    compliance: float = 0.2
+    flux_create: float = 0.2  # each Flux configuration's operation
+    compliance: float = 0.2  # Flux reconciling, after the configuration is created
 
     def critical_path(self) -> float:
         """Seconds the run must wait in the doubles, whatever firstboot does."""
@@ -61,9 +74,14 @@ class World:
     workdir: Path
     env: dict[str, str]
     kube: KubeServer
+    arm: ArmDouble
     config: dict[str, Any]
     secrets: dict[str, Any]
     runs: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
+
+    def arm_writes(self, kind: str) -> list[Logged]:
+        """The PUTs firstboot sent to Resource Manager for `kind` (extensions, fluxConfigurations)."""
+        return [r for r in self.arm.requests(arm_only=True) if r.method == "PUT" and f"/{kind}/" in r.path]
 
     def argv(self, *extra: str) -> list[str]:
         """`firstboot run` for this world (the venv's console script, else `python -m`)."""
@@ -90,15 +108,39 @@ class World:
 
 
 @contextlib.contextmanager
+def arm_world(
+    workdir: Path, tenant: str, server: KubeServer, lat: Latencies
+) -> Iterator[tuple[ArmDouble, Path]]:
+    """The ARM double for a world (its CA file beside): the test service principal, the latencies of the
+    extension and the configurations, compliance after `lat.compliance`, the Flux controllers' pods
+    created in `server` once the extension is installed."""
+    from fixtures.tls import make_ca, make_cert
+
+    ca = make_ca(workdir / "arm-ca", "ARM double CA")
+    leaf = make_cert(ca, workdir / "arm-leaf", ["localhost", "127.0.0.1"])
+    config = ArmConfig(
+        tenant=tenant,
+        principals={CLIENT_ID: SP_SECRET},
+        lro_type_seconds={"extensions": lat.extension, "fluxconfigurations": lat.flux_create},
+        default_compliance=Compliance("Compliant", after=lat.compliance),
+        on_created=pods_on_extension(server, [{"name": n, "ready_after": lat.flux_pods} for n in FLUX_PODS]),
+    )
+    with ArmDouble(leaf.cert, leaf.key, config) as arm:
+        yield arm, ca.cert
+
+
+@contextlib.contextmanager
 def onboarding_world(
     preflight: Any,
     root: Path,
     workdir: Path,
     latencies: Latencies | None = None,
     cluster_records: Mapping[str, str] | None = None,
+    flux: dict[str, Any] | None = None,
     **az_extra: Any,
 ) -> Iterator[World]:
-    """Start the doubles around H3's `preflight_world` and write the metadata file."""
+    """Start the doubles around H3's `preflight_world` and write the metadata file (`flux`: the config's
+    flux section, default `flux_section()`)."""
     from fixtures.guestinfo import write_metadata
 
     lat = latencies or Latencies()
@@ -106,7 +148,7 @@ def onboarding_world(
     hostname = preflight.config["hostname"]
     config = {
         **preflight.config,
-        "flux": flux_section(),
+        "flux": flux or flux_section(),
         "k3s": {"role": "server", "ready_timeout_seconds": 120},
     }
     arc = dict(config["arc"])
@@ -123,26 +165,28 @@ def onboarding_world(
         "deployments": [{"namespace": "kube-system", "name": "coredns", "available_after": lat.coredns}],
     }
     (workdir / "k3s-scenario.json").write_text(json.dumps(scenario))
-    with kube_double() as server, dnsmasq(cluster_records) as cluster_dns:
+    local_clients(root)
+    with (
+        kube_double() as server,
+        dnsmasq(cluster_records) as cluster_dns,
+        arm_world(workdir, arc["tenant_id"], server, lat) as (arm, ca),
+    ):
         source_kubeconfig = server.write_kubeconfig(workdir / "k3s-double.yaml")
         env = _node_env(preflight, workdir, root, workdir, source_kubeconfig, cluster_dns, lat)
-        env.update(az_env(workdir / "az", _az_config(lat, **az_extra)))
-        yield World(root, meta, workdir, env, server, config, secrets)
+        env.update(az_env(workdir / "az", _az_config(lat, arm, ca, **az_extra)), **arm_env(arm, ca))
+        yield World(root, meta, workdir, env, server, arm, config, secrets)
 
 
-def _az_config(lat: Latencies, **extra: Any) -> dict[str, Any]:
-    """The az double's config: the test SP, latencies, the pods connect and extension create start."""
+def _az_config(lat: Latencies, arm: ArmDouble, ca: Path, **extra: Any) -> dict[str, Any]:
+    """The az double's config: the test SP, the connect latency and the agents' pods; connect puts the
+    cluster into the ARM double."""
     return {
         "secret": SP_SECRET,
         "client_id": CLIENT_ID,
-        "latency": {
-            "connectedk8s connect": lat.connect,
-            "k8s-extension create": lat.extension,
-            "k8s-configuration flux create": lat.flux_create,
-        },
+        "arm_url": arm.url,
+        "arm_ca": str(ca),
+        "latency": {"connectedk8s connect": lat.connect},
         "arc_pods": [{"name": n, "ready_after": lat.arc_pods} for n in ARC_PODS],
-        "flux_pods": [{"name": n, "ready_after": lat.flux_pods} for n in FLUX_PODS],
-        "compliance": {"cluster-config": {"state": "Compliant", "after": lat.compliance}},
         **extra,
     }
 
@@ -212,6 +256,10 @@ class FleetWorld:
         """Every node's az calls starting with `words` (the nodes share one az log)."""
         return next(iter(self.nodes.values())).az_calls(*words)
 
+    def arm_writes(self, kind: str) -> list[Logged]:
+        """Every node's PUTs to Resource Manager for `kind` (the nodes share one ARM double)."""
+        return next(iter(self.nodes.values())).arm_writes(kind)
+
     def run(self, names: list[str], timeout: float = 180.0) -> dict[str, subprocess.CompletedProcess[str]]:
         """`firstboot run` on the named nodes at once; their results."""
         procs = {
@@ -238,12 +286,18 @@ def fleet_world(
 
     lat = latencies or Latencies()
     workdir.mkdir(parents=True, exist_ok=True)
-    with kube_double() as server, dnsmasq() as cluster_dns:
+    tenant = preflight.config["arc"]["tenant_id"]
+    with (
+        kube_double() as server,
+        dnsmasq() as cluster_dns,
+        arm_world(workdir, tenant, server, lat) as (arm, ca),
+    ):
         source_kubeconfig = server.write_kubeconfig(workdir / "k3s-double.yaml")
         worlds = {}
         for node in nodes:
             node_dir = workdir / node.name
             root = preflight.prepare_root(node_dir / "root")
+            local_clients(root)
             config = {
                 **preflight.config,
                 "hostname": node.name,
@@ -268,10 +322,11 @@ def fleet_world(
                 ]
             (node_dir / "k3s-scenario.json").write_text(json.dumps(scenario))
             env = _node_env(preflight, workdir, root, node_dir, source_kubeconfig, cluster_dns, lat)
-            env.update(az_env(workdir / "az", _az_config(lat)), SYSTEMCTL_DOUBLE_ADDRESS=node.address)
+            env.update(az_env(workdir / "az", _az_config(lat, arm, ca)), **arm_env(arm, ca))
+            env["SYSTEMCTL_DOUBLE_ADDRESS"] = node.address
             # The nodes boot together: a joiner's K3s waits for its server, as K3s retries it.
             env["SYSTEMCTL_DOUBLE_JOIN_WAIT"] = "90"
-            worlds[node.name] = World(root, meta, workdir, env, server, config, secrets)
+            worlds[node.name] = World(root, meta, workdir, env, server, arm, config, secrets)
         yield FleetWorld(workdir, server, worlds)
 
 

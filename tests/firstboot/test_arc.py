@@ -1,4 +1,5 @@
-"""The arc step against the az double (on PATH) and the Kubernetes API double."""
+"""The arc step: the connected cluster read through the real Azure SDK from the ARM double, `az connectedk8s
+connect` through the az double (on PATH), the agents through the Kubernetes API double."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import json
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles.arm_double import ArmDouble, Fault, cluster_id
 from doubles.harness import (
+    GUID_CLIENT,
+    GUID_SUB,
     SP_SECRET,
     arc_pods,
     az_calls,
@@ -22,6 +26,7 @@ from doubles.harness import (
     make_config,
 )
 from doubles.kube_api import KubeServer
+from fixtures.firstboot_plugin import Pki
 
 from firstboot import azcli, kube, steps
 from firstboot.contract import OnboardingConfig, OnboardingSecrets
@@ -38,10 +43,7 @@ SSL_ERROR = (
     "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
     "self-signed certificate in certificate chain')))"
 )
-CERT_PEM = (
-    "-----BEGIN CERTIFICATE-----\nMIIBplanted\n-----END CERTIFICATE-----\n"
-    "-----BEGIN PRIVATE KEY-----\nMIIEplanted-key-Wq2\n-----END PRIVATE KEY-----\n"
-)
+CLUSTER_ID = cluster_id(GUID_SUB, "rg-edge", "arc-node-a")
 
 
 @pytest.fixture
@@ -50,20 +52,26 @@ def cluster() -> Iterator[KubeServer]:
         yield server
 
 
-def arc_ctx(
-    tmp_path: Path,
-    server: KubeServer,
-    az_config: dict[str, Any] | None = None,
-    config: OnboardingConfig | None = None,
-    secrets: OnboardingSecrets | None = None,
-    scale: float = 1.0,
-) -> Context:
-    az = {"arc_pods": arc_pods(), **(az_config or {})}
-    return az_ctx(tmp_path, server, az, config=config, secrets=secrets, time_scale=scale)
+@pytest.fixture
+def world(tmp_path: Path, cluster: KubeServer, arm: ArmDouble, pki: Pki) -> Any:
+    """`world(az_config, config, secrets, scale)`: an arc step context on the doubles."""
+
+    def make(
+        az_config: dict[str, Any] | None = None,
+        config: OnboardingConfig | None = None,
+        secrets: OnboardingSecrets | None = None,
+        scale: float = 1.0,
+    ) -> Context:
+        az = {"arc_pods": arc_pods(), **(az_config or {})}
+        return az_ctx(
+            tmp_path, cluster, az, arm=arm, ca=pki.ca.cert, config=config, secrets=secrets, time_scale=scale
+        )
+
+    return make
 
 
-def test_connects_once_with_the_documented_flags(tmp_path: Path, cluster: KubeServer) -> None:
-    ctx = arc_ctx(tmp_path, cluster)
+def test_connects_once_with_the_documented_flags(tmp_path: Path, world: Any, arm: ArmDouble) -> None:
+    ctx = world()
     arc.run(ctx)
     connects = az_calls(tmp_path / "az", "connectedk8s", "connect")
     assert len(connects) == 1
@@ -79,6 +87,10 @@ def test_connects_once_with_the_documented_flags(tmp_path: Path, cluster: KubeSe
         assert argv[argv.index(flag) + 1] == value
     assert argv[argv.index("--tags") + 1 : argv.index("--tags") + 3] == ["owner=ops", "site=lab"]
     assert "--proxy-https" not in argv
+    # The image's helm and K3s's kubectl: connectedk8s downloads neither.
+    env = az_envs(tmp_path / "az", "connectedk8s", "connect")[0]
+    assert env["HELM_CLIENT_PATH"] == str(ctx.path(azcli.HELM_PATH))
+    assert env["KUBECTL_CLIENT_PATH"] == str(ctx.path(azcli.KUBECTL_PATH))
     # The secret travelled as @FILE, the file is gone, and the az config dir is root-only.
     login = az_calls(tmp_path / "az", "login")[0]
     password = login[login.index("--password") + 1]
@@ -86,15 +98,18 @@ def test_connects_once_with_the_documented_flags(tmp_path: Path, cluster: KubeSe
     assert not Path(password[1:]).exists()
     assert SP_SECRET not in json.dumps(az_calls(tmp_path / "az"))
     assert stat.S_IMODE(ctx.path(azcli.AZ_CONFIG_DIR).stat().st_mode) == 0o700
+    # The lookup went through Resource Manager as the service principal, with the SDK's api-version.
+    gets = [r for r in arm.requests(arm_only=True) if r.path == CLUSTER_ID]
+    assert gets and {(r.api_version, r.client_id) for r in gets} == {("2026-05-01", GUID_CLIENT)}
     assert arc.check(ctx).ok
 
-    # A second run (a reboot after success) shows the cluster and does not connect again.
+    # A second run (a reboot after success) reads the cluster and starts no az process at all.
+    calls = len(az_calls(tmp_path / "az"))
     arc.run(ctx)
-    assert len(az_calls(tmp_path / "az", "connectedk8s", "connect")) == 1
-    assert len(az_calls(tmp_path / "az", "connectedk8s", "show")) == 3  # run, check, run
+    assert len(az_calls(tmp_path / "az")) == calls == 2  # login + connect, once
 
 
-def test_proxy_flags(tmp_path: Path, cluster: KubeServer) -> None:
+def test_proxy_flags(tmp_path: Path, world: Any) -> None:
     pem = "-----BEGIN CERTIFICATE-----\nMIIBproxyca\n-----END CERTIFICATE-----\n"
     config = make_config(
         proxy={
@@ -103,7 +118,7 @@ def test_proxy_flags(tmp_path: Path, cluster: KubeServer) -> None:
             "ca_bundle_pem": pem,
         }
     )
-    ctx = arc_ctx(tmp_path, cluster, config=config)
+    ctx = world(config=config)
     arc.run(ctx)
     argv = az_calls(tmp_path / "az", "connectedk8s", "connect")[0]
     assert argv[argv.index("--proxy-https") + 1] == "http://proxy.lab:3128"
@@ -116,29 +131,47 @@ def test_proxy_flags(tmp_path: Path, cluster: KubeServer) -> None:
     assert env["AZURE_CONFIG_DIR"] == str(ctx.path(azcli.AZ_CONFIG_DIR))
 
 
-def test_certificate_login(tmp_path: Path, cluster: KubeServer) -> None:
+def test_certificate_sign_in(tmp_path: Path, world: Any, arm: ArmDouble, pki: Pki) -> None:
+    pem = pki.leaf.key.read_text() + pki.leaf.cert.read_text()
+    arm.config.principals[GUID_CLIENT] = pki.leaf.pem()
     config = make_config(arc={**make_config().model_dump(mode="json")["arc"], "auth": "certificate"})
-    secrets = OnboardingSecrets.model_validate({"sp_certificate_pem": CERT_PEM})
-    ctx = arc_ctx(
-        tmp_path, cluster, {"certificate": CERT_PEM, "secret": None}, config=config, secrets=secrets
-    )
+    secrets = OnboardingSecrets.model_validate({"sp_certificate_pem": pem})
+    ctx = world({"certificate": pem, "secret": None}, config=config, secrets=secrets)
     arc.run(ctx)
     login = az_calls(tmp_path / "az", "login")[0]
     assert "--certificate" in login and "--password" not in login
-    assert "planted-key" not in json.dumps(login)
+    assert "PRIVATE KEY" not in json.dumps(login)
+    token = [r for r in arm.requests() if r.path.endswith("/token")]
+    assert [r.status for r in token] == [200]  # the SDK signed an assertion the double verified
+
+
+def _wrong_secret(arm: ArmDouble, pki: Pki) -> dict[str, str]:
+    arm.config.principals[GUID_CLIENT] = "another-secret"
+    return {}
+
+
+def _unknown_client(arm: ArmDouble, pki: Pki) -> dict[str, str]:
+    arm.config.principals = {"00000000-0000-0000-0000-000000000009": SP_SECRET}
+    return {}
+
+
+def _unknown_group(arm: ArmDouble, pki: Pki) -> dict[str, str]:
+    arm.config.resource_groups = {"rg-other"}
+    return {}
+
+
+def _intercepted(arm: ArmDouble, pki: Pki) -> dict[str, str]:
+    return {"ARCBAKE_AZURE_CA_BUNDLE": str(pki.mitm_ca.cert)}
 
 
 @pytest.mark.parametrize(
-    ("az_config", "meaning", "remedy"),
+    ("setup", "az_config", "meaning", "remedy"),
     [
-        ({"secret": "another-secret"}, "AADSTS7000215", "sp_secret"),
-        ({"client_id": "00000000-0000-0000-0000-000000000009"}, "does not exist in tenant", "arc.client_id"),
+        (_wrong_secret, {}, "AADSTS7000215", "sp_secret"),
+        (_unknown_client, {}, "does not exist in tenant", "arc.client_id"),
+        (_unknown_group, {}, "resource group arc.resource_group does not exist", "az group create"),
         (
-            {"resource_groups": ["rg-other"]},
-            "resource group arc.resource_group does not exist",
-            "az group create",
-        ),
-        (
+            None,
             {
                 "faults": [
                     {"command": "connectedk8s connect", "mode": "permanent", "code": "AuthorizationFailed"}
@@ -147,21 +180,26 @@ def test_certificate_login(tmp_path: Path, cluster: KubeServer) -> None:
             "lacks permission",
             "Arc Onboarding",
         ),
-        (
-            {"faults": [{"command": "login", "mode": "permanent", "code": "SSLError", "message": SSL_ERROR}]},
-            "certificate on the way to Azure is not trusted",
-            "proxy.ca_bundle_pem",
-        ),
+        (_intercepted, {}, "certificate on the way to Azure is not trusted", "proxy.ca_bundle_pem"),
     ],
 )
 @pytest.mark.fault(
-    "Azure rejects the sign-in or request (bad secret, unknown SP, unknown resource group, no permission)",
+    "Azure rejects the sign-in or request (bad secret, unknown SP, unknown resource group, no permission, "
+    "untrusted TLS)",
     "arc fails at once (no retry), meaning and remedy named, secret not shown",
 )
 def test_permanent_errors_fail_at_once(
-    tmp_path: Path, cluster: KubeServer, az_config: dict[str, Any], meaning: str, remedy: str
+    world: Any,
+    arm: ArmDouble,
+    pki: Pki,
+    setup: Callable[[ArmDouble, Pki], dict[str, str]] | None,
+    az_config: dict[str, Any],
+    meaning: str,
+    remedy: str,
 ) -> None:
-    ctx = arc_ctx(tmp_path, cluster, az_config)
+    env = setup(arm, pki) if setup else {}
+    ctx = world(az_config)
+    ctx.env = {**ctx.env, **env}
     with pytest.raises(PermanentFailure) as info:
         arc.run(ctx)
     assert meaning in info.value.message
@@ -170,31 +208,46 @@ def test_permanent_errors_fail_at_once(
 
 
 @pytest.mark.fault(
+    "the image lacks helm", "arc fails at once before any az process (connectedk8s would download it)"
+)
+def test_missing_helm_fails_before_connect(tmp_path: Path, world: Any) -> None:
+    ctx = world()
+    ctx.path(azcli.HELM_PATH).unlink()
+    with pytest.raises(PermanentFailure) as info:
+        arc.run(ctx)
+    assert "/usr/local/bin/helm is missing" in info.value.message
+    assert "builder build" in info.value.remedy
+    assert az_calls(tmp_path / "az") == []
+
+
+@pytest.mark.fault("Resource Manager throttles the lookup (429 + Retry-After)", "the SDK waits and retries")
+def test_throttled_lookup_is_retried(tmp_path: Path, world: Any, arm: ArmDouble) -> None:
+    arm.config.faults.append(Fault(match=f"GET {CLUSTER_ID}", status=429, retry_after=1))
+    arc.run(world())
+    assert [r.status for r in arm.requests(arm_only=True) if r.path == CLUSTER_ID][:2] == [429, 404]
+
+
+@pytest.mark.fault(
     "az connectedk8s connect fails twice with 503", "retried with backoff; connected on the third attempt"
 )
-def test_transient_connect_failures_are_retried_by_the_engine(tmp_path: Path, cluster: KubeServer) -> None:
+def test_transient_connect_failures_are_retried_by_the_engine(tmp_path: Path, world: Any) -> None:
     faults = [{"command": "connectedk8s connect", "mode": "transient", "times": 2}]
-    ctx = arc_ctx(tmp_path, cluster, {"faults": faults})
+    ctx = world({"faults": faults})
     waits: list[float] = []
     engine = Engine(ctx, [steps.Step(arc.META, arc.check, arc.run)], time_scale=0.01, sleep=waits.append)
     result = engine.run()
     assert result.ok, result.status
     assert len(az_calls(tmp_path / "az", "connectedk8s", "connect")) == 3
+    assert len(az_calls(tmp_path / "az", "login")) == 1  # signed in once for the process
     assert len(waits) == 2
 
 
 @pytest.mark.fault("az connectedk8s connect hangs", "killed at its bound; transient failure naming the call")
-def test_hanging_connect_is_bounded(tmp_path: Path, cluster: KubeServer) -> None:
+def test_hanging_connect_is_bounded(world: Any) -> None:
     config = make_config(
         arc={**make_config().model_dump(mode="json")["arc"], "onboarding_timeout_seconds": 60}
     )
-    ctx = arc_ctx(
-        tmp_path,
-        cluster,
-        {"faults": [{"command": "connectedk8s connect", "mode": "hang"}]},
-        config,
-        scale=0.005,
-    )
+    ctx = world({"faults": [{"command": "connectedk8s connect", "mode": "hang"}]}, config, scale=0.005)
     started = time.monotonic()
     with pytest.raises(TransientFailure) as info:
         arc.run(ctx)
@@ -207,7 +260,7 @@ def test_hanging_connect_is_bounded(tmp_path: Path, cluster: KubeServer) -> None
     "Arc agent pods crash (x509) and cannot pull images (DNS)",
     "arc fails listing each pod with certificate / DNS failure named; remedy proxy CA",
 )
-def test_agent_pods_not_ready_are_named_with_reasons(tmp_path: Path, cluster: KubeServer) -> None:
+def test_agent_pods_not_ready_are_named_with_reasons(world: Any) -> None:
     pods = [
         {"name": "config-agent-7b5c", "ready_after": 0.1},
         {
@@ -226,7 +279,7 @@ def test_agent_pods_not_ready_are_named_with_reasons(tmp_path: Path, cluster: Ku
     config = make_config(
         arc={**make_config().model_dump(mode="json")["arc"], "onboarding_timeout_seconds": 60}
     )
-    ctx = arc_ctx(tmp_path, cluster, {"arc_pods": pods}, config, scale=0.02)
+    ctx = world({"arc_pods": pods}, config, scale=0.02)
     with pytest.raises(TransientFailure) as info:
         arc.run(ctx)
     message = info.value.message
@@ -242,29 +295,29 @@ def test_agent_pods_not_ready_are_named_with_reasons(tmp_path: Path, cluster: Ku
 @pytest.mark.fault(
     "the connect of an interrupted run still creating the cluster", "arc waits for it, never connects twice"
 )
-def test_waits_for_a_connect_still_in_progress(tmp_path: Path, cluster: KubeServer) -> None:
+def test_waits_for_a_connect_still_in_progress(
+    tmp_path: Path, world: Any, arm: ArmDouble, cluster: KubeServer
+) -> None:
     """An earlier run's az is still creating the cluster: wait for it, never connect a second time."""
-    ctx = arc_ctx(tmp_path, cluster, scale=0.002)  # settle wait: (300 + 300) s x 0.002 = 1.2 s
-    state_file = tmp_path / "az" / "az-state.json"
-    creating = {"name": "arc-node-a", "provisioningState": "Creating", "connectivityStatus": "Connecting"}
-    state_file.write_text(json.dumps({"clusters": {"rg-edge/arc-node-a": creating}}))
+    ctx = world(scale=0.002)  # settle wait: (300 + 300) s x 0.002 = 1.2 s
+    arm.put_resource(CLUSTER_ID, {"provisioningState": "Creating", "connectivityStatus": "Connecting"})
     with pytest.raises(TransientFailure) as info:
         arc.run(ctx)
     assert "still being created" in info.value.message
 
     # The earlier az finishes while this run waits: the run goes on without connecting.
     ctx.time_scale = 1.0
-    finished = threading.Timer(0.8, _finish_connect, args=(state_file, cluster))
+    finished = threading.Timer(0.8, _finish_connect, args=(arm, cluster))
     finished.start()
     try:
         arc.run(ctx)
     finally:
         finished.join()
-    assert az_calls(tmp_path / "az", "connectedk8s", "connect") == []
-    assert len(az_calls(tmp_path / "az", "connectedk8s", "show")) >= 3
+    assert az_calls(tmp_path / "az") == []
+    assert len([r for r in arm.requests(arm_only=True) if r.path == CLUSTER_ID]) >= 3
 
 
-def _finish_connect(state_file: Path, cluster: KubeServer) -> None:
+def _finish_connect(arm: ArmDouble, cluster: KubeServer) -> None:
     # What the earlier connect's agents install: their pods and their record of the resource.
     record = {"AZURE_RESOURCE_GROUP": "rg-edge", "AZURE_RESOURCE_NAME": "arc-node-a"}
     cluster.store.load(
@@ -273,25 +326,27 @@ def _finish_connect(state_file: Path, cluster: KubeServer) -> None:
             "configmaps": [{"namespace": "azure-arc", "name": "azure-clusterconfig", "data": record}],
         }
     )
-    doc = json.loads(state_file.read_text())
-    doc["clusters"]["rg-edge/arc-node-a"]["provisioningState"] = "Succeeded"
-    state_file.write_text(json.dumps(doc))
+    arm.put_resource(CLUSTER_ID, {"connectivityStatus": "Connected"})
 
 
-def test_check_before_connect(tmp_path: Path, cluster: KubeServer) -> None:
-    ctx = arc_ctx(tmp_path, cluster)
-    azcli.login(ctx, ctx.require_config().arc)  # type: ignore[arg-type]
-    result = arc.check(ctx)
+def test_check_before_connect(world: Any) -> None:
+    result = arc.check(world())
     assert not result.ok
     assert "is not connected to Arc" in result.message
 
 
-def test_a_stale_resource_of_another_cluster_fails_at_once(tmp_path: Path, cluster: KubeServer) -> None:
+def test_a_stale_resource_of_another_cluster_fails_at_once(
+    tmp_path: Path, world: Any, arm: ArmDouble
+) -> None:
     """Re-deploy after `deploy --replace`: the resource of that name is the old clone's; this cluster has no
     Arc agents. Fail at once with the remedy (no connect, no wait for pods that never come)."""
-    ctx = arc_ctx(tmp_path, cluster)
-    stale = {"name": "arc-node-a", "provisioningState": "Succeeded", "connectivityStatus": "Offline"}
-    (tmp_path / "az" / "az-state.json").write_text(json.dumps({"clusters": {"rg-edge/arc-node-a": stale}}))
+    ctx = world()
+    arm.put_resource(CLUSTER_ID, {"connectivityStatus": "Offline"})
+    (tmp_path / "az" / "az-state.json").write_text(
+        json.dumps(
+            {"clusters": {"rg-edge/arc-node-a": {"name": "arc-node-a", "provisioningState": "Succeeded"}}}
+        )
+    )
     started = time.monotonic()
     with pytest.raises(PermanentFailure) as info:
         arc.run(ctx)
@@ -300,5 +355,6 @@ def test_a_stale_resource_of_another_cluster_fails_at_once(tmp_path: Path, clust
     assert "builder destroy FLEET" in (info.value.remedy or "")
     assert az_calls(tmp_path / "az", "connectedk8s", "connect") == []
     # The double refuses such a connect as connectedk8s does.
+    azcli.login(ctx, ctx.require_config().arc)
     result = azcli.run(ctx, arc.connect_args(ctx, ctx.require_config()))
     assert result.exit_code == 1 and "corresponds to a different Kubernetes cluster" in result.stderr

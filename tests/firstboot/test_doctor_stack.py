@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles.arm_double import ArmDouble
 from doubles.harness import (
     GIT_KEY,
     K3S_TOKEN,
@@ -23,6 +24,7 @@ from doubles.harness import (
     make_secrets,
 )
 from doubles.kube_api import KubeServer
+from fixtures.firstboot_plugin import Pki
 
 from firstboot import bundle, doctor, kube, secretstore, stackchecks
 from firstboot.step import Context
@@ -86,16 +88,25 @@ def host(ctx: Context, tmp_path: Path, state: dict[str, Any], chronyd: str = "ac
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, cluster: KubeServer) -> Context:
+def ctx(tmp_path: Path, cluster: KubeServer, arm: ArmDouble, pki: Pki) -> Context:
     """A connected server (real arc step against the doubles) on a healthy host."""
-    context = az_ctx(tmp_path, cluster, {"arc_pods": arc_pods(0.0)})
+    context = az_ctx(tmp_path, cluster, {"arc_pods": arc_pods(0.0)}, arm=arm, ca=pki.ca.cert)
     arc.run(context)
+    # Onboarding in progress: the secrets are held, so doctor reads Azure with the service principal.
+    assert context.secrets is not None
+    secretstore.accept(context.root, context.instance_id, context.secrets)
     host(context, tmp_path, HEALTHY)
     return context
 
 
 def by_name(ctx: Context) -> dict[str, Any]:
     return {f.step: f.result for f in doctor.diagnose(ctx, [], stackchecks.CHECKS)}
+
+
+def arm_session(ctx: Context) -> Any:
+    from firstboot import arm
+
+    return arm.session(ctx)
 
 
 def test_a_healthy_stack_is_all_ok_but_flux_which_is_not_installed_yet(ctx: Context) -> None:
@@ -105,7 +116,7 @@ def test_a_healthy_stack_is_all_ok_but_flux_which_is_not_installed_yet(ctx: Cont
         assert results[name].ok, (name, results[name])
     assert not results["flux-extension"].ok
     assert results["flux-extension"].message == "the Flux extension is not installed"
-    flux.ensure_extension(ctx, ctx.require_config())
+    flux.ensure_extension(ctx, arm_session(ctx), ctx.require_config())
     assert by_name(ctx)["flux-extension"].ok
 
 
@@ -166,9 +177,9 @@ def test_coredns_custom_without_forward_is_fine(ctx: Context, cluster: KubeServe
     assert by_name(ctx)["coredns"].ok
 
 
-def test_no_coredns_configmap(tmp_path: Path) -> None:
+def test_no_coredns_configmap(tmp_path: Path, arm: ArmDouble, pki: Pki) -> None:
     with kube_double(cluster_scenario(0, 0)) as server:
-        context = az_ctx(tmp_path, server, {})
+        context = az_ctx(tmp_path, server, {}, arm=arm, ca=pki.ca.cert)
         host(context, tmp_path, HEALTHY)
         result = by_name(context)["coredns"]
     assert not result.ok and "no coredns ConfigMap" in result.message
@@ -194,14 +205,18 @@ def test_arc_agent_errors_come_with_their_recent_log_lines(ctx: Context, cluster
     assert sorted(r["query"]["container"] for r in logs) == ["manager", "proxy"]
 
 
-def test_flux_extension_failed_names_the_error_and_the_delete(ctx: Context, tmp_path: Path) -> None:
-    flux.ensure_extension(ctx, ctx.require_config())
-    state_file = Path(ctx.env["AZ_DOUBLE_STATE"])
-    state = json.loads(state_file.read_text())
-    for ext in state["extensions"].values():
-        ext["provisioningState"] = "Failed"
-        ext["errorMessage"] = "helm install timed out"
-    state_file.write_text(json.dumps(state))
+def test_without_held_secrets_azure_reads_are_inconclusive(ctx: Context) -> None:
+    secretstore.retire(ctx.root, ctx.instance_id)
+    result = by_name(ctx)["flux-extension"]
+    assert not result.ok and not result.conclusive
+    assert "not read from Azure" in result.message and "builder rotate" in (result.remedy or "")
+
+
+def test_flux_extension_failed_names_the_error_and_the_delete(ctx: Context, arm: ArmDouble) -> None:
+    flux.ensure_extension(ctx, arm_session(ctx), ctx.require_config())
+    for doc in arm.state.resources.values():
+        if doc["type"] == "Microsoft.KubernetesConfiguration/extensions":
+            doc["properties"].update(provisioningState="Failed", errorMessage="helm install timed out")
     result = by_name(ctx)["flux-extension"]
     assert not result.ok and result.message == "the Flux extension is Failed: helm install timed out"
     assert "az k8s-extension delete --name flux" in (result.remedy or "")

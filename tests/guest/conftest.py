@@ -7,7 +7,8 @@
   provisioning scripts (provision.install_arcbake); cached under the guest cache by content hash.
 - `new_guest()`: a fresh writable overlay of [arcbake_layer, base] per call; unmounted after the test.
 - `guest_world`: a guest wired to real chronyd and dnsmasq on loopback (H3's preflight world), a CONNECT
-  proxy and TLS endpoints, the Kubernetes API double as k3s.service and the az double; `boot()` it.
+  proxy and TLS endpoints, the Kubernetes API double as k3s.service, the az double, and the ARM + Entra ID
+  double on the host's loopback for firstboot's Azure SDK; `boot()` it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles.arm_double import ArmDouble
+from doubles.harness import pods_on_extension
 from fixtures.dnsserver import DnsmasqHandle
 from fixtures.firstboot_plugin import PreflightWorld
 from fixtures.guestinfo import write_metadata
@@ -188,6 +191,7 @@ class GuestWorld:
 
     guest: Guest
     preflight: PreflightWorld
+    arm: ArmDouble
     cluster_dns: DnsmasqHandle
     kube_port: int
     config: dict[str, Any]
@@ -208,9 +212,17 @@ class GuestWorld:
                     Path(tmp) / "meta.json", self.config, secrets=self.secrets, instance_id="vm-guest-1"
                 )
                 info = json.loads(meta.read_text()) | self.guestinfo_extra
+        arc = self.config["arc"]
+        self.arm.config.tenant = arc["tenant_id"]
+        self.arm.config.principals = {arc["client_id"]: self.secrets["sp_secret"]}
+        flux_pods = [{"name": "source-controller-7f8c", "ready_after": 0.2}]
+        self.arm.config.on_created = pods_on_extension(f"http://127.0.0.1:{self.kube_port}", flux_pods)
         env = {
             "ARCBAKE_DNS_PORT": str(self.preflight.dns.port),
             "ARCBAKE_CLUSTER_DNS": f"127.0.0.1:{self.cluster_dns.port}",
+            "ARCBAKE_ARM_ENDPOINT": self.arm.url,
+            "ARCBAKE_AZURE_AUTHORITY": self.arm.url,
+            "ARCBAKE_AZURE_CA_BUNDLE": provision.CA_FILE,
             **self.unit_env,
         }
         provision.configure(
@@ -219,7 +231,7 @@ class GuestWorld:
             unit_env=env,
             kube_port=self.kube_port,
             kube_scenario=self.scenario,
-            az_config=self.az_config,
+            az_config={"arm_url": self.arm.url, "arm_ca": provision.CA_FILE, **self.az_config},
             ca_pem=self.preflight.pki.ca.cert.read_bytes(),
             resolv_conf=self.resolv_conf,
         )
@@ -256,6 +268,7 @@ def guest_world(
     new_guest: Callable[[], Guest],
     preflight_world: PreflightWorld,
     start_dns: Callable[..., DnsmasqHandle],
+    arm: ArmDouble,
 ) -> Iterator[GuestWorld]:
     # "CoreDNS": the names the k3s step resolves through the cluster DNS service IP.
     cluster_dns = start_dns(
@@ -264,6 +277,7 @@ def guest_world(
     world = GuestWorld(
         guest=new_guest(),
         preflight=preflight_world,
+        arm=arm,
         cluster_dns=cluster_dns,
         kube_port=free_port(),
         config=json.loads(json.dumps(preflight_world.config)),

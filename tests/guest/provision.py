@@ -11,7 +11,12 @@
 The doubles (also in the shared layer):
 - `/usr/bin/vmware-rpctool`: serves guestinfo from /var/lib/arcbake-test/guestinfo.json and appends every
   call (`info-get` and `info-set`, with the time) to /var/lib/arcbake-test/rpctool.jsonl;
-- `/usr/local/bin/az`: tests/doubles' az double (state, log and config under /var/lib/arcbake-test);
+- `/usr/local/bin/az`: tests/doubles' az double (state, log and config under /var/lib/arcbake-test); it puts
+  the connected cluster into the ARM double the test runs on the host's loopback (firstboot's Azure SDK
+  talks to that double through ARCBAKE_ARM_ENDPOINT / ARCBAKE_AZURE_AUTHORITY, set in the unit's drop-in);
+- `/usr/local/bin/helm` and `/usr/local/bin/kubectl`: stand-ins for the image's pinned helm
+  (20-install-azure-cli.sh, not run in the Debian guest) and K3s's kubectl link, which firstboot requires
+  and hands to `az connectedk8s connect` (HELM_CLIENT_PATH / KUBECTL_CLIENT_PATH);
 - `k3s.service`: tests/doubles' Kubernetes API double on a loopback port, writing
   /etc/rancher/k3s/k3s.yaml 0600 as K3s does; not enabled (firstboot's k3s step enables and starts it);
 - chronyd runs in the guest on the image's /etc/chrony.conf with `-x` (never touches the host clock;
@@ -180,6 +185,8 @@ def _install_doubles(guest: Guest) -> None:
     # The az double reads the pinned extensions' option tables from data/ beside it.
     shutil.copytree(DOUBLES / "data", dest / "data", dirs_exist_ok=True)
     guest.write("/usr/local/bin/az", AZ_WRAPPER, 0o755)
+    for client in ("helm", "kubectl"):
+        guest.write(f"/usr/local/bin/{client}", "#!/bin/sh\nexit 0\n", 0o755)
     guest.write("/etc/systemd/system/k3s.service", K3S_UNIT)
     guest.write("/etc/systemd/system/chrony.service.d/50-arcbake-test.conf", CHRONY_DROPIN)
     guest.write("/etc/systemd/system/arcbake-test-poweroff.service", POWEROFF_UNIT)

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from fixtures.ntp import NtpHandle
 
+from firstboot.contract import OnboardingConfig
 from firstboot.steporder import ORDER
+from firstboot.steps.dns import endpoints
 from guest import provision
 from guest.conftest import SECRET, GuestWorld, kube_scenario
 
@@ -73,7 +75,26 @@ def test_first_boot_reaches_done_and_second_boot_does_not_rerun(guest_world: Gue
     assert kubeconfig.stat().st_mode & 0o777 == 0o600
     assert guest_world.stamped() == set(ALL_STEPS)
     assert len(guest_world.az_calls("connectedk8s", "connect")) == 1
-    assert len(guest_world.az_calls("k8s-configuration", "flux", "create")) == 1
+    flux_puts = [
+        r
+        for r in guest_world.arm.requests(arm_only=True)
+        if r.method == "PUT" and "/fluxConfigurations/" in r.path
+    ]
+    assert len(flux_puts) == 1
+    # az ran twice (sign-in, connect); Resource Manager's work went through the SDK from the unit.
+    assert [argv[:2] for argv in guest_world.az_calls()] == [
+        ["login", "--service-principal"],
+        ["connectedk8s", "connect"],
+    ]
+    # Nothing downloaded: every CONNECT through the proxy went to a documented Azure endpoint, and az got
+    # the image's helm and kubectl.
+    config = OnboardingConfig.model_validate(guest_world.config)
+    documented = {f"{e.host}:{e.port}" for e in endpoints(config, environ={})}
+    seen = guest_world.preflight.proxy.requests
+    assert seen and set(seen) <= documented, sorted(set(seen) - documented)
+    connect_env = [e["env"] for e in provision.read_jsonl(guest_world.guest, provision.AZ_LOG)][-1]
+    assert connect_env["HELM_CLIENT_PATH"] == "/usr/local/bin/helm"
+    assert connect_env["KUBECTL_CLIENT_PATH"] == "/usr/local/bin/kubectl"
     _no_secret_anywhere(guest_world)
 
     rpc_calls = len(provision.read_jsonl(guest_world.guest, provision.RPCTOOL_LOG))
@@ -125,7 +146,8 @@ def test_killed_during_arc_resumes_at_arc(guest_world: GuestWorld) -> None:
     # metadata runs on every start (it loads the config); of the stamped steps none ran again.
     assert _running_steps(resumed) == ["metadata", "arc", "flux"]
     assert len(guest_world.az_calls("connectedk8s", "connect")) == 1
-    assert len(guest_world.az_calls("connectedk8s", "show")) == 2
+    # The resumed arc step read the connected cluster through Resource Manager and started no az.
+    assert len(guest_world.az_calls()) == 2  # the first boot's sign-in and connect
     assert guest_world.stamped() == set(ALL_STEPS)
 
 

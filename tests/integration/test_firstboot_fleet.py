@@ -43,9 +43,9 @@ def test_server_and_two_agents(preflight_world: PreflightWorld, tmp_path: Path) 
             "10.0.0.2",
             "10.0.0.3",
         ]
-        # Arc and Flux once, for the cluster, from its server; the agents never call az.
+        # Arc and Flux once, for the cluster, from its server; the agents never call az nor Resource Manager.
         assert len(world.az_calls("connectedk8s", "connect")) == 1
-        assert len(world.az_calls("k8s-configuration", "flux", "create")) == 1
+        assert len(world.arm_writes("fluxConfigurations")) == 1
         assert world.nodes["a1"].stamped("k3s", "vm-a1") and not world.nodes["a1"].stamped("arc", "vm-a1")
         for name in ("a1", "a2"):
             assert "skipped (this node joins a cluster" in world.nodes[name].runs[-1].stdout

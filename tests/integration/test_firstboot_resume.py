@@ -1,12 +1,12 @@
 """Resume: `firstboot run` (the program) killed with SIGKILL inside and between every step, then run again
-until it finishes: it reaches `done`, and the az double's log shows `connectedk8s connect`, the Flux
-extension create and each Flux configuration create at most once.
+until it finishes: it reaches `done`; the az double's log shows `connectedk8s connect` once, and the ARM
+double saw the Flux extension's PUT and each Flux configuration's PUT once.
 
 One chain: each run is killed at the next kill point it reaches; stamps persist, so the next run starts
 further on. Only the firstboot process is killed (its `az` children run in their own sessions and finish,
 as they would when the service's main process crashes): a re-run must wait for what they create, never
 create it a second time. Real components: chronyd, dnsmasq, the TLS server and CONNECT proxy of the
-preflight world; doubles: Kubernetes API, systemctl, az.
+preflight world; doubles: Kubernetes API, ARM + Entra ID (the SDK's requests), systemctl, az.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles.arm_double import cluster_id
 from doubles.world import World, onboarding_world, run_once
 
 from firstboot import steps
@@ -44,6 +45,10 @@ def _az(*words: str) -> Callable[[World], bool]:
     return lambda world: bool(world.az_calls(*words))
 
 
+def _put(kind: str) -> Callable[[World], bool]:
+    return lambda world: bool(world.arm_writes(kind))
+
+
 def _stamped(step: str) -> Callable[[World], bool]:
     return lambda world: world.stamped(step)
 
@@ -61,9 +66,9 @@ def kill_points() -> list[KillPoint]:
         ("inside arc: connectedk8s connect running", _az("connectedk8s", "connect")),
         ("inside arc: waiting for the agents", _running("arc", "azure-arc pods")),
         ("after arc", _stamped("arc")),
-        ("inside flux: extension create running", _az("k8s-extension", "create")),
+        ("inside flux: extension being created", _put("extensions")),
         ("inside flux: waiting for the controllers", _running("flux", "flux-system pods")),
-        ("inside flux: flux create running", _az("k8s-configuration", "flux", "create")),
+        ("inside flux: configuration being created", _put("fluxConfigurations")),
         ("after flux", _stamped("flux")),
     ]
     assert [
@@ -119,15 +124,17 @@ def test_killed_inside_and_between_every_step_resumes_and_creates_once(
         assert final.returncode == 0, final.stderr[-3000:]
         assert world.status()["state"] == "done"
         connects = world.az_calls("connectedk8s", "connect")
-        extensions = world.az_calls("k8s-extension", "create")
-        flux_creates = world.az_calls("k8s-configuration", "flux", "create")
-        names = [argv[argv.index("--name") + 1] for argv in flux_creates]
+        extensions = world.arm_writes("extensions")
+        names = [r.path.rsplit("/", 1)[1] for r in world.arm_writes("fluxConfigurations")]
         # Every resource was created exactly once, and the orphaned az calls of killed runs completed.
         assert len(connects) == 1, connects
         assert len(extensions) == 1, extensions
         assert names == ["cluster-config"]
         state = json.loads((tmp_path / "world" / "az" / "az-state.json").read_text())
         assert state["clusters"]["rg-edge/arc-node1"]["provisioningState"] == "Succeeded"
+        arc = world.config["arc"]
+        cluster = world.arm.resource(cluster_id(arc["subscription_id"], "rg-edge", "arc-node1"))
+        assert cluster is not None and cluster["properties"]["provisioningState"] == "Succeeded"
         # k3s: started on every attempt that reached the step (idempotent), never failed.
         assert "k3s.service" in (tmp_path / "world" / "systemctl.log").read_text()
     assert len(killed) >= len(kill_points()) - 1

@@ -37,10 +37,16 @@ def deliver(world: World, generation: int, sp_secret: str, git_token: str) -> No
 
 
 def azure_rotates_to(world: World, secret: str) -> None:
-    """The service principal's secret as Azure (the az double) now accepts it."""
+    """The service principal's secret as Azure (Entra ID: the ARM double; and the az double) now accepts."""
     path = world.workdir / "az" / "az-double.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "secret": secret}))
+    world.arm.config.principals = dict.fromkeys(world.arm.config.principals, secret)
+
+
+def sign_ins(world: World) -> list[int]:
+    """The status of every token request Entra ID (the ARM double) answered."""
+    return [r.status for r in world.arm.requests() if r.path.endswith("/oauth2/v2.0/token")]
 
 
 def rotate(world: World) -> subprocess.CompletedProcess[str]:
@@ -66,20 +72,22 @@ def test_rotation_to_generation_two(preflight_world: Any, guest_root: Path, tmp_
         assert world.status()["generation"] == 1
         assert git_password(world) == GIT_SECRET
         logins_before = len(world.az_calls("login"))
+        tokens_before = len(sign_ins(world))
 
         # Nothing newer in guestinfo: nothing happens.
         idle = rotate(world)
         assert idle.returncode == 0, idle.stderr[-2000:]
         assert "no newer secrets (generation 1 held)" in idle.stdout
-        assert len(world.az_calls("login")) == logins_before
+        assert len(sign_ins(world)) == tokens_before
 
         azure_rotates_to(world, NEW_SP)
         deliver(world, 2, NEW_SP, NEW_GIT)
         taken = rotate(world)
         assert taken.returncode == 0, taken.stderr[-3000:]
         assert "secrets generation 2 in use" in taken.stdout
-        # The az double accepts only the new secret now: this sign-in used it.
-        assert len(world.az_calls("login")) == logins_before + 1
+        # Entra ID accepts only the new secret now: this sign-in (the SDK's, no az process) used it.
+        assert sign_ins(world)[tokens_before:] == [200]
+        assert len(world.az_calls("login")) == logins_before
         assert git_password(world) == NEW_GIT
         status = world.status()
         meta = json.loads(world.meta.read_text())

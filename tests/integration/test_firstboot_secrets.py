@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doubles.arm_double import Fault
 from doubles.world import GIT_SECRET, SP_SECRET, onboarding_world, run_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,6 +34,10 @@ def test_planted_secrets_stay_in_the_secrets_file(
         "message": f"bad gateway {SP_SECRET}",
     }
     with onboarding_world(preflight_world, guest_root, tmp_path / "world", faults=[echo]) as world:
+        # ... and Resource Manager quoting it in a 409 (not retried by the SDK: the step fails, transient).
+        world.arm.config.faults.append(
+            Fault(match="PUT /subscriptions", status=409, code="Conflict", message=f"conflict {SP_SECRET}")
+        )
         first = run_once(world, extra_env={"ARCBAKE_TIME_SCALE": "0.05"})
         assert first.returncode == 0, first.stderr[-3000:]
         assert "***" in first.stderr  # the echoed secret was there, and redacted
@@ -48,6 +53,7 @@ def test_planted_secrets_stay_in_the_secrets_file(
             outputs += [proc.stdout, proc.stderr]
         assert json.loads(outputs[2])["state"] == "done"
         requests = json.dumps(world.kube.store.requests)
+        azure = json.dumps(world.arm.state.resources)
         az_log = (world.workdir / "az" / "az-argv.log").read_text()
         systemctl_log = (world.workdir / "systemctl.log").read_text()
 
@@ -58,6 +64,7 @@ def test_planted_secrets_stay_in_the_secrets_file(
         assert secret not in az_log
         assert secret not in systemctl_log
         assert secret not in requests
+        assert secret not in azure  # the Git token went to the cluster's Secret, never to Azure
         assert secret not in world.meta.read_text()  # guestinfo: secrets key redacted, status clean
         holders = [p for p in world.root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
         assert holders == []  # retired from the secrets file once onboarding was done
