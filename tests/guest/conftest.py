@@ -178,6 +178,9 @@ def kube_scenario(arc_pods_ready: bool = False) -> dict[str, Any]:
         ],
     }
     if arc_pods_ready:
+        # ... and the agents' record of the connected cluster they belong to (firstboot.arcowner).
+        record = {"AZURE_RESOURCE_GROUP": "rg-edge", "AZURE_RESOURCE_NAME": "arc-node1"}
+        scenario["configmaps"] = [{"namespace": "azure-arc", "name": "azure-clusterconfig", "data": record}]
         scenario["pods"] += [
             {"namespace": "azure-arc", "name": name, "ready_after": 0.2}
             for name in ("clusterconnect-agent-6c8b", "config-agent-7b5c", "controller-manager-6d4b")

@@ -14,8 +14,8 @@ import pytest
 from fixtures.ntp import NtpHandle
 
 from firstboot.contract import OnboardingConfig
+from firstboot.endpoints import endpoints
 from firstboot.steporder import ORDER
-from firstboot.steps.dns import endpoints
 from guest import provision
 from guest.conftest import SECRET, GuestWorld, kube_scenario
 

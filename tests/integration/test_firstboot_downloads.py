@@ -18,7 +18,7 @@ import pytest
 from doubles.world import onboarding_world, run_once
 
 from firstboot.contract import OnboardingConfig
-from firstboot.steps.dns import endpoints
+from firstboot.endpoints import endpoints
 
 pytestmark = [pytest.mark.integration]
 DOWNLOAD_HOSTS = ("dl.k8s.io:443", "github.com:443", "objects.githubusercontent.com:443")
