@@ -86,6 +86,7 @@ def remedy(arc: ArcConfig) -> str:
     """What to do about a connected cluster that is not this cluster's."""
     return (
         "delete the stale resource (`builder destroy FLEET`, or `az connectedk8s delete -n "
-        f"{arc.cluster_name} -g {arc.resource_group}`), then `firstboot run`; or give this cluster "
-        "another arc.cluster_name in the fleet file and deploy again"
+        f"{arc.cluster_name} -g {arc.resource_group}`), then `firstboot run`; or set "
+        "arc.on_conflict: replace in the fleet file (the stale resource is deleted and this cluster "
+        "connected), or give this cluster another arc.cluster_name, and deploy again"
     )

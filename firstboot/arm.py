@@ -173,6 +173,31 @@ class ArmSession:
             f"connected cluster {arc.cluster_name}", clusters.get, arc.resource_group, arc.cluster_name
         )
 
+    def delete_cluster(self, ctx: Context, timeout: float) -> bool:
+        """DELETE the connected cluster (its extensions and Flux configurations go with it) and wait until
+        Resource Manager no longer has it; False when it was already gone."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        arc = self.arc
+        clusters = self._client("hybrid").connected_cluster
+        what = f"deleting connected cluster {arc.cluster_name}"
+        try:
+            self.call(
+                what,
+                lambda: clusters.begin_delete(arc.resource_group, arc.cluster_name, polling=False),
+                passthrough=ResourceNotFoundError,
+            )
+        except ResourceNotFoundError:
+            return False
+        deadline = time.monotonic() + timeout
+        for interval in poll_intervals(ctx):
+            if self.cluster() is None:
+                return True
+            ctx.progress(f"waiting for connected cluster {arc.cluster_name} to be deleted")
+            if time.monotonic() >= deadline or ctx.cancel.wait(interval):
+                break
+        raise TransientFailure(f"{what}: still there after {timeout:g} s", "the next attempt checks again")
+
     # -- the Flux extension --------------------------------------------------------------------------------
     def _cluster_args(self) -> tuple[str, str, str, str]:
         return (self.arc.resource_group, CLUSTER_RP, CLUSTER_TYPE, self.arc.cluster_name)

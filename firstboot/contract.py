@@ -315,6 +315,9 @@ class ArcConfig(_Model):
     auth: ArcAuth = ArcAuth.SECRET
     tags: ArcTags = Field(default_factory=dict)
     onboarding_timeout_seconds: Annotated[Int, Field(ge=60, le=3600)] = 600
+    # A connected cluster of this name that belongs to another Kubernetes cluster (a stale resource left
+    # by a deleted or re-deployed clone): `fail` stops with a remedy; `replace` deletes it, then connects.
+    on_conflict: Literal["fail", "replace"] = "fail"
     # Azure cloud endpoints to preflight; region-specific names are derived from `location`.
     cloud: Literal["AzureCloud"] = "AzureCloud"
     features: ArcFeatures = ArcFeatures()

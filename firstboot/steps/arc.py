@@ -119,16 +119,21 @@ def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
     )
     if cluster is not None:
         props = cluster.get("properties") or {}
-        if arm.provisioning_state(cluster) == "succeeded":
-            # Connected, but by whom? Only this cluster's own Arc agents make it "already connected".
-            stale = arcowner.conflict(ctx, arc)
-            if stale is not None:
-                raise PermanentFailure(stale, arcowner.remedy(arc))
+        succeeded = arm.provisioning_state(cluster) == "succeeded"
+        # Connected, but by whom? Only this cluster's own Arc agents make it "already connected".
+        stale = arcowner.conflict(ctx, arc) if succeeded else None
+        if succeeded and stale is None:
             return f"already connected ({props.get('connectivityStatus', 'unknown')})"
-        raise PermanentFailure(
-            f"connected cluster {arc.cluster_name} exists in state {props.get('provisioningState')}",
-            f"delete it (`az connectedk8s delete -n {arc.cluster_name} -g {arc.resource_group}`), "
-            "then `firstboot run`",
+        if stale is None:
+            stale = f"connected cluster {arc.cluster_name} exists in state {props.get('provisioningState')}"
+        if arc.on_conflict != "replace":
+            raise PermanentFailure(stale, arcowner.remedy(arc))
+        # arc.on_conflict: replace. Deleted through Resource Manager (the resource's agents, if any, ran on
+        # the cluster it belonged to, not on this one), then this cluster is connected under that name.
+        LOG.warning("arc: %s; arc.on_conflict is replace: deleting it", stale)
+        ctx.progress(f"deleting the stale connected cluster {arc.cluster_name} (arc.on_conflict: replace)")
+        arm.session(ctx).delete_cluster(
+            ctx, (arc.onboarding_timeout_seconds + CONNECT_MARGIN_SECONDS) * ctx.time_scale
         )
     _local_clients(ctx)
     # az keeps its own sign-in: the one az process besides connect, and only when connecting.

@@ -358,3 +358,28 @@ def test_a_stale_resource_of_another_cluster_fails_at_once(
     azcli.login(ctx, ctx.require_config().arc)
     result = azcli.run(ctx, arc.connect_args(ctx, ctx.require_config()))
     assert result.exit_code == 1 and "corresponds to a different Kubernetes cluster" in result.stderr
+
+
+def test_on_conflict_replace_deletes_the_stale_resource_and_connects(
+    tmp_path: Path, world: Any, arm: ArmDouble
+) -> None:
+    """`arc.on_conflict: replace`: the stale resource is deleted through Resource Manager (its extensions
+    and Flux configurations with it), then this cluster is connected under that name."""
+    base = make_config()
+    assert base.arc is not None
+    config = base.model_copy(update={"arc": base.arc.model_copy(update={"on_conflict": "replace"})})
+    ctx = world(config=config)
+    arm.config.lro_seconds = 0.3
+    arm.put_resource(CLUSTER_ID, {"connectivityStatus": "Offline"})
+    done = arc.ensure_connected(ctx, config)
+    assert done == "connected"
+    deletes = [r for r in arm.requests(arm_only=True) if r.method == "DELETE"]
+    assert [r.path for r in deletes] == [CLUSTER_ID]
+    connects = az_calls(tmp_path / "az", "connectedk8s", "connect")
+    assert len(connects) == 1
+    # The DELETE was answered (202) and the resource gone before connect ran.
+    gets_after_delete = [r.status for r in arm.requests(arm_only=True) if r.method == "GET"][-1:]
+    assert gets_after_delete == [404]
+    # Now the cluster's own agents record the resource: a re-run is "already connected".
+    assert arc.ensure_connected(ctx, config).startswith("already connected")
+    assert len(az_calls(tmp_path / "az", "connectedk8s", "connect")) == 1
