@@ -281,23 +281,34 @@ def _clients() -> dict[str, Callable[..., Any]]:
 
 
 _PREWARM_LOCK = threading.Lock()
+# Off in the test suite's own process (tests/conftest.py): a step run in-process must not sign in to the
+# real Entra ID in the background; `firstboot run` as a program (the worlds) signs in early as in the field.
+PREWARM_SIGN_IN = True
 _prewarm_thread: threading.Thread | None = None
 
 
-def prewarm() -> None:
-    """Import azure-identity and the management clients in a background thread (once per process), so
-    the second they take overlaps a wait (K3s starting) instead of adding to the arc step."""
+def prewarm(ctx: Context | None = None) -> None:
+    """Import azure-identity and the management clients in a background thread (once per process) and,
+    given the step's context, sign in: the seconds the imports and Entra ID's token take overlap a wait
+    (K3s starting) instead of adding to the arc step. Whatever fails here, the arc step meets again and
+    reports (this thread only logs it)."""
     global _prewarm_thread
     with _PREWARM_LOCK:
         if _prewarm_thread is None:
-            _prewarm_thread = threading.Thread(target=_prewarm_imports, name="arm-prewarm", daemon=True)
+            _prewarm_thread = threading.Thread(target=_prewarm, args=(ctx,), name="arm-prewarm", daemon=True)
             _prewarm_thread.start()
 
 
-def _prewarm_imports() -> None:
+def _prewarm(ctx: Context | None) -> None:
     import azure.identity  # noqa: F401 - imported for its side effect (module cache)
 
     _clients()
+    if ctx is None or not PREWARM_SIGN_IN:
+        return
+    try:
+        sign_in(ctx)
+    except StepFailure as exc:
+        LOG.debug("early sign-in did not work (the arc step will say why): %s", exc.message)
 
 
 def _system_bundle(ctx: Context) -> str | None:

@@ -28,6 +28,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def no_background_sign_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The k3s step's early Entra ID sign-in (firstboot.arm.prewarm) stays off in this process."""
+    from firstboot import arm
+
+    monkeypatch.setattr(arm, "PREWARM_SIGN_IN", False)
+
+
+@pytest.fixture(autouse=True)
 def disable_subp_usage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     marker = request.node.get_closest_marker("allow_subp")
     allowed: set[str] = set(marker.args) if marker else set()

@@ -312,7 +312,7 @@ def run(ctx: Context) -> None:
     unit = unit_name(config)
     kube.prewarm()
     if config.arc is not None:
-        arm.prewarm()  # the Azure SDK imports overlap K3s starting (the arc step needs them next)
+        arm.prewarm(ctx)  # the Azure SDK's imports and sign-in overlap K3s starting (arc needs them next)
     try:
         reload = _write_config(ctx, config)
     except OSError as exc:
