@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from firstboot import azcli
+from firstboot import azcli, kube
 from firstboot.contract import ArcAuth, ArcConfig
 from firstboot.step import CheckResult, Context, PermanentFailure, StepFailure, TransientFailure
 
@@ -295,6 +295,7 @@ def prewarm(ctx: Context | None = None) -> None:
     global _prewarm_thread
     with _PREWARM_LOCK:
         if _prewarm_thread is None:
+            kube.shared_http_stack()  # in this thread first: see its docstring
             _prewarm_thread = threading.Thread(target=_prewarm, args=(ctx,), name="arm-prewarm", daemon=True)
             _prewarm_thread.start()
 

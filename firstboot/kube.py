@@ -85,6 +85,16 @@ def _import_apis() -> None:
     gc.freeze()
 
 
+def shared_http_stack() -> None:
+    """Import requests (and with it urllib3, idna, charset_normalizer, certifi) in the calling thread.
+
+    Both the kubernetes client and the Azure SDK import it; two threads importing it at once can meet a
+    partially initialised `requests.utils` (its modules import each other) and fail with ImportError. Each
+    prewarm imports it first, in the step's own thread, before its background thread starts.
+    """
+    import requests  # noqa: F401 - imported for its side effect (module cache)
+
+
 def prewarm() -> None:
     """Import the client's API classes in a background thread (once per process).
 
@@ -94,6 +104,7 @@ def prewarm() -> None:
     global _prewarm_thread
     with _PREWARM_LOCK:
         if _prewarm_thread is None:
+            shared_http_stack()
             _prewarm_thread = threading.Thread(target=_import_apis, name="kube-prewarm", daemon=True)
             _prewarm_thread.start()
 
