@@ -6,6 +6,8 @@
   re-listed; API errors and refused connections (k3s still starting) are retried until the deadline.
 - `node_ready`, `deployment_available`, `pod_ready`: the predicates; `diagnose_pods`: why pods are not
   Ready, from their container statuses and events, with certificate and DNS failures named as such.
+- `wait_pods(ctx, namespace, ...)`: the arc and flux steps' wait for a namespace's pods, failing transiently
+  with that diagnosis (here, not in a step: a step never imports another step).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import urllib3
+
+from firstboot.step import Context, TransientFailure
 
 
 class LazyModule:
@@ -359,3 +363,32 @@ def remedy_for(problems: list[PodProblem]) -> str:
             ns, _, pod = hit.pod.partition("/")
             return REMEDIES[category].format(ns=ns, pod=pod)
     return "check the pods with `kubectl get pods -A`"
+
+
+def wait_pods(ctx: Context, namespace: str, timeout: float, what: str) -> None:
+    """Watch `namespace` until it has pods and all are Ready; TransientFailure naming those that are not."""
+    try:
+        api = client_from(ctx.path(KUBECONFIG))
+    except KubeUnavailable as exc:
+        raise TransientFailure(str(exc), "check k3s: `firstboot doctor`") from None
+    with api:
+        core = client.CoreV1Api(api)
+        ctx.progress(f"waiting for the {namespace} pods to be Ready")
+        result = wait_until(
+            core.list_namespaced_pod,
+            lambda pods: bool(pods) and all(pod_ready(p) for p in pods.values()),
+            timeout=timeout,
+            cancel=ctx.cancel,
+            args=(namespace,),
+        )
+        if result.ok:
+            return
+        if not result.objects:
+            detail = result.error or "no pods were created"
+            raise TransientFailure(
+                f"{what}: no pods in {namespace} ({detail})",
+                f"check `kubectl -n {namespace} get deploy,pods` and `kubectl get events -n {namespace}`",
+            )
+        problems = diagnose_pods(core, namespace, result.objects.values())
+    lines = "; ".join(p.line() for p in problems)
+    raise TransientFailure(f"{what}: {len(problems)} pod(s) not Ready: {lines}", remedy_for(problems))

@@ -153,35 +153,6 @@ def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
     return "connected"
 
 
-def wait_pods(ctx: Context, namespace: str, timeout: float, what: str) -> None:
-    """Watch `namespace` until it has pods and all are Ready; TransientFailure naming those that are not."""
-    try:
-        api = kube.client_from(ctx.path(kube.KUBECONFIG))
-    except kube.KubeUnavailable as exc:
-        raise TransientFailure(str(exc), "check k3s: `firstboot doctor`") from None
-    with api:
-        core = client.CoreV1Api(api)
-        ctx.progress(f"waiting for the {namespace} pods to be Ready")
-        result = kube.wait_until(
-            core.list_namespaced_pod,
-            lambda pods: bool(pods) and all(kube.pod_ready(p) for p in pods.values()),
-            timeout=timeout,
-            cancel=ctx.cancel,
-            args=(namespace,),
-        )
-        if result.ok:
-            return
-        if not result.objects:
-            detail = result.error or "no pods were created"
-            raise TransientFailure(
-                f"{what}: no pods in {namespace} ({detail})",
-                f"check `kubectl -n {namespace} get deploy,pods` and `kubectl get events -n {namespace}`",
-            )
-        problems = kube.diagnose_pods(core, namespace, result.objects.values())
-    lines = "; ".join(p.line() for p in problems)
-    raise TransientFailure(f"{what}: {len(problems)} pod(s) not Ready: {lines}", kube.remedy_for(problems))
-
-
 def run(ctx: Context) -> None:
     """Sign in, connect once, wait for the Arc agents."""
     config = ctx.require_config()
@@ -195,7 +166,7 @@ def run(ctx: Context) -> None:
     done = ensure_connected(ctx, config)
     LOG.info("arc: %s %s/%s", done, arc.resource_group, arc.cluster_name)
     started = time.monotonic()
-    wait_pods(ctx, NAMESPACE, arc.onboarding_timeout_seconds * ctx.time_scale, "Arc agents")
+    kube.wait_pods(ctx, NAMESPACE, arc.onboarding_timeout_seconds * ctx.time_scale, "Arc agents")
     LOG.info("arc: agents Ready after %.1f s", time.monotonic() - started)
 
 

@@ -30,7 +30,6 @@ from firstboot import arm, azcli, kube
 from firstboot.contract import ArcConfig, FluxConfiguration, GitCredential, OnboardingConfig
 from firstboot.kube import client
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
-from firstboot.steps.arc import wait_pods
 
 LOG = logging.getLogger(__name__)
 
@@ -326,7 +325,7 @@ def run(ctx: Context) -> None:
     kube.prewarm()
     session = arm.session(ctx)
     LOG.info("flux: %s", ensure_extension(ctx, session, config))
-    wait_pods(ctx, NAMESPACE, PODS_TIMEOUT * ctx.time_scale, "Flux controllers")
+    kube.wait_pods(ctx, NAMESPACE, PODS_TIMEOUT * ctx.time_scale, "Flux controllers")
     extension_succeeded(ctx, session, config)
     created = ensure_configurations(ctx, session, config)
     LOG.info(
