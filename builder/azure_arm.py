@@ -9,7 +9,9 @@ the repository, never argv, never a log line):
 
 Test seams (never needed against Azure itself): `ARCBAKE_ARM_ENDPOINT` replaces the Resource Manager URL,
 `ARCBAKE_AZURE_AUTHORITY` the Entra ID authority host (instance discovery is then off, as the SDK requires
-for a private authority), and `ARCBAKE_AZURE_CA_BUNDLE` the CA bundle both are verified with.
+for a private authority), and `ARCBAKE_AZURE_CA_BUNDLE` the CA bundle both are verified with. They are read
+by firstboot's one reader (`firstboot.arm.Endpoints`), which refuses any URL that is not https on loopback:
+the environment cannot send the service principal's secret to another host.
 
 Throttling (429 with Retry-After) and 5xx are retried by azure-core's retry policy; long-running deletes
 are polled to the end; a 404 on delete means "already gone" (idempotent destroy).
@@ -22,14 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from firstboot.arm import Endpoints
+from firstboot.step import StepFailure
+
 LOG = logging.getLogger(__name__)
 
 ENV_TENANT = "AZURE_TENANT_ID"
 ENV_CLIENT = "AZURE_CLIENT_ID"
 ENV_SECRET = "AZURE_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a value
-ENV_ENDPOINT = "ARCBAKE_ARM_ENDPOINT"
-ENV_AUTHORITY = "ARCBAKE_AZURE_AUTHORITY"
-ENV_CA_BUNDLE = "ARCBAKE_AZURE_CA_BUNDLE"
 # Seconds between polls of a long-running operation that sends no Retry-After.
 POLL_SECONDS = 5
 
@@ -45,13 +47,12 @@ class AzureSettings:
     client_id: str
     tenant_id: str
     client_secret: str = field(repr=False)
-    endpoint: str | None = None
-    authority: str | None = None
-    ca_bundle: str | None = None
+    endpoints: Endpoints = field(default_factory=Endpoints)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], default_tenant: str | None = None) -> AzureSettings:
-        """Read the service principal from `environ`; AzureError naming every missing variable."""
+        """Read the service principal and endpoints from `environ`; AzureError naming every missing variable,
+        or a test seam that is not loopback https."""
         tenant = environ.get(ENV_TENANT) or default_tenant or ""
         missing = [name for name in (ENV_CLIENT, ENV_SECRET) if not environ.get(name)]
         if not tenant:
@@ -61,34 +62,34 @@ class AzureSettings:
                 f"the Azure service principal is not configured: set {', '.join(missing)} in the environment "
                 "(or use --keep-arc to leave Azure alone)"
             )
+        try:
+            endpoints = Endpoints.from_env(environ)
+        except StepFailure as exc:
+            raise AzureError(f"{exc.message}: {exc.remedy}") from None
         return cls(
             client_id=environ[ENV_CLIENT],
             tenant_id=tenant,
             client_secret=environ[ENV_SECRET],
-            endpoint=environ.get(ENV_ENDPOINT) or None,
-            authority=environ.get(ENV_AUTHORITY) or None,
-            ca_bundle=environ.get(ENV_CA_BUNDLE) or None,
+            endpoints=endpoints,
         )
 
     def _transport(self) -> dict[str, Any]:
-        return {"connection_verify": self.ca_bundle} if self.ca_bundle else {}
+        ca_bundle = self.endpoints.ca_bundle
+        return {"connection_verify": ca_bundle} if ca_bundle else {}
 
     def credential(self) -> Any:
         """An azure-identity ClientSecretCredential for these settings."""
         from azure.identity import ClientSecretCredential
 
         kwargs: dict[str, Any] = self._transport()
-        if self.authority:
-            kwargs.update(authority=self.authority, disable_instance_discovery=True)
+        if self.endpoints.authority:
+            kwargs.update(authority=self.endpoints.authority, disable_instance_discovery=True)
         return ClientSecretCredential(self.tenant_id, self.client_id, self.client_secret, **kwargs)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for an azure-mgmt client: endpoint, scope and CA overrides, LRO poll interval."""
-        kwargs: dict[str, Any] = {"polling_interval": POLL_SECONDS, **self._transport()}
-        if self.endpoint:
-            # Only the URL moves: the token is still asked for Resource Manager's own audience.
-            kwargs["base_url"] = self.endpoint
-        return kwargs
+        # Only the URL moves under the test seam: the token is still asked for Resource Manager's audience.
+        return {"polling_interval": POLL_SECONDS, "base_url": self.endpoints.arm, **self._transport()}
 
 
 @dataclass(frozen=True)

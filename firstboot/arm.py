@@ -13,9 +13,9 @@ Where it talks (production: Azure's public cloud, through `proxy.https_proxy` wh
     Resource Manager   https://management.azure.com
     Entra ID           https://login.microsoftonline.com
 
-Test seams, the same names as builder's Day 2 (builder/azure_arm.py), and only ever loopback HTTPS: a
-value naming another host is refused (a PermanentFailure), so the unit's environment cannot redirect a
-clone's credentials elsewhere.
+Test seams, read here for builder's Day 2 too (builder/azure_arm.py), and only ever loopback HTTPS: a
+value naming another host is refused (a PermanentFailure; an AzureError in builder), so the environment
+cannot redirect a service principal's credentials elsewhere.
 
     ARCBAKE_ARM_ENDPOINT      Resource Manager URL (e.g. https://127.0.0.1:8443, the ARM double)
     ARCBAKE_AZURE_AUTHORITY   Entra ID authority (instance discovery is then off, as the SDK requires)
@@ -100,8 +100,8 @@ class Endpoints:
         for name, value in ((ENV_ENDPOINT, arm), (ENV_AUTHORITY, authority)):
             if value and not _is_loopback_https(value):
                 raise PermanentFailure(
-                    f"{name}={value!r} is not an https URL on loopback",
-                    f"{name} is a test seam only: remove it from firstboot's environment",
+                    f"{name}={_shown(value)!r} is not an https URL on loopback",
+                    f"{name} is a test seam for a loopback double only: unset it",
                 )
         return cls(arm or ARM_ENDPOINT, authority or None, environ.get(ENV_CA_BUNDLE) or None)
 
@@ -109,6 +109,14 @@ class Endpoints:
         """The host names the SDK connects to (for the documentation and the proxy bypass)."""
         authority = self.authority or "https://login.microsoftonline.com"
         return [urllib.parse.urlsplit(u).hostname or "" for u in (self.arm, authority)]
+
+
+def _shown(url: str) -> str:
+    """`url` for a message: user:password@ (a secret a refused URL may carry) masked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _is_loopback_https(url: str) -> bool:
