@@ -6,11 +6,13 @@ runs in its own `--root` with `--source file:` holding the guestinfo keys deploy
 config's time, dns and proxy sections point at the loopback servers of tests/fixtures/preflight.py
 (chronyd, dnsmasq, a TLS server behind a CONNECT proxy). K3s, Arc and Flux are the doubles of
 tests/doubles: one Kubernetes API double per cluster (its scenario names every node), dnsmasq as the
-cluster DNS, the systemctl double enforcing K3s's flags and join token through a cluster registry, and
-the az double accepting the fleet's service principal. Initialising servers boot first, then the nodes
-that join them. While a guest runs, what it writes to its source (`guestinfo.arcbake.status`, and `---`
-over the secrets once read) is copied into its VM through the vSphere API, as `vmware-rpctool info-set`
-does inside a real clone, so `builder status` and `builder report` read it like any other guest's.
+cluster DNS, the systemctl double enforcing K3s's flags and join token through a cluster registry, the az
+double (connectedk8s connect) and the ARM + Entra ID double (HTTPS with its own CA, started by
+tests/doubles/world.py's `arm_world` as in the tests) accepting the fleet's service principal.
+Initialising servers boot first, then the nodes that join them. While a guest runs, what it writes to its
+source (`guestinfo.arcbake.status`, and `---` over the secrets once read) is copied into its VM through
+the vSphere API, as `vmware-rpctool info-set` does inside a real clone, so `builder status` and `builder
+report` read it like any other guest's.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from doubles.harness import az_env, dnsmasq, doubles_path, kube_double  # noqa: E402
-from doubles.world import ARC_PODS, FLUX_PODS  # noqa: E402
+from doubles.harness import arm_env, az_env, dnsmasq, doubles_path, kube_double, local_clients  # noqa: E402
+from doubles.world import Latencies, arm_world, az_config  # noqa: E402
 from fixtures.dnsserver import point_resolv_at_loopback  # noqa: E402
 from fixtures.preflight import LoopbackPreflight, loopback_preflight  # noqa: E402
 
@@ -48,9 +50,17 @@ from firstboot.endpoints import Endpoint, endpoints  # noqa: E402
 PUSH_SECONDS = 0.5
 RUN_TIMEOUT = 300.0
 # Seconds the doubles take for the slow links (K3s up, node Ready, Arc connect, Flux): a short first boot.
-NODE_READY = 1.0
-COREDNS_READY = 1.0
-AZ_LATENCY = {"connectedk8s connect": 1.5, "k8s-extension create": 1.0, "k8s-configuration flux create": 0.5}
+LATENCIES = Latencies(
+    kubeconfig=0.3,
+    node=1.0,
+    coredns=1.0,
+    connect=1.5,
+    arc_pods=0.5,
+    extension=1.0,
+    flux_pods=0.5,
+    flux_create=0.5,
+    compliance=0.5,
+)
 
 
 @dataclass
@@ -122,22 +132,13 @@ def _source_file(guest: Guest, servers: LoopbackPreflight, path: Path) -> Path:
     return path
 
 
-def _az_config(guests: list[Guest]) -> dict[str, Any]:
-    """The az double accepts the fleet's service principal (the fake secret deploy wrote)."""
+def _principal(guests: list[Guest]) -> tuple[str, str, str]:
+    """The tenant, client id and (fake) secret of the fleet's service principal, as deploy wrote them."""
     server = next(g for g in guests if g.config.get("arc"))
     secrets_raw = server.guestinfo[contract.KEY_SECRETS]
     secrets = json.loads(decode(secrets_raw, server.guestinfo.get(contract.KEY_SECRETS + ".encoding")))
-    flux = server.config.get("flux") or {}
-    return {
-        "secret": secrets.get("sp_secret"),
-        "client_id": server.config["arc"]["client_id"],
-        "latency": AZ_LATENCY,
-        "arc_pods": [{"name": n, "ready_after": 0.5} for n in ARC_PODS],
-        "flux_pods": [{"name": n, "ready_after": 0.5} for n in FLUX_PODS],
-        "compliance": {
-            c["name"]: {"state": "Compliant", "after": 0.5} for c in flux.get("configurations", [])
-        },
-    }
+    arc = server.config["arc"]
+    return str(arc["tenant_id"]), str(arc["client_id"]), str(secrets.get("sp_secret"))
 
 
 @contextmanager
@@ -146,14 +147,18 @@ def _world(guests: list[Guest], work: Path) -> Iterator[tuple[LoopbackPreflight,
     with ExitStack() as stack:
         servers = stack.enter_context(loopback_preflight(work / "preflight", _targets(guests)))
         scenario = {
-            "nodes": [{"name": g.config["hostname"], "ready_after": NODE_READY} for g in guests],
+            "nodes": [{"name": g.config["hostname"], "ready_after": LATENCIES.node} for g in guests],
             "deployments": [
-                {"namespace": "kube-system", "name": "coredns", "available_after": COREDNS_READY}
+                {"namespace": "kube-system", "name": "coredns", "available_after": LATENCIES.coredns}
             ],
         }
         (work / "k3s-scenario.json").write_text(json.dumps(scenario))
         kube = stack.enter_context(kube_double())
         cluster_dns = stack.enter_context(dnsmasq())
+        # The ARM + Entra ID double (HTTPS with its own CA) the guests' Azure SDK talks to, as the tests'.
+        tenant, client_id, secret = _principal(guests)
+        principal = {"client_id": client_id, "secret": secret}
+        arm, ca = stack.enter_context(arm_world(work, tenant, kube, LATENCIES, **principal))
         env = {
             **{
                 k: v
@@ -161,12 +166,13 @@ def _world(guests: list[Guest], work: Path) -> Iterator[tuple[LoopbackPreflight,
                 if not k.startswith(("AZ_DOUBLE", "SYSTEMCTL_DOUBLE", "VSPHERE_"))
             },
             **servers.env,
-            **az_env(work / "az", _az_config(guests)),
+            **az_env(work / "az", az_config(LATENCIES, arm, ca, **principal)),
+            **arm_env(arm, ca),
             "PATH": doubles_path(),
             "SYSTEMCTL_DOUBLE_KUBECONFIG": str(kube.write_kubeconfig(work / "k3s-double.yaml")),
             "SYSTEMCTL_DOUBLE_SCENARIO": str(work / "k3s-scenario.json"),
             "SYSTEMCTL_DOUBLE_CLUSTER": str(work / "k3s-cluster.json"),
-            "SYSTEMCTL_DOUBLE_DELAY": "0.3",
+            "SYSTEMCTL_DOUBLE_DELAY": str(LATENCIES.kubeconfig),
             "ARCBAKE_CLUSTER_DNS": cluster_dns,
         }
         yield servers, env
@@ -195,6 +201,7 @@ def _boot(
 ) -> Played:
     name = guest.fvm.name
     root = point_resolv_at_loopback(work / name / "root")
+    local_clients(root)  # the image's helm and K3s's kubectl link, as the tests' worlds have them
     meta = _source_file(guest, servers, work / name / "guestinfo.json")
     firstboot = Path(sys.executable).parent / "firstboot"
     argv = [str(firstboot), "run", "-v", "--root", str(root), "--source", f"file:{meta}"]

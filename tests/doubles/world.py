@@ -109,18 +109,25 @@ class World:
 
 @contextlib.contextmanager
 def arm_world(
-    workdir: Path, tenant: str, server: KubeServer, lat: Latencies
+    workdir: Path,
+    tenant: str,
+    server: KubeServer,
+    lat: Latencies,
+    *,
+    client_id: str = CLIENT_ID,
+    secret: str = SP_SECRET,
 ) -> Iterator[tuple[ArmDouble, Path]]:
-    """The ARM double for a world (its CA file beside): the test service principal, the latencies of the
-    extension and the configurations, compliance after `lat.compliance`, the Flux controllers' pods
-    created in `server` once the extension is installed."""
+    """The ARM double for a world (its CA file beside): the service principal `client_id` signing in with
+    `secret` (default the test one), the latencies of the extension and the configurations, compliance
+    after `lat.compliance`, the Flux controllers' pods created in `server` once the extension is installed
+    (also used by tools/demo_guests.py with the demo fleet's principal)."""
     from fixtures.tls import make_ca, make_cert
 
     ca = make_ca(workdir / "arm-ca", "ARM double CA")
     leaf = make_cert(ca, workdir / "arm-leaf", ["localhost", "127.0.0.1"])
     config = ArmConfig(
         tenant=tenant,
-        principals={CLIENT_ID: SP_SECRET},
+        principals={client_id: secret},
         lro_type_seconds={"extensions": lat.extension, "fluxconfigurations": lat.flux_create},
         default_compliance=Compliance("Compliant", after=lat.compliance),
         on_created=pods_on_extension(server, [{"name": n, "ready_after": lat.flux_pods} for n in FLUX_PODS]),
@@ -173,16 +180,24 @@ def onboarding_world(
     ):
         source_kubeconfig = server.write_kubeconfig(workdir / "k3s-double.yaml")
         env = _node_env(preflight, workdir, root, workdir, source_kubeconfig, cluster_dns, lat)
-        env.update(az_env(workdir / "az", _az_config(lat, arm, ca, **az_extra)), **arm_env(arm, ca))
+        env.update(az_env(workdir / "az", az_config(lat, arm, ca, **az_extra)), **arm_env(arm, ca))
         yield World(root, meta, workdir, env, server, arm, config, secrets)
 
 
-def _az_config(lat: Latencies, arm: ArmDouble, ca: Path, **extra: Any) -> dict[str, Any]:
-    """The az double's config: the test SP, the connect latency and the agents' pods; connect puts the
-    cluster into the ARM double."""
+def az_config(
+    lat: Latencies,
+    arm: ArmDouble,
+    ca: Path,
+    *,
+    client_id: str = CLIENT_ID,
+    secret: str = SP_SECRET,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The az double's config: the service principal (default the test one), the connect latency and the
+    agents' pods; connect puts the cluster into the ARM double."""
     return {
-        "secret": SP_SECRET,
-        "client_id": CLIENT_ID,
+        "secret": secret,
+        "client_id": client_id,
         "arm_url": arm.url,
         "arm_ca": str(ca),
         "latency": {"connectedk8s connect": lat.connect},
@@ -322,7 +337,7 @@ def fleet_world(
                 ]
             (node_dir / "k3s-scenario.json").write_text(json.dumps(scenario))
             env = _node_env(preflight, workdir, root, node_dir, source_kubeconfig, cluster_dns, lat)
-            env.update(az_env(workdir / "az", _az_config(lat, arm, ca)), **arm_env(arm, ca))
+            env.update(az_env(workdir / "az", az_config(lat, arm, ca)), **arm_env(arm, ca))
             env["SYSTEMCTL_DOUBLE_ADDRESS"] = node.address
             # The nodes boot together: a joiner's K3s waits for its server, as K3s retries it.
             env["SYSTEMCTL_DOUBLE_JOIN_WAIT"] = "90"
