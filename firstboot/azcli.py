@@ -11,6 +11,12 @@ agents with helm); everything else in Azure goes through the SDK (`firstboot.arm
 - `login()` passes the service principal secret as `--password @FILE` (az reads the value from the file)
   and a certificate as `--certificate FILE`; the file is 0600 in the 0700 config dir and removed at once.
   Nothing secret is ever on argv (`subp` refuses it anyway) and every output is redacted.
+- `sign_out()` runs once connect is over (success or failure): az keeps the signed-in service principal's
+  secret (or certificate path) in `service_principal_entries.json` and its tokens in `msal_token_cache.json`
+  in the config dir (Azure/azure-cli src/azure-cli-core/azure/cli/core/auth/identity.py, `Identity.__init__`
+  and `login_with_service_principal`; `.json` where encryption is off, `.bin`/`.sig` where it is on,
+  persistence.py `file_extensions`). `az logout` only drops the entry and tokens from those files, so the
+  files themselves are removed afterwards: no service principal secret stays on disk after onboarding.
 - `classify()` turns a failed az call into PermanentFailure (rejected credentials, unknown tenant,
   subscription or resource group, missing permission or provider registration, a missing extension, usage
   errors) or TransientFailure (timeouts, throttling, 5xx, network), each with a remedy. `firstboot.arm`
@@ -266,6 +272,39 @@ def secret_file(ctx: Context, name: str, content: str) -> Iterator[Path]:
             handle.write(content)
         yield path
     finally:
+        path.unlink(missing_ok=True)
+
+
+# az's credential stores in its config dir, every extension persistence.py may use (see the docstring).
+CREDENTIAL_STORES = ("service_principal_entries", "msal_token_cache")
+CREDENTIAL_SUFFIXES = (".json", ".bin", ".sig", ".json.lockfile", ".bin.lockfile", ".sig.lockfile")
+
+
+def credential_files(ctx: Context) -> list[Path]:
+    """az's credential files present in the config dir."""
+    base = ctx.path(AZ_CONFIG_DIR)
+    paths = (base / f"{name}{suffix}" for name in CREDENTIAL_STORES for suffix in CREDENTIAL_SUFFIXES)
+    return [p for p in paths if p.exists() or p.is_symlink()]
+
+
+def sign_out(ctx: Context, arc: ArcConfig) -> None:
+    """`az logout` for the service principal, then its credential files removed (idempotent).
+
+    Does nothing when az holds no credentials (no az process on a re-run that did not sign in). A failing
+    or hanging logout is logged and the files are removed all the same: the removal is what leaves no trace
+    (so this raises only on an OSError).
+    """
+    _SIGNED_IN.discard((str(ctx.path(AZ_CONFIG_DIR)), arc.tenant_id, arc.client_id))
+    if not credential_files(ctx):
+        return
+    try:
+        result = run(ctx, ["logout", "--username", arc.client_id], description="az logout")
+    except StepFailure as exc:
+        LOG.warning("az logout: %s; removing its credential files anyway", exc.message)
+    else:
+        if result.exit_code != 0:
+            LOG.warning("az logout failed (%s); removing its credential files anyway", error_text(result))
+    for path in credential_files(ctx):
         path.unlink(missing_ok=True)
 
 

@@ -12,7 +12,8 @@
    agents is downloaded; both must exist:
    `az connectedk8s connect --kube-config /etc/rancher/k3s/k3s.yaml --distribution k3s --infrastructure
    vsphere --onboarding-timeout N --tags k=v ...` plus `--proxy-https/--proxy-http/--proxy-skip-range/
-   --proxy-cert` when a proxy is configured.
+   --proxy-cert` when a proxy is configured. Then, success or failure, `az logout` and az's credential
+   files removed (`azcli.sign_out`): no service principal secret stays on disk after onboarding.
 3. Watch the `azure-arc` pods until all are Ready; the ones that are not are reported with the reason from
    their container statuses and events (certificate and DNS failures named as such).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from firstboot import arcowner, arm, azcli, kube, proxyenv
@@ -163,10 +165,23 @@ def run(ctx: Context) -> None:
         raise TransientFailure(
             f"{kubeconfig} is missing", "the k3s step must succeed first: `firstboot doctor`"
         )
-    done = ensure_connected(ctx, config)
+    try:
+        done = ensure_connected(ctx, config)
+    except BaseException:
+        # Failure: az's stored sign-in (the service principal's secret in its config dir) goes now; a retry
+        # signs in again.
+        azcli.sign_out(ctx, arc)
+        raise
     LOG.info("arc: %s %s/%s", done, arc.resource_group, arc.cluster_name)
-    started = time.monotonic()
-    kube.wait_pods(ctx, NAMESPACE, arc.onboarding_timeout_seconds * ctx.time_scale, "Arc agents")
+    # Success (or a re-run after a crash mid-connect): the same sign-out, while the agents start, so its az
+    # process is off the critical path; it ends before the step does.
+    with ThreadPoolExecutor(1, thread_name_prefix="az-sign-out") as pool:
+        signed_out = pool.submit(azcli.sign_out, ctx, arc)
+        started = time.monotonic()
+        try:
+            kube.wait_pods(ctx, NAMESPACE, arc.onboarding_timeout_seconds * ctx.time_scale, "Arc agents")
+        finally:
+            signed_out.result()
     LOG.info("arc: agents Ready after %.1f s", time.monotonic() - started)
 
 

@@ -2,7 +2,7 @@
 and exit codes, an argv log and fault injection. Stdlib + PyYAML only; `tests/doubles/az` is its executable.
 
 Commands: `version`, `login --service-principal -u ID (-p SECRET|-p @FILE | --certificate FILE) --tenant T`,
-`account set|show`, `connectedk8s show|connect`, `k8s-extension show|create`,
+`logout [--username ID]`, `account set|show`, `connectedk8s show|connect`, `k8s-extension show|create`,
 `k8s-configuration flux show|create`. Exit codes as the real CLI: 0 ok, 1 error, 2 usage, 3 ResourceNotFound
 on `show`. Errors go to stderr as `ERROR: (Code) message`.
 
@@ -24,6 +24,16 @@ Environment:
         arc_pods:  [{name: config-agent-1, ready_after: 1}]   # created in azure-arc on connect
         flux_pods: [{name: source-controller-1, ready_after: 1}]
         compliance: {cluster-config: {state: Non-Compliant, after: 0.5, message: "..."}}  # after create
+
+Credentials on disk, as the real az keeps them in `AZURE_CONFIG_DIR` (Azure/azure-cli
+src/azure-cli-core/azure/cli/core/auth/identity.py at 0235335b3050513da1b180898aaa6b4520317f65,
+`Identity.__init__`: `service_principal_entries` and `msal_token_cache` in the config dir; persistence.py at
+011b9d53dba5fa85fe60eb087ed2182ccc6055a2: plaintext `FilePersistence` with the `.json` extension where
+encryption is off or unavailable, Linux's default): a successful service principal `login` saves the entry
+`{client_id, tenant, client_secret | certificate}` (`login_with_service_principal`, "Only persist the service
+principal after a successful login"; `ServicePrincipalAuth.get_entry_to_persist`) and its access token in the
+MSAL token cache. `logout` (`logout_service_principal`) removes that client's tokens and its entry, but the
+files stay (the store is rewritten with the remaining entries: `ServicePrincipalStore.remove_entry`).
 
 On connect, the double creates the `azure-arc` pods in the Kubernetes API double named by `--kube-config`
 (through its `POST /_double/objects`), so the arc step's pod wait is real; extension create does the same
@@ -378,9 +388,76 @@ def cmd_login(d: Double, opts: dict[str, list[str]]) -> list[JSON]:
         }
         for i, sub in enumerate(subs)
     ]
+    credential = {"certificate": cert_path} if cert_path is not None else {"client_secret": password}
+    _persist_login(d, {"client_id": client_id, "tenant": tenant, **credential})
     with d.state() as doc:
         doc["login"] = {"client_id": client_id, "tenant": tenant, "subscriptions": subs, "current": subs[0]}
     return accounts
+
+
+SP_STORE = "service_principal_entries.json"
+TOKEN_CACHE = "msal_token_cache.json"
+
+
+def _config_dir(d: Double) -> Path:
+    return Path(d.env.get("AZURE_CONFIG_DIR") or Path.home() / ".azure")
+
+
+def _read_json(path: Path, empty: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return empty
+
+
+def _write_private(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(doc, indent=4))
+
+
+def _persist_login(d: Double, entry: JSON) -> None:
+    """What az leaves in its config dir after a service principal signs in (see the module docstring)."""
+    store = _config_dir(d) / SP_STORE
+    entries = [
+        e
+        for e in _read_json(store, [])
+        if not (e.get("client_id") == entry["client_id"] and e.get("tenant") == entry["tenant"])
+    ]
+    _write_private(store, [*entries, entry])
+    cache_path = _config_dir(d) / TOKEN_CACHE
+    cache = _read_json(cache_path, {})
+    tokens = cache.setdefault("AccessToken", {})
+    tokens[f"{entry['client_id']}-{entry['tenant']}-accesstoken"] = {
+        "client_id": entry["client_id"],
+        "credential_type": "AccessToken",
+        "secret": f"eyJ.double-token.{uuid.uuid4().hex}",
+        "realm": entry["tenant"],
+        "target": "https://management.core.windows.net//.default",
+    }
+    _write_private(cache_path, cache)
+
+
+def cmd_logout(d: Double, opts: dict[str, list[str]]) -> None:
+    """`az logout`: the client's tokens and store entry removed; the two files remain (rewritten)."""
+    login = d.peek().get("login")
+    username = one(opts, "--username", required=False) or (login or {}).get("client_id")
+    if not username:
+        raise AzError(1, "There are no active accounts.")
+    store = _config_dir(d) / SP_STORE
+    if store.exists():
+        _write_private(store, [e for e in _read_json(store, []) if e.get("client_id") != username])
+    cache_path = _config_dir(d) / TOKEN_CACHE
+    if cache_path.exists():
+        cache = _read_json(cache_path, {})
+        for kind, items in cache.items():
+            if isinstance(items, dict):
+                cache[kind] = {k: v for k, v in items.items() if v.get("client_id") != username}
+        _write_private(cache_path, cache)
+    with d.state() as doc:
+        if (doc.get("login") or {}).get("client_id") == username:
+            doc.pop("login", None)
 
 
 def require_login(d: Double) -> JSON:
@@ -847,6 +924,9 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, Any]:
         return 0, cmd_version(d, opts)
     if group == "login":
         return 0, cmd_login(d, opts)
+    if group == "logout":
+        cmd_logout(d, opts)  # prints nothing, as az logout
+        return 0, None
     if group == "account":
         return 0, cmd_account(d, words, opts)
     if group == "connectedk8s":

@@ -276,11 +276,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def az_env(workdir: Path, az_config: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """Environment for the az double: state, argv log and config files in `workdir`."""
+    """Environment for the az double: state, argv log and config files in `workdir`.
+
+    `AZURE_CONFIG_DIR` too (firstboot replaces it with its own): a login saves the credentials there, as az
+    does, and never in the home directory of whoever runs the tests.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "az-double.json"
     config_path.write_text(json.dumps(dict(az_config or {})))
     return {
+        "AZURE_CONFIG_DIR": str(workdir / "azure-config"),
         "AZ_DOUBLE_STATE": str(workdir / "az-state.json"),
         "AZ_DOUBLE_LOG": str(workdir / "az-argv.log"),
         "AZ_DOUBLE_CONFIG": str(config_path),

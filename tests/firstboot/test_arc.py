@@ -103,10 +103,18 @@ def test_connects_once_with_the_documented_flags(tmp_path: Path, world: Any, arm
     assert gets and {(r.api_version, r.client_id) for r in gets} == {("2026-05-01", GUID_CLIENT)}
     assert arc.check(ctx).ok
 
+    # After connect: `az logout`, and az's credential files (which held the secret) are gone.
+    assert az_calls(tmp_path / "az", "logout") == [
+        ["logout", "--username", GUID_CLIENT, "--output", "json", "--only-show-errors"]
+    ]
+    assert azcli.credential_files(ctx) == []
+    config_dir = ctx.path(azcli.AZ_CONFIG_DIR)
+    assert [p for p in config_dir.rglob("*") if p.is_file() and SP_SECRET.encode() in p.read_bytes()] == []
+
     # A second run (a reboot after success) reads the cluster and starts no az process at all.
     calls = len(az_calls(tmp_path / "az"))
     arc.run(ctx)
-    assert len(az_calls(tmp_path / "az")) == calls == 2  # login + connect, once
+    assert len(az_calls(tmp_path / "az")) == calls == 3  # login + connect + logout, once
 
 
 def test_proxy_flags(tmp_path: Path, world: Any) -> None:
@@ -238,8 +246,34 @@ def test_transient_connect_failures_are_retried_by_the_engine(tmp_path: Path, wo
     result = engine.run()
     assert result.ok, result.status
     assert len(az_calls(tmp_path / "az", "connectedk8s", "connect")) == 3
-    assert len(az_calls(tmp_path / "az", "login")) == 1  # signed in once for the process
+    # Signed out after each failed connect (no secret left on disk between attempts), in again for the next.
+    assert len(az_calls(tmp_path / "az", "login")) == len(az_calls(tmp_path / "az", "logout")) == 3
+    assert azcli.credential_files(ctx) == []
     assert len(waits) == 2
+
+
+@pytest.mark.fault(
+    "az connectedk8s connect fails for good, or firstboot died mid-connect leaving az signed in",
+    "az logout and its credential files removed all the same: no service principal secret left on disk",
+)
+def test_sign_out_after_a_failed_connect_and_after_a_crash(tmp_path: Path, world: Any) -> None:
+    faults = [{"command": "connectedk8s connect", "mode": "permanent", "code": "AuthorizationFailed"}]
+    ctx = world({"faults": faults})
+    with pytest.raises(PermanentFailure):
+        arc.run(ctx)
+    assert len(az_calls(tmp_path / "az", "logout")) == 1
+    assert azcli.credential_files(ctx) == []
+    # A crash between login and sign-out leaves az signed in: sign_out (in the next run's `finally`, whatever
+    # ensure_connected finds) logs out and removes the files.
+    azcli.login(ctx, ctx.require_config().arc)
+    store = ctx.path(azcli.AZ_CONFIG_DIR) / "service_principal_entries.json"
+    assert SP_SECRET in store.read_text()
+    azcli.sign_out(ctx, ctx.require_config().arc)
+    assert not store.exists() and azcli.credential_files(ctx) == []
+    assert len(az_calls(tmp_path / "az", "logout")) == 2
+    # Nothing to sign out: no az process.
+    azcli.sign_out(ctx, ctx.require_config().arc)
+    assert len(az_calls(tmp_path / "az", "logout")) == 2
 
 
 @pytest.mark.fault("az connectedk8s connect hangs", "killed at its bound; transient failure naming the call")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -113,6 +114,28 @@ def test_az_double_exit_codes_and_json(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "AADSTS7000215" in bad.stderr
     log = [json.loads(line)["argv"] for line in (tmp_path / "az-argv.log").read_text().splitlines()]
     assert log[0] == ["version"] and len(log) == 8
+
+
+def test_az_double_keeps_the_sp_secret_on_disk_until_logout(tmp_path: Path) -> None:
+    """As az does (azure-cli auth/identity.py, cited in the double): a service principal sign-in saves its
+    secret in service_principal_entries.json and a token in msal_token_cache.json in AZURE_CONFIG_DIR;
+    `az logout` removes both entries but leaves the files."""
+    config_dir = tmp_path / "azure-config"
+    store, cache = config_dir / "service_principal_entries.json", config_dir / "msal_token_cache.json"
+    login = az(tmp_path, "login", "--service-principal", "-u", "app", "-p", "s3cret-value", "--tenant", "t")
+    assert login.returncode == 0, login.stderr
+    entry = {"client_id": "app", "tenant": "t", "client_secret": "s3cret-value"}
+    assert json.loads(store.read_text()) == [entry]
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    tokens = json.loads(cache.read_text())["AccessToken"]
+    assert [t["client_id"] for t in tokens.values()] == ["app"]
+    out = az(tmp_path, "logout", "--username", "app")
+    assert out.returncode == 0, out.stderr
+    assert store.exists() and json.loads(store.read_text()) == []
+    assert cache.exists() and json.loads(cache.read_text())["AccessToken"] == {}
+    assert "s3cret-value" not in store.read_text() + cache.read_text()
+    again = az(tmp_path, "logout")
+    assert again.returncode == 1 and "There are no active accounts." in again.stderr
 
 
 def test_az_double_faults(tmp_path: Path) -> None:

@@ -102,10 +102,11 @@ def test_creates_extension_and_configuration_once(
     assert base64.b64decode(secret["data"]["password"]).decode() == GIT_KEY
     assert base64.b64decode(secret["data"]["username"]).decode() == "git"
     assert flux.check(ctx).ok
-    # No az process for Flux: only the arc step's login and connect.
+    # No az process for Flux: only the arc step's login, connect and logout.
     assert [a[:2] for a in az_calls(tmp_path / "az")] == [
         ["login", "--service-principal"],
         ["connectedk8s", "connect"],
+        ["logout", "--username"],
     ]
 
     flux.run(ctx)  # a re-run creates nothing

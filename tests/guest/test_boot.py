@@ -81,10 +81,11 @@ def test_first_boot_reaches_done_and_second_boot_does_not_rerun(guest_world: Gue
         if r.method == "PUT" and "/fluxConfigurations/" in r.path
     ]
     assert len(flux_puts) == 1
-    # az ran twice (sign-in, connect); Resource Manager's work went through the SDK from the unit.
+    # az ran three times (sign-in, connect, sign-out); Resource Manager's work went through the SDK.
     assert [argv[:2] for argv in guest_world.az_calls()] == [
         ["login", "--service-principal"],
         ["connectedk8s", "connect"],
+        ["logout", "--username"],
     ]
     # Nothing downloaded: every CONNECT through the proxy went to a documented Azure endpoint, and az got
     # the image's helm and kubectl.
@@ -147,7 +148,7 @@ def test_killed_during_arc_resumes_at_arc(guest_world: GuestWorld) -> None:
     assert _running_steps(resumed) == ["metadata", "arc", "flux"]
     assert len(guest_world.az_calls("connectedk8s", "connect")) == 1
     # The resumed arc step read the connected cluster through Resource Manager and started no az.
-    assert len(guest_world.az_calls()) == 2  # the first boot's sign-in and connect
+    assert len(guest_world.az_calls()) == 3  # the first boot's sign-in, connect and sign-out
     assert guest_world.stamped() == set(ALL_STEPS)
 
 

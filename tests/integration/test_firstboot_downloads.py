@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from doubles.world import onboarding_world, run_once
+from doubles.world import SP_SECRET, onboarding_world, run_once
 
 from firstboot.contract import OnboardingConfig
 from firstboot.endpoints import endpoints
@@ -50,6 +50,14 @@ def test_first_boot_reaches_only_documented_endpoints(
             "--kube-config",
             str(world.root / "etc/rancher/k3s/k3s.yaml"),
         ]
+        # firstboot signed az out after its connect: the control signs in first.
+        secret_file = tmp_path / "sp-secret"
+        secret_file.write_text(SP_SECRET)
+        arc = world.config["arc"]
+        login = ["az", "login", "--service-principal", "-u", arc["client_id"], "-p", f"@{secret_file}"]
+        login += ["--tenant", arc["tenant_id"]]
+        signed_in = subprocess.run(login, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert signed_in.returncode == 0, signed_in.stderr
         before = len(proxy.requests)
         control = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
         fetched = proxy.requests[before:]

@@ -1,6 +1,7 @@
 """Secrets: the service principal secret and the Git token planted in guestinfo appear in no log line, no
 status, no argv recorded by the az and systemctl doubles and, once onboarding is done, no file under the
-root (the instance's secrets file keeps only the generation), across a full `firstboot run -v` (debug
+root (the instance's secrets file keeps only the generation; az's credential store is signed out and
+removed after connect), across a full `firstboot run -v` (debug
 logging) that also survives an az error echoing the secret, then `firstboot status` and `firstboot doctor`."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 from doubles.arm_double import Fault
 from doubles.world import GIT_SECRET, SP_SECRET, onboarding_world, run_once
+
+from firstboot import azcli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,14 +69,20 @@ def test_planted_secrets_stay_in_the_secrets_file(
         assert secret not in requests
         assert secret not in azure  # the Git token went to the cluster's Secret, never to Azure
         assert secret not in world.meta.read_text()  # guestinfo: secrets key redacted, status clean
+        # Retired from the secrets file once onboarding was done; and az's own store (the az double saves the
+        # SP secret in AZURE_CONFIG_DIR/service_principal_entries.json at login, as azure-cli does) removed
+        # after connect by `az logout` + the files' removal.
         holders = [p for p in world.root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-        assert holders == []  # retired from the secrets file once onboarding was done
+        assert holders == []
     held = json.loads(secrets_file.read_text())
     assert held["secrets"] == {"generation": 1, "git": {}} and "sp_secret" in held["retired"]
     meta = json.loads(world.meta.read_text())
     assert meta["guestinfo.arcbake.secrets"] == "---"
     assert json.loads(meta["guestinfo.arcbake.status"])["state"] == "done"
     assert len(world.az_calls("connectedk8s", "connect")) == 2  # the echoing failure, then the connect
+    # Each connect was followed by a sign-out; az's credential files are gone from the guest.
+    assert len(world.az_calls("login")) == len(world.az_calls("logout")) == 2
+    assert [p for p in world.root.rglob("*") if p.name.startswith(azcli.CREDENTIAL_STORES)] == []
     # The Git token reached the cluster only as the local auth Secret the Flux configuration references.
     stored = world.kube.store.get("Secret", "flux-system", "cluster-config-git-auth")
     assert stored is not None and "password" in stored["data"]
