@@ -6,8 +6,11 @@ reported Ready, so an HA cluster keeps its etcd quorum):
 
 1. clone the replacement `NAME.rollout` from the target template, powered off, with the VM's guestinfo
    and the fleet's marks (the disk copy, the long part, happens while the old VM still serves);
-2. power off the old VM and power on the replacement (same hostname and address: they never run at
-   once), remembering when;
+2. power off the old VM; have a server of the cluster delete its Node (`guestinfo.arcbake.nodes-delete`
+   on the server's VM, acted on by the server's `firstboot rotate` timer, confirmed in its status field
+   `nodes_deleted`): K3s refuses a node joining under a name it holds another node's password for
+   (k3s-io/k3s `pkg/nodepassword`), and the replacement, a new machine, has a new password; then power
+   on the replacement (same hostname and address: they never run at once), remembering when;
 3. wait for the replacement's `guestinfo.arcbake.status` to say `done` and, for an agent, for the
    initialising server's status (reported after that moment) to list the node as Ready;
 4. delete the old VM, rename the replacement to `NAME` and stamp its deploy identity.
@@ -46,7 +49,7 @@ from builder.rotate import KEY_GENERATION, current_generation
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Session, VSphereError
-from firstboot.contract import KEY_METADATA, Role, State
+from firstboot.contract import KEY_METADATA, KEY_NODES_DELETE, Role, State
 
 LOG = logging.getLogger(__name__)
 
@@ -245,6 +248,41 @@ class _Runner:
                 return f"not done within {self.opts.wait_timeout:g}s: {why}"
             time.sleep(self.opts.interval)
 
+    def _free_node_name(self, step: Step) -> str | None:
+        """Have a server of the cluster delete the replaced VM's Node (see the module doc); None when the
+        name is free, else why not. The initialising server asks for the others; a joining server asks
+        for it (`clusters` lists the initialising server first)."""
+        members = fleetvms.clusters(self.fleet)[step.cluster]
+        servers = [m for m in members if m.role is Role.SERVER and m.name != step.vm.name]
+        if not servers:
+            return None  # a single-server cluster is rebuilt: its replacement starts a new cluster
+        via, name = servers[0].name, step.vm.hostname
+        rec, _ = self._records(via)
+        if rec is None:
+            return f"server {via} is missing: nobody can delete node {name}"
+        asked = datetime.now(UTC).replace(microsecond=0)
+        vmops.set_extra_config(
+            rec.obj, {KEY_NODES_DELETE: name}, f"asking server {via} to delete node {name}"
+        )
+        self.opts.progress(f"{step.vm.name}: waiting for server {via} to delete node {name}")
+        deadline = time.monotonic() + self.opts.wait_timeout
+        while True:
+            rec, _ = self._records(via)
+            status = st.parse_status(rec.extra)[1] if rec is not None else None
+            if (
+                rec is not None
+                and status is not None
+                and status.updated >= asked
+                and name in status.nodes_deleted
+            ):
+                # The guest's `---` is runtime-only: the .vmx keeps the request, which a reboot of the
+                # server would carry out again on the (by then serving) replacement's Node.
+                vmops.remove_extra_config(rec.obj, [KEY_NODES_DELETE], f"removing the request from {via}")
+                return None
+            if time.monotonic() >= deadline:
+                return f"server {via} did not report node {name} deleted within {self.opts.wait_timeout:g}s"
+            time.sleep(self.opts.interval)
+
     def _rebuild_arc(self, step: Step) -> None:
         arc = step.vm.config.arc
         if arc is None:
@@ -293,6 +331,14 @@ class _Runner:
                 if blocked:
                     raise RolloutError(f"{name}: not taken down to keep the etcd quorum: {blocked}")
             vmops.power_off(old.obj, name)
+        if step.action == "replace" and not booted:
+            blocked = self._free_node_name(step)
+            if blocked is not None:
+                if old is not None:
+                    vmops.power_on(old.obj, name)
+                raise RolloutError(
+                    f"{name}: {blocked}; the old VM is powered on again, {temp} was not started"
+                )
         since = datetime.now(UTC).replace(microsecond=0)
         vmops.power_on(obj, temp)
         say(f"{name}: {temp} powered on; waiting for it to report done")
@@ -300,6 +346,11 @@ class _Runner:
         if problem is not None:
             vmops.power_off(obj, temp)
             if old is not None:
+                if step.action == "replace":
+                    # The replacement may have registered the name with its password: free it again,
+                    # or K3s would now refuse the old VM.
+                    freed = self._free_node_name(step)
+                    problem += f"; {freed}" if freed else ""
                 vmops.power_on(old.obj, name)
             kept = "the old VM is powered on again" if old is not None else "no old VM to fall back to"
             raise RolloutError(f"{name}: {problem}; {kept}, {temp} is left powered off for diagnosis")

@@ -22,6 +22,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -31,6 +32,9 @@ KEY_USERDATA = "guestinfo.userdata"
 KEY_CONFIG = "guestinfo.arcbake.config"
 KEY_SECRETS = "guestinfo.arcbake.secrets"
 KEY_STATUS = "guestinfo.arcbake.status"
+# `builder rollout` asks a server to delete Nodes (comma-separated names) before their replacements join:
+# K3s refuses a node name it holds another node's password for (see firstboot/nodes.py).
+KEY_NODES_DELETE = "guestinfo.arcbake.nodes-delete"
 ENCODING_SUFFIX = ".encoding"
 # What a secrets key holds once firstboot has read it.
 REDACTED_VALUE = "---"
@@ -490,6 +494,17 @@ class StepTiming(_Model):
         return None if self.ended is None else max(0.0, (self.ended - self.started).total_seconds())
 
 
+def parse_node_names(text: str) -> list[str]:
+    """The node names of a KEY_NODES_DELETE value (comma-separated host names); ValueError otherwise."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        if not names or len(names) > MAX_NODES_REPORTED:
+            raise ValueError("empty or too long")
+        return TypeAdapter(list[HostName]).validate_python(names)
+    except ValueError:  # pydantic's ValidationError is one
+        raise ValueError(f"not a list of up to {MAX_NODES_REPORTED} host names: {text[:80]!r}") from None
+
+
 class Status(_Model):
     """`guestinfo.arcbake.status` and /var/lib/arcbake/status.json."""
 
@@ -503,6 +518,8 @@ class Status(_Model):
     # Servers: the cluster's nodes that are Ready, as this server's API sees them when it reports
     # (builder rollout waits for a replaced agent here). Bounded like every guest-written value.
     nodes_ready: list[HostName] = Field(default_factory=list, max_length=MAX_NODES_REPORTED)
+    # Servers: the Nodes deleted (or found absent) for the last `KEY_NODES_DELETE` request.
+    nodes_deleted: list[HostName] = Field(default_factory=list, max_length=MAX_NODES_REPORTED)
     # The generation of the secrets the clone holds (None before it has read any).
     generation: Generation | None = None
 

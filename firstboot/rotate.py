@@ -14,7 +14,12 @@ its metadata step takes the newest generation too). Order matters, so a bad set 
 5. report: `generation` in status.json and `guestinfo.arcbake.status`.
 
 On servers every run also refreshes `nodes_ready` in the status (the cluster's Ready nodes as this
-server's API sees them): `builder rollout` waits there for a replaced agent's node.
+server's API sees them): `builder rollout` waits there for a replaced agent's node. A server also
+deletes the Nodes `builder rollout` names in `guestinfo.arcbake.nodes-delete` (their VMs are powered
+off, about to be replaced), then clears the key and reports them in `nodes_deleted`: K3s keeps each
+node's password in the Secret `<node>.node-password.k3s` and refuses a node that joins under that name
+with another password until the Node is deleted (k3s-io/k3s `pkg/nodepassword`), and a replacement is a
+new machine with a new password.
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from firstboot import kube, metadata, proxyenv, secretstore
-from firstboot.contract import KEY_SECRETS, KEY_STATUS, MAX_NODES_REPORTED, Role, State, Status
+from firstboot.contract import (
+    KEY_NODES_DELETE,
+    KEY_SECRETS,
+    KEY_STATUS,
+    MAX_NODES_REPORTED,
+    REDACTED_VALUE,
+    Role,
+    State,
+    Status,
+    parse_node_names,
+)
 from firstboot.kube import client
 from firstboot.sources import SourceError
 from firstboot.state import StateStore
@@ -54,6 +69,49 @@ def _ready_nodes(ctx: Context) -> list[str] | None:
         return None
     names = [str(n.metadata.name) for n in nodes if n.metadata and n.metadata.name and kube.node_ready(n)]
     return sorted(names)[:MAX_NODES_REPORTED]
+
+
+def _delete_requested_nodes(ctx: Context) -> list[str] | None:
+    """Delete the Nodes named in KEY_NODES_DELETE (absent ones count as deleted), then clear the key;
+    the names, or None when there was no request or the API could not delete them all (kept for the
+    next run)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        raw = metadata.read_value(ctx.source, KEY_NODES_DELETE)
+    except (metadata.MetadataError, SourceError) as exc:
+        LOG.warning("cannot read %s: %s", KEY_NODES_DELETE, exc)
+        return None
+    if raw is None or raw.strip() in ("", REDACTED_VALUE):
+        return None
+    try:
+        names = parse_node_names(raw)
+    except ValueError as exc:
+        LOG.warning("%s ignored: %s", KEY_NODES_DELETE, exc)
+        return None
+    errors: tuple[type[BaseException], ...] = (kube.KubeUnavailable, *kube.api_errors())
+    try:
+        with kube.client_from(ctx.path(kube.KUBECONFIG)) as api:
+            core = client.CoreV1Api(api)
+            for name in names:
+                try:
+                    core.delete_node(name, _request_timeout=15)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                LOG.info("node %s deleted for its replacement", name)
+    except errors as exc:
+        LOG.warning("cannot delete nodes %s: %s", ", ".join(names), exc)
+        return None
+    try:
+        ctx.source.set(KEY_NODES_DELETE, REDACTED_VALUE)
+    except (OSError, SourceError) as exc:
+        LOG.warning(
+            "cannot clear %s (tolerated: deleting again is harmless before the join): %s",
+            KEY_NODES_DELETE,
+            exc,
+        )
+    return names
 
 
 def _apply(ctx: Context) -> None:
@@ -118,6 +176,9 @@ def _report(ctx: Context, store: StateStore, result: RotateResult, server: bool)
     current = store.read_status() or Status(state=State.DONE)
     update: dict[str, object] = {"updated": datetime.now(UTC), "generation": result.generation}
     if server:
+        deleted = _delete_requested_nodes(ctx)
+        if deleted is not None:
+            update["nodes_deleted"] = deleted
         nodes = _ready_nodes(ctx)
         if nodes is not None:
             update["nodes_ready"] = nodes

@@ -11,6 +11,7 @@ keys it does not define (`stripInvalidFlags`, a warning); `k3s agent` has no suc
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,3 +169,43 @@ def check_node(root: Path, role: str) -> tuple[NodeConfig, str | None]:
     elif node.get("server") and not token:
         raise K3sRefused("--token is required to join a cluster (server)")
     return node, token
+
+
+# The node-password rule. k3s-io/k3s `pkg/nodepassword/nodepassword.go` `Ensure`: the supervisor keeps
+# a hash of each node's password in the Secret `<node>.node-password.k3s` (kube-system, immutable), creates
+# it on a node's first registration and afterwards verifies the password a node joining under that name
+# presents (`verifyHash`); the agent's registration (`pkg/server`) then fails with "Node password
+# rejected, duplicate hostname or contents of '/etc/rancher/node/password' may not match server
+# node-passwd entry, try enabling a unique node name with the --with-node-id flag".
+# `pkg/nodepassword/controller.go` deletes the Secret when its Node is deleted, which frees the name.
+# K3s docs (docs.k3s.io/installation/requirements, "Prerequisites"): two nodes cannot have the same
+# hostname; when hostnames are reused, use `--with-node-id` or a unique `--node-name`.
+NODE_PASSWORD_FILE = "etc/rancher/node/password"
+
+
+def node_password(root: Path) -> str:
+    """The password this node presents: `/etc/rancher/node/password`, generated on first start as K3s
+    does (`pkg/agent/config` `ensureNodePassword`)."""
+    path = root / NODE_PASSWORD_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(os.urandom(16).hex() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def admit_node(passwords: dict[str, str], name: str, password: str) -> None:
+    """Register `name` with `password` in a cluster's stored node passwords, or refuse as K3s does."""
+    held = passwords.get(name)
+    if held is not None and held != password:
+        raise K3sRefused(
+            f"Node password rejected, duplicate hostname or contents of '/etc/rancher/node/password' may "
+            f"not match server node-passwd entry, try enabling a unique node name with the --with-node-id "
+            f"flag (node {name})"
+        )
+    passwords[name] = password
+
+
+def delete_node(passwords: dict[str, str], name: str) -> None:
+    """`kubectl delete node NAME`: the Node and its `NAME.node-password.k3s` Secret go."""
+    passwords.pop(name, None)

@@ -4,7 +4,7 @@
 It serves, over plain HTTP on loopback (the client accepts `http://` server URLs):
 
     GET  /version
-    GET  /api/v1/nodes[/NAME]                         list, get, ?watch=true
+    GET  /api/v1/nodes[/NAME]                         list, get, ?watch=true; DELETE /api/v1/nodes/NAME
     GET  /api/v1/[namespaces/NS/]pods[/NAME]          list, get, watch; labelSelector, fieldSelector
     GET  /apis/apps/v1/[namespaces/NS/]deployments[/NAME]
     GET  /api/v1/[namespaces/NS/]events               fieldSelector involvedObject.name=...
@@ -369,6 +369,15 @@ class Store:
             self._record(obj, "MODIFIED" if old else "ADDED")
             return obj
 
+    def delete(self, kind: str, namespace: str, name: str) -> JSON | None:
+        """Remove an object (DELETED event); its last rendering, None when there was none."""
+        with self.cond:
+            obj = self.objects.pop((kind, namespace, name), None)
+            if obj is None:
+                return None
+            self._record(obj, "DELETED")
+            return render(obj)
+
     @staticmethod
     def _new(kind: str, namespace: str, name: str, spec: JSON) -> Obj:
         return Obj(kind, namespace, name, copy.deepcopy(spec), time.monotonic())
@@ -494,6 +503,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         store = self.server.store
         url = urlsplit(self.path)
@@ -555,6 +567,15 @@ class Handler(BaseHTTPRequestHandler):
         name = match.groupdict().get("name")
         if method in ("POST", "PUT"):
             self._write(method, kind, ns or "", name)
+            return
+        if method == "DELETE":
+            gone = store.delete(kind, ns or "", name) if name is not None and kind == "Node" else None
+            if gone is None:
+                self._send(404, status_doc(404, "NotFound", f'{kind.lower()}s "{name}" not found'))
+            else:
+                # The real API answers a delete with the object or a Status; the client reads a V1Status.
+                details = {"name": name, "kind": "nodes", "uid": gone["metadata"].get("uid")}
+                self._send(200, {**status_doc(200, "", ""), "status": "Success", "details": details})
             return
         if name is not None:
             doc = store.get(kind, ns or "", name)

@@ -19,7 +19,10 @@ with embedded etcd, `cluster-init`) and hold the same token; a joiner whose serv
 waits for it up to `SYSTEMCTL_DOUBLE_JOIN_WAIT` seconds (K3s retries), then is refused. A refused start
 marks the unit `failed`, appends K3s's message to `SYSTEMCTL_DOUBLE_JOURNAL` and writes no kubeconfig;
 `--no-block` still exits 0, as systemd does once the job is queued. An agent that starts gets the kubelet
-kubeconfig (`/var/lib/rancher/k3s/agent/kubelet.kubeconfig`).
+kubeconfig (`/var/lib/rancher/k3s/agent/kubelet.kubeconfig`). Each node registers under its node name
+(`node-name`, else `ROOT/etc/hostname`, else its address) with its node password
+(`ROOT/etc/rancher/node/password`, generated on first start): a name the cluster holds another password
+for is refused until `k3s_rules.delete_node` frees it (`k3s_rules.admit_node`, the K3s node-password rule).
 """
 
 from __future__ import annotations
@@ -113,10 +116,17 @@ class ServerNotUp(k3s_rules.K3sRefused):
     """The server a node joins has not started (yet)."""
 
 
+def _node_name(root: Path, node: k3s_rules.NodeConfig, address: str) -> str:
+    hostname = root / "etc/hostname"
+    return node.get("node-name") or (hostname.read_text().strip() if hostname.is_file() else "") or address
+
+
 def _register(
     clusters: dict[str, dict[str, Any]], node: k3s_rules.NodeConfig, token: str | None, role: str
 ) -> None:
     address = os.environ.get("SYSTEMCTL_DOUBLE_ADDRESS", "")
+    root = Path(os.environ.get("SYSTEMCTL_DOUBLE_ROOT", "/"))
+    name, password = _node_name(root, node, address), k3s_rules.node_password(root)
     server = node.get("server")
     if server is None:
         # An initialising server: K3s generates a token when none is configured.
@@ -124,6 +134,7 @@ def _register(
             "token": token or f"K10{secrets.token_hex(16)}",
             "etcd": node.flag("cluster-init"),
             "members": [{"address": address, "role": role, "init": True}],
+            "passwords": {name: password},
         }
         return
     host = urlsplit(server).hostname or ""
@@ -142,6 +153,7 @@ def _register(
         raise k3s_rules.K3sRefused(
             f"{server} runs without embedded etcd: a server joins only a cluster started with --cluster-init"
         )
+    k3s_rules.admit_node(entry.setdefault("passwords", {}), name, password)
     entry["members"].append({"address": address, "role": role, "init": False})
     if role == "server":
         clusters[address] = {"alias_of": host}

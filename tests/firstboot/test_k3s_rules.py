@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -136,3 +137,25 @@ def test_an_agent_with_a_server_key_never_starts(tmp_path: Path) -> None:
     agent = "server: https://10.0.0.1:6443\ntoken-file: /tok\nwrite-kubeconfig-mode: '0600'\n"
     assert start(tmp_path, "10.0.0.2", "k3s-agent", agent, "T1")["k3s-agent"] == "failed"
     assert journal(tmp_path) == ["Incorrect Usage. flag provided but not defined: -write-kubeconfig-mode"]
+
+
+def test_a_node_name_held_with_another_password_is_refused_until_the_node_is_deleted(tmp_path: Path) -> None:
+    # K3s's node-password rule (k3s_rules.admit_node, cited there): a replacement machine joining under
+    # the old node's name presents a new /etc/rancher/node/password.
+    init, join = "cluster-init: true\ntoken-file: /tok\n", "server: https://10.0.0.1:6443\ntoken-file: /tok\n"
+    assert start(tmp_path, "10.0.0.1", "k3s", init, "T1")["k3s"] == "active"
+    assert start(tmp_path, "10.0.0.2", "k3s-agent", join, "T1")["k3s-agent"] == "active"
+    old = (tmp_path / "10.0.0.2" / k3s_rules.NODE_PASSWORD_FILE).read_text()
+    shutil.move(tmp_path / "10.0.0.2", tmp_path / "old")
+    (tmp_path / "10.0.0.2.json").unlink()
+    assert start(tmp_path, "10.0.0.2", "k3s-agent", join, "T1")["k3s-agent"] == "failed"
+    assert "Node password rejected, duplicate hostname" in journal(tmp_path)[-1]
+    assert (tmp_path / "10.0.0.2" / k3s_rules.NODE_PASSWORD_FILE).read_text() != old
+    # `kubectl delete node 10.0.0.2` frees the name; the same machine rejoining is never refused.
+    cluster = json.loads((tmp_path / "cluster.json").read_text())
+    k3s_rules.delete_node(cluster["10.0.0.1"]["passwords"], "10.0.0.2")
+    (tmp_path / "cluster.json").write_text(json.dumps(cluster))
+    (tmp_path / "10.0.0.2.json").unlink()
+    assert start(tmp_path, "10.0.0.2", "k3s-agent", join, "T1")["k3s-agent"] == "active"
+    (tmp_path / "10.0.0.2.json").unlink()
+    assert start(tmp_path, "10.0.0.2", "k3s-agent", join, "T1")["k3s-agent"] == "active"

@@ -197,6 +197,14 @@ def test_rollout_of_a_three_plus_two_cluster_keeps_quorum_and_resumes(
         resumed = run_cli(vcsim, *args)
     assert resumed.exit_code == 0, resumed.output
     assert "fleet ha: 3 VM(s) rolled onto DC0_H0_VM1" in resumed.stdout
+    # Every replacement joined under its old node name, which the player's K3s node-password rule
+    # (doubles.k3s_rules.admit_node) refuses while the old Node exists: a server deleted each first, the
+    # initialising server's own through a joining server.
+    said = stopped.stderr + resumed.stderr
+    for name in ("h3-04", "h3-05", "h3-02", "h3-03"):
+        assert f"{name}: waiting for server h3-01 to delete node {name}" in said
+    assert "h3-01: waiting for server h3-02 to delete node h3-01" in said
+    assert "Node password rejected" not in said
     replaced = [r.removesuffix(".rollout") for r in player.reported if r.endswith(".rollout")]
     assert replaced == ["h3-04", "h3-05", "h3-02", "h3-03", "h3-01"]
     assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}

@@ -15,7 +15,7 @@ import pytest
 from doubles.world import GIT_SECRET, SP_SECRET, World, onboarding_world, run_once
 
 from firstboot import encoding
-from firstboot.contract import ENCODING_SUFFIX, KEY_SECRETS
+from firstboot.contract import ENCODING_SUFFIX, KEY_NODES_DELETE, KEY_SECRETS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,6 +82,10 @@ def test_rotation_to_generation_two(preflight_world: Any, guest_root: Path, tmp_
 
         azure_rotates_to(world, NEW_SP)
         deliver(world, 2, NEW_SP, NEW_GIT)
+        # builder rollout asks for the Nodes of VMs it replaces (one registered, one already gone).
+        world.kube.store.put("Node", "", "old-agent", {"name": "old-agent", "ready_after": 0})
+        meta = json.loads(world.meta.read_text())
+        world.meta.write_text(json.dumps({**meta, KEY_NODES_DELETE: "old-agent,gone-agent"}))
         taken = rotate(world)
         assert taken.returncode == 0, taken.stderr[-3000:]
         assert "secrets generation 2 in use" in taken.stdout
@@ -97,6 +101,10 @@ def test_rotation_to_generation_two(preflight_world: Any, guest_root: Path, tmp_
     assert status["generation"] == 2 and status["state"] == "done"
     # Each run also refreshes the server's view of its Ready nodes (what builder rollout waits for).
     assert status["nodes_ready"] == [world.config["hostname"]]
+    # ... and deletes the Nodes builder rollout named (K3s's node-password rule), clearing the request.
+    assert status["nodes_deleted"] == ["old-agent", "gone-agent"]
+    assert world.kube.store.get("Node", "", "old-agent") is None
+    assert meta[KEY_NODES_DELETE] == "---"
     assert guest_status["generation"] == 2
     assert meta[KEY_SECRETS] == "---"
     for secret in (SP_SECRET, GIT_SECRET, NEW_SP, NEW_GIT):
