@@ -8,8 +8,9 @@ agents with helm); everything else in Azure goes through the SDK (`firstboot.arm
   (Azure/azure-cli-extensions src/connectedk8s/azext_connectedk8s/_utils.py, `install_helm_client()` and
   `install_kubectl_client()`: each returns the variable's value first). Extensions baked into the image
   are found through `AZURE_EXTENSION_DIR` when the unit's environment sets it (it is passed through).
-- `login()` passes the service principal secret as `--password @FILE` (az reads the value from the file)
-  and a certificate as `--certificate FILE`; the file is 0600 in the 0700 config dir and removed at once.
+- `login()` passes the service principal secret as `--password @FILE` (az reads the value from the file;
+  removed at once) and a certificate as `--certificate FILE` (az stores the path and reads the file again on
+  every call: kept until `sign_out()`); both 0600 in the 0700 config dir.
   Nothing secret is ever on argv (`subp` refuses it anyway) and every output is redacted.
 - `sign_out()` runs once connect is over (success or failure): az keeps the signed-in service principal's
   secret (or certificate path) in `service_principal_entries.json` and its tokens in `msal_token_cache.json`
@@ -261,10 +262,16 @@ def check_ok(result: subp.Result, what: str) -> Any:
     return parse_json(result)
 
 
+# The secret's @FILE (read by az while parsing argv, removed at once) and the certificate file (read by az on
+# every later call: its store entry keeps the path, identity.py `ServicePrincipalAuth`; removed by sign_out).
+SECRET_FILE = ".sp-credential"  # noqa: S105 - a file name, not a value
+CERTIFICATE_FILE = ".sp-certificate"
+
+
 @contextlib.contextmanager
-def secret_file(ctx: Context, name: str, content: str) -> Iterator[Path]:
-    """`content` in a 0600 file in the 0700 az config dir, removed afterwards."""
-    path = config_dir(ctx) / f".{name}"
+def secret_file(ctx: Context, name: str, content: str, keep: bool = False) -> Iterator[Path]:
+    """`content` in a 0600 file `name` in the 0700 az config dir, removed afterwards unless `keep`."""
+    path = config_dir(ctx) / name
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -272,7 +279,8 @@ def secret_file(ctx: Context, name: str, content: str) -> Iterator[Path]:
             handle.write(content)
         yield path
     finally:
-        path.unlink(missing_ok=True)
+        if not keep:
+            path.unlink(missing_ok=True)
 
 
 # az's credential stores in its config dir, every extension persistence.py may use (see the docstring).
@@ -283,7 +291,9 @@ CREDENTIAL_SUFFIXES = (".json", ".bin", ".sig", ".json.lockfile", ".bin.lockfile
 def credential_files(ctx: Context) -> list[Path]:
     """az's credential files present in the config dir."""
     base = ctx.path(AZ_CONFIG_DIR)
-    paths = (base / f"{name}{suffix}" for name in CREDENTIAL_STORES for suffix in CREDENTIAL_SUFFIXES)
+    paths = [base / f"{name}{suffix}" for name in CREDENTIAL_STORES for suffix in CREDENTIAL_SUFFIXES]
+    # Ours too: the certificate az still reads, a secret file left by a crash during `az login`.
+    paths += [base / CERTIFICATE_FILE, base / SECRET_FILE]
     return [p for p in paths if p.exists() or p.is_symlink()]
 
 
@@ -328,7 +338,9 @@ def login(ctx: Context, arc: ArcConfig) -> None:
             f"no service principal {'certificate' if prefix == '' else 'secret'} in the secrets",
             "add it to the fleet's secrets; " + REMEDY_REDEPLOY,
         )
-    with secret_file(ctx, "sp-credential", material.get_secret_value()) as path:
+    certificate = prefix == ""
+    name = CERTIFICATE_FILE if certificate else SECRET_FILE
+    with secret_file(ctx, name, material.get_secret_value(), keep=certificate) as path:
         args = ["login", "--service-principal", "--username", arc.client_id, flag, f"{prefix}{path}"]
         result = run(ctx, [*args, "--tenant", arc.tenant_id], description="az login")
     check_ok(result, "az login --service-principal")

@@ -32,7 +32,8 @@ src/azure-cli-core/azure/cli/core/auth/identity.py at 0235335b3050513da1b180898a
 encryption is off or unavailable, Linux's default): a successful service principal `login` saves the entry
 `{client_id, tenant, client_secret | certificate}` (`login_with_service_principal`, "Only persist the service
 principal after a successful login"; `ServicePrincipalAuth.get_entry_to_persist`) and its access token in the
-MSAL token cache. `logout` (`logout_service_principal`) removes that client's tokens and its entry, but the
+MSAL token cache; later calls load that entry (a certificate entry holds the PEM's path, read again on every
+call). `logout` (`logout_service_principal`) removes that client's tokens and its entry, but the
 files stay (the store is rewritten with the remaining entries: `ServicePrincipalStore.remove_entry`).
 
 On connect, the double creates the `azure-arc` pods in the Kubernetes API double named by `--kube-config`
@@ -461,9 +462,23 @@ def cmd_logout(d: Double, opts: dict[str, list[str]]) -> None:
 
 
 def require_login(d: Double) -> JSON:
+    """The signed-in account, whose credential az loads from its store for every call (identity.py,
+    `get_service_principal_credential` -> `ServicePrincipalStore.load_entry`, then `ServicePrincipalAuth`
+    opens a certificate entry's file): a missing entry or certificate file fails the call."""
     login = d.peek().get("login")
     if not login:
         raise AzError(1, "Please run 'az login' to setup account.")
+    client_id = login["client_id"]
+    entries = [e for e in _read_json(_config_dir(d) / SP_STORE, []) if e.get("client_id") == client_id]
+    if not entries:
+        raise AzError(
+            1,
+            f"Could not retrieve credential from local cache for service principal {client_id}. "
+            "Run `az login` for this service principal.",
+        )
+    cert = entries[0].get("certificate")
+    if cert is not None and not Path(cert).is_file():
+        raise AzError(1, f"[Errno 2] No such file or directory: '{cert}'")
     return dict(login)
 
 

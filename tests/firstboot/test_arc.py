@@ -151,6 +151,10 @@ def test_certificate_sign_in(tmp_path: Path, world: Any, arm: ArmDouble, pki: Pk
     assert "PRIVATE KEY" not in json.dumps(login)
     token = [r for r in arm.requests() if r.path.endswith("/token")]
     assert [r.status for r in token] == [200]  # the SDK signed an assertion the double verified
+    # az read the certificate file again at connect (its store keeps the path); removed after sign-out.
+    assert len(az_calls(tmp_path / "az", "connectedk8s", "connect")) == 1
+    assert not Path(login[login.index("--certificate") + 1]).exists()
+    assert azcli.credential_files(ctx) == []
 
 
 def _wrong_secret(arm: ArmDouble, pki: Pki) -> dict[str, str]:
