@@ -59,7 +59,8 @@ CLUSTER_NAME = "kubernetes.default.svc.cluster.local"
 AZURE_NAME = "management.azure.com"
 CLUSTER_DNS_ENV = "ARCBAKE_CLUSTER_DNS"
 DNS_TIMEOUT = 3.0
-FILE_POLL_SECONDS = 0.1
+# A stat() of a local file: polled often, K3s writing k3s.yaml is on the critical path of every boot.
+FILE_POLL_SECONDS = 0.02
 SYSTEMCTL_TIMEOUT = 120.0
 
 AGENT_UNIT = """\
@@ -310,9 +311,6 @@ def run(ctx: Context) -> None:
     """Configure and start K3s; wait for node Ready, CoreDNS and cluster DNS (servers)."""
     config = ctx.require_config()
     unit = unit_name(config)
-    kube.prewarm()
-    if config.arc is not None:
-        arm.prewarm(ctx)  # the Azure SDK's imports and sign-in overlap K3s starting (arc needs them next)
     try:
         reload = _write_config(ctx, config)
     except OSError as exc:
@@ -320,6 +318,11 @@ def run(ctx: Context) -> None:
             f"cannot write the K3s configuration: {exc}", "check /etc/rancher/k3s"
         ) from None
     _start(ctx, unit, reload)
+    # After the start, not before: the background imports would compete with systemctl for the CPU and
+    # delay K3s itself; they overlap the wait for K3s instead (arc needs the Azure SDK and sign-in next).
+    kube.prewarm()
+    if config.arc is not None:
+        arm.prewarm(ctx)
     deadline = time.monotonic() + _ready_budget(ctx, config)
     kubeconfig = ctx.path(AGENT_KUBECONFIG if config.k3s.role is Role.AGENT else kube.KUBECONFIG)
     ctx.progress(f"{unit} started; waiting for {kubeconfig.name}")
