@@ -515,14 +515,14 @@ class _Checker:
         self.issues.append(Issue(self.located.file, self.located.line_of(path), dotted(path), message))
 
 
-def _server_url(server: VmEntry) -> str:
-    net = server.network
-    if net.address is not None:
-        host = str(net.address.ip)
-    elif server.domain:
-        host = f"{server.hostname}.{server.domain}"
+def server_url(network: NetworkSpec, hostname: str, domain: str | None) -> str:
+    """The K3s supervisor URL other nodes join a server by: its static address, else its name."""
+    if network.address is not None:
+        host = str(network.address.ip)
+    elif domain:
+        host = f"{hostname}.{domain}"
     else:
-        host = server.hostname
+        host = hostname
     return f"https://{host}:{K3S_API_PORT}"
 
 
@@ -611,7 +611,11 @@ def _build_vms(
         if vm.name not in placed:
             continue
         target = joins[vm.name]
-        url = _server_url(by_name[target]) if target is not None else None
+        url = (
+            None
+            if target is None
+            else server_url(by_name[target].network, by_name[target].hostname, by_name[target].domain)
+        )
         built = _build_one(vm, merged, target, url, vm.name in cluster_init, addresses[vm.name], check)
         if built is not None:
             out.append(built)

@@ -2,7 +2,9 @@
 
 For each VM not yet on the target template, in this order per cluster: agents, then joining servers,
 then the initialising server (a server is taken down only while every other server of its cluster is
-reported Ready, so an HA cluster keeps its etcd quorum):
+reported Ready, so an HA cluster keeps its etcd quorum). The initialising server's replacement joins a
+surviving server instead of `cluster-init` (which would start a second etcd cluster) and keeps the
+cluster's Arc and Flux, finding them already connected (`_as_replaced`):
 
 1. clone the replacement `NAME.rollout` from the target template, powered off, with the VM's guestinfo
    and the fleet's marks (the disk copy, the long part, happens while the old VM still serves);
@@ -44,12 +46,12 @@ from builder.deploy import (
     read_template,
     resolve_template,
 )
-from builder.fleet import Fleet, FleetVM, resolve_secrets
+from builder.fleet import Fleet, FleetVM, resolve_secrets, server_url
 from builder.rotate import KEY_GENERATION, current_generation
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Session, VSphereError
-from firstboot.contract import KEY_METADATA, KEY_NODES_DELETE, Role, State
+from firstboot.contract import KEY_METADATA, KEY_NODES_DELETE, OnboardingConfig, Role, State
 
 LOG = logging.getLogger(__name__)
 
@@ -283,6 +285,27 @@ class _Runner:
                 return f"server {via} did not report node {name} deleted within {self.opts.wait_timeout:g}s"
             time.sleep(self.opts.interval)
 
+    def _as_replaced(self, step: Step) -> FleetVM:
+        """The VM as its replacement boots. The initialising server of an etcd cluster is replaced while
+        its other servers serve: with its `cluster-init` and no `server:`, the replacement (no etcd data)
+        would start a second cluster beside them (k3s-io/k3s `pkg/etcd/etcd.go` `Start`; docs.k3s.io
+        datastore/ha-embedded joins every server but the first with `--server`). So it joins the server
+        `_free_node_name` asks (Ready, checked before the old VM went down) and keeps the cluster's Arc
+        and Flux (`onboards_cluster`): they find the cluster already connected by its own agents, and it
+        stays the server that reports `nodes_ready` and that `builder rotate` updates."""
+        k3s = step.vm.config.k3s
+        if step.action != "replace" or not k3s.cluster_init:
+            return step.vm
+        members = fleetvms.clusters(self.fleet)[step.cluster]
+        via = next(m for m in members if m.role is Role.SERVER and m.name != step.vm.name)
+        url = server_url(via.network, via.hostname, via.config.domain)
+        joins = k3s.model_copy(update={"cluster_init": False, "server_url": url})
+        config = step.vm.config.model_copy(update={"k3s": joins})
+        # Checked as firstboot will read it (guestinfo.arcbake.config is this JSON).
+        return dataclasses.replace(
+            step.vm, config=OnboardingConfig.model_validate_json(config.model_dump_json())
+        )
+
     def _rebuild_arc(self, step: Step) -> None:
         arc = step.vm.config.arc
         if arc is None:
@@ -309,9 +332,10 @@ class _Runner:
             say(f"{name}: cloning {temp} from {self.plan.template}")
             # The replacement gets the secrets generation the fleet is at (after `builder rotate`).
             secrets = self.secrets[name].model_copy(update={"generation": self.generation})
-            guestinfo = {**guestinfo_values(step.vm, secrets), KEY_GENERATION: str(self.generation)}
+            booting = self._as_replaced(step)
+            guestinfo = {**guestinfo_values(booting, secrets), KEY_GENERATION: str(self.generation)}
             obj, _ = clone_fleet_vm(
-                self.session, step.vm, temp, self.template, self.where, self.marks, guestinfo
+                self.session, booting, temp, self.template, self.where, self.marks, guestinfo
             )
             booted = False
         else:

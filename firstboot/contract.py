@@ -403,9 +403,12 @@ class OnboardingConfig(_Model):
 
     @property
     def onboards_cluster(self) -> bool:
-        """True on the server that starts the cluster (it joins no other): Arc and Flux run there, once
-        per cluster; agents and joining servers stop once they have joined."""
-        return self.k3s.role is Role.SERVER and not self.k3s.server_url
+        """True on the server that starts the cluster (it joins no other) and on the one `builder
+        rollout` puts in its place, which joins a surviving server (a new machine with `cluster-init`
+        would start a second etcd cluster) and keeps the cluster's `arc`: Arc and Flux run there, once
+        per cluster (that replacement finds them already connected by the cluster's own agents); agents
+        and joining servers stop once they have joined."""
+        return self.k3s.role is Role.SERVER and (not self.k3s.server_url or self.arc is not None)
 
 
 GitUser = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.@+][A-Za-z0-9_.@+-]*$")]

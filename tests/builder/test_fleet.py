@@ -54,6 +54,13 @@ def test_ha_fleet_is_one_cluster_started_by_its_first_server() -> None:
     # Only the server that onboards the cluster receives Azure material.
     assert [s.sp_secret is not None for s in secrets.values()] == [True, False, False, False, False]
     assert {s.k3s_token.get_secret_value() for s in secrets.values() if s.k3s_token} == {"tok"}
+    # Joining servers do not onboard; the rollout replacement of the first one (it joins, with the
+    # cluster's arc) does, so Arc, Flux and rotate stay with one server per cluster.
+    assert [v.config.onboards_cluster for v in others] == [False] * 4
+    k3s = first.config.k3s.model_copy(
+        update={"cluster_init": False, "server_url": "https://192.168.60.12:6443"}
+    )
+    assert first.config.model_copy(update={"k3s": k3s}).onboards_cluster
 
 
 def test_even_etcd_servers_when_allowed(tmp_path: Path) -> None:

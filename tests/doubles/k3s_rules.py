@@ -209,3 +209,28 @@ def admit_node(passwords: dict[str, str], name: str, password: str) -> None:
 def delete_node(passwords: dict[str, str], name: str) -> None:
     """`kubectl delete node NAME`: the Node and its `NAME.node-password.k3s` Secret go."""
     passwords.pop(name, None)
+
+
+# How a server's embedded etcd starts. k3s-io/k3s `pkg/etcd/etcd.go` `(*ETCD).Start` (v1.26 to v1.32): a
+# node whose etcd data exists (`IsInitialized`) starts as the member it was; otherwise with no `--server`
+# (`clientAccessInfo == nil`) it calls `newCluster`, a new single-member cluster, and with `--server` it
+# joins the cluster behind that URL. `cluster-init` does not make it look for one: docs.k3s.io
+# (datastore/ha-embedded) starts only the FIRST server with `--cluster-init` and joins every other one with
+# `--server https://<server>:6443` and the token. So a `cluster-init` server that starts with no data while
+# its cluster has live etcd members forms a second cluster beside them (split brain); real K3s starts
+# happily, the double refuses it so a test sees it.
+ETCD_DATA_DIR = "var/lib/rancher/k3s/server/db/etcd"
+
+
+def etcd_start(*, cluster_init: bool, server: str | None, initialized: bool, live_members: list[str]) -> str:
+    """What a server's etcd does at start (`member`, `join`, `new`); K3sRefused for a second cluster."""
+    if initialized:
+        return "member"
+    if server:
+        return "join"
+    if cluster_init and live_members:
+        raise K3sRefused(
+            f"cluster-init with no etcd data and no --server starts a NEW etcd cluster while this cluster's "
+            f"members {', '.join(sorted(live_members))} are up (split brain): join one with --server"
+        )
+    return "new"

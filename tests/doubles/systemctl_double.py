@@ -16,7 +16,10 @@ token or server). `SYSTEMCTL_DOUBLE_CLUSTER` names a JSON registry shared by the
 initialising server registers its token (generated when it has none, as K3s does) under
 `SYSTEMCTL_DOUBLE_ADDRESS`; an agent or joining server must name a registered server (a joining server one
 with embedded etcd, `cluster-init`) and hold the same token; a joiner whose server has not started yet
-waits for it up to `SYSTEMCTL_DOUBLE_JOIN_WAIT` seconds (K3s retries), then is refused. A refused start
+waits for it up to `SYSTEMCTL_DOUBLE_JOIN_WAIT` seconds (K3s retries), then is refused. A `cluster-init`
+server with no etcd data (`ROOT/var/lib/rancher/k3s/server/db/etcd`, made on its first start) whose address
+already has a cluster with other servers is refused: real K3s would start a second etcd cluster beside
+them (`k3s_rules.etcd_start`, cited there). A refused start
 marks the unit `failed`, appends K3s's message to `SYSTEMCTL_DOUBLE_JOURNAL` and writes no kubeconfig;
 `--no-block` still exits 0, as systemd does once the job is queued. An agent that starts gets the kubelet
 kubeconfig (`/var/lib/rancher/k3s/agent/kubelet.kubeconfig`). Each node registers under its node name
@@ -129,7 +132,23 @@ def _register(
     name, password = _node_name(root, node, address), k3s_rules.node_password(root)
     server = node.get("server")
     if server is None:
-        # An initialising server: K3s generates a token when none is configured.
+        # An initialising server: K3s generates a token when none is configured. Without etcd data, a
+        # `cluster-init` server beside live etcd members would form a second cluster (k3s_rules.etcd_start).
+        before = clusters.get(address, {})
+        live = [
+            m["address"]
+            for m in before.get("members", [])
+            if m["role"] == "server" and m["address"] != address
+        ]
+        data = root / k3s_rules.ETCD_DATA_DIR
+        cluster_init = node.flag("cluster-init")
+        started = k3s_rules.etcd_start(
+            cluster_init=cluster_init, server=None, initialized=data.is_dir(), live_members=live
+        )
+        if started == "member" and before:
+            return  # a restart: the member it was, its cluster as registered
+        if cluster_init and os.environ.get("SYSTEMCTL_DOUBLE_ROOT"):
+            data.mkdir(parents=True, exist_ok=True)
         clusters[address] = {
             "token": token or f"K10{secrets.token_hex(16)}",
             "etcd": node.flag("cluster-init"),

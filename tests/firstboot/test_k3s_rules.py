@@ -159,3 +159,42 @@ def test_a_node_name_held_with_another_password_is_refused_until_the_node_is_del
     assert start(tmp_path, "10.0.0.2", "k3s-agent", join, "T1")["k3s-agent"] == "active"
     (tmp_path / "10.0.0.2.json").unlink()
     assert start(tmp_path, "10.0.0.2", "k3s-agent", join, "T1")["k3s-agent"] == "active"
+
+
+def test_a_cluster_init_server_without_data_beside_live_members_is_refused(tmp_path: Path) -> None:
+    # k3s_rules.etcd_start (k3s-io/k3s pkg/etcd/etcd.go Start, cited there): no etcd data and no --server
+    # is a NEW cluster; beside live members of its cluster that is a split brain.
+    init, join = "cluster-init: true\ntoken-file: /tok\n", "server: https://10.0.0.1:6443\ntoken-file: /tok\n"
+    assert start(tmp_path, "10.0.0.1", "k3s", init, "T1")["k3s"] == "active"
+    assert (tmp_path / "10.0.0.1" / k3s_rules.ETCD_DATA_DIR).is_dir()
+    assert start(tmp_path, "10.0.0.2", "k3s", join, "T1")["k3s"] == "active"
+    # A restart of the same machine (its etcd data kept) is the member it was.
+    (tmp_path / "10.0.0.1.json").unlink()
+    assert start(tmp_path, "10.0.0.1", "k3s", init, "T1")["k3s"] == "active"
+    # A new machine at that address with the first server's config: refused, the cluster kept.
+    shutil.move(tmp_path / "10.0.0.1", tmp_path / "old")
+    (tmp_path / "10.0.0.1.json").unlink()
+    assert start(tmp_path, "10.0.0.1", "k3s", init, "T1")["k3s"] == "failed"
+    assert "starts a NEW etcd cluster while this cluster's members 10.0.0.2 are up" in journal(tmp_path)[-1]
+    cluster = json.loads((tmp_path / "cluster.json").read_text())
+    assert [m["address"] for m in cluster["10.0.0.1"]["members"]] == ["10.0.0.1", "10.0.0.2"]
+
+
+@pytest.mark.parametrize(
+    ("cluster_init", "server", "initialized", "live", "expected"),
+    [
+        (True, None, True, ["s2"], "member"),
+        (True, None, False, [], "new"),
+        (False, "https://s2:6443", False, ["s2"], "join"),
+        (False, None, False, ["s2"], "new"),
+    ],
+)
+def test_etcd_start(
+    cluster_init: bool, server: str | None, initialized: bool, live: list[str], expected: str
+) -> None:
+    assert (
+        k3s_rules.etcd_start(
+            cluster_init=cluster_init, server=server, initialized=initialized, live_members=live
+        )
+        == expected
+    )

@@ -38,7 +38,7 @@ def baked(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def address(vm: FleetVM) -> str:
-    """What other nodes' `server:` URLs name this VM by (fleet._server_url)."""
+    """What other nodes' `server:` URLs name this VM by (fleet.server_url)."""
     if vm.network.address is not None:
         return str(vm.network.address.ip)
     return f"{vm.hostname}.{vm.config.domain}" if vm.config.domain else vm.hostname

@@ -17,6 +17,7 @@ from builder.fleet import load_fleet
 from builder.rotate import KEY_GENERATION
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
+from firstboot.contract import OnboardingConfig
 from integration.vsphere_helpers import (
     DEMO_ARC_ID,
     SECRET_ENV,
@@ -208,3 +209,10 @@ def test_rollout_of_a_three_plus_two_cluster_keeps_quorum_and_resumes(
     replaced = [r.removesuffix(".rollout") for r in player.reported if r.endswith(".rollout")]
     assert replaced == ["h3-04", "h3-05", "h3-02", "h3-03", "h3-01"]
     assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
+    # The initialising server's replacement joined a surviving server (the player's K3s double refuses a
+    # `cluster-init` start beside live etcd members: a second cluster) and kept the cluster's Arc.
+    first = json.loads(cloudinit_decode(vm_extra(vcsim, "h3-01"))["config"])
+    assert first["k3s"]["cluster_init"] is False
+    assert first["k3s"]["server_url"] == "https://192.168.60.12:6443"  # h3-02
+    assert first["arc"] is not None and OnboardingConfig.model_validate(first).onboards_cluster
+    assert "split brain" not in said
