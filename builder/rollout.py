@@ -9,9 +9,12 @@ cluster's Arc and Flux, finding them already connected (`_as_replaced`):
 1. clone the replacement `NAME.rollout` from the target template, powered off, with the VM's guestinfo
    and the fleet's marks (the disk copy, the long part, happens while the old VM still serves);
 2. power off the old VM; have a server of the cluster delete its Node (`guestinfo.arcbake.nodes-delete`
-   on the server's VM, acted on by the server's `firstboot rotate` timer, confirmed in its status field
-   `nodes_deleted`): K3s refuses a node joining under a name it holds another node's password for
-   (k3s-io/k3s `pkg/nodepassword`), and the replacement, a new machine, has a new password; then power
+   on the server's VM with a fresh request id, acted on by the server's `firstboot rotate` timer,
+   confirmed by that id in its status field `nodes_delete_id`, not by the name alone: the status keeps
+   the last `nodes_deleted` with a fresh `updated`, so an earlier request for the same name would pass
+   for this one, and the key would be removed while the server still acts on it): K3s refuses a node
+   joining under a name it holds another node's password for (k3s-io/k3s `pkg/nodepassword`), and the
+   replacement, a new machine, has a new password; then power
    on the replacement (same hostname and address: they never run at once), remembering when;
 3. wait for the replacement's `guestinfo.arcbake.status` to say `done` and, for an agent, for the
    initialising server's status (reported after that moment) to list the node as Ready;
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,12 +55,30 @@ from builder.rotate import KEY_GENERATION, current_generation
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere.connection import Session, VSphereError
-from firstboot.contract import KEY_METADATA, KEY_NODES_DELETE, OnboardingConfig, Role, State
+from firstboot.contract import (
+    KEY_METADATA,
+    KEY_NODES_DELETE,
+    NodesDeleteRequest,
+    OnboardingConfig,
+    Role,
+    State,
+)
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 3600.0
 DEFAULT_INTERVAL = 10.0
+
+
+def _confirms(extra: Mapping[str, str], request: NodesDeleteRequest) -> bool:
+    """Whether a server's status (in its VM's extraConfig) reports THIS request carried out: its id, not
+    only its names (the status keeps the last report with a fresh `updated`)."""
+    status = st.parse_status(extra)[1]
+    return (
+        status is not None
+        and status.nodes_delete_id == request.request_id
+        and set(request.names) <= set(status.nodes_deleted)
+    )
 
 
 class RolloutError(VSphereError):
@@ -262,21 +284,20 @@ class _Runner:
         rec, _ = self._records(via)
         if rec is None:
             return f"server {via} is missing: nobody can delete node {name}"
-        asked = datetime.now(UTC).replace(microsecond=0)
-        vmops.set_extra_config(
-            rec.obj, {KEY_NODES_DELETE: name}, f"asking server {via} to delete node {name}"
-        )
+        # A new id per request: only the server's report of THIS request confirms it (see the module doc).
+        request = NodesDeleteRequest(request_id=secrets.token_hex(8), names=[name])
+        what = f"asking server {via} to delete node {name}"
+        vmops.write_extra_config(rec.obj, {KEY_NODES_DELETE: request.to_value()}, what)
+        # Read back, but the server may act between the write and the read (overwrite the key with `---`
+        # and report the id): a read-back of the value alone would then fail a request that succeeded.
+        extra = vmops.extra_config(rec.obj)
+        if extra.get(KEY_NODES_DELETE) != request.to_value() and not _confirms(extra, request):
+            raise VSphereError(f"{what}: the VM did not keep {KEY_NODES_DELETE}")
         self.opts.progress(f"{step.vm.name}: waiting for server {via} to delete node {name}")
         deadline = time.monotonic() + self.opts.wait_timeout
         while True:
             rec, _ = self._records(via)
-            status = st.parse_status(rec.extra)[1] if rec is not None else None
-            if (
-                rec is not None
-                and status is not None
-                and status.updated >= asked
-                and name in status.nodes_deleted
-            ):
+            if rec is not None and _confirms(rec.extra, request):
                 # The guest's `---` is runtime-only: the .vmx keeps the request, which a reboot of the
                 # server would carry out again on the (by then serving) replacement's Node.
                 vmops.remove_extra_config(rec.obj, [KEY_NODES_DELETE], f"removing the request from {via}")

@@ -22,7 +22,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
-    TypeAdapter,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -32,8 +32,8 @@ KEY_USERDATA = "guestinfo.userdata"
 KEY_CONFIG = "guestinfo.arcbake.config"
 KEY_SECRETS = "guestinfo.arcbake.secrets"
 KEY_STATUS = "guestinfo.arcbake.status"
-# `builder rollout` asks a server to delete Nodes (comma-separated names) before their replacements join:
-# K3s refuses a node name it holds another node's password for (see firstboot/nodes.py).
+# `builder rollout` asks a server to delete Nodes before their replacements join (`ID:name,name`, see
+# NodesDeleteRequest): K3s refuses a node name it holds another node's password for (firstboot/rotate.py).
 KEY_NODES_DELETE = "guestinfo.arcbake.nodes-delete"
 ENCODING_SUFFIX = ".encoding"
 # What a secrets key holds once firstboot has read it.
@@ -497,15 +497,34 @@ class StepTiming(_Model):
         return None if self.ended is None else max(0.0, (self.ended - self.started).total_seconds())
 
 
-def parse_node_names(text: str) -> list[str]:
-    """The node names of a KEY_NODES_DELETE value (comma-separated host names); ValueError otherwise."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    try:
-        if not names or len(names) > MAX_NODES_REPORTED:
-            raise ValueError("empty or too long")
-        return TypeAdapter(list[HostName]).validate_python(names)
-    except ValueError:  # pydantic's ValidationError is one
-        raise ValueError(f"not a list of up to {MAX_NODES_REPORTED} host names: {text[:80]!r}") from None
+# The id of one KEY_NODES_DELETE request: the server echoes it in `Status.nodes_delete_id`, so rollout
+# takes as confirmation only the report of ITS request (the status keeps the last report, refreshed).
+NODES_DELETE_ID_PATTERN = r"^[0-9a-f]{8,32}$"
+NodesDeleteId = Annotated[str, StringConstraints(pattern=NODES_DELETE_ID_PATTERN)]
+
+
+class NodesDeleteRequest(_Model):
+    """A KEY_NODES_DELETE value: `ID:name,name` (host names hold no `:`, so the split is unambiguous)."""
+
+    request_id: NodesDeleteId
+    names: list[HostName] = Field(min_length=1, max_length=MAX_NODES_REPORTED)
+
+    def to_value(self) -> str:
+        return f"{self.request_id}:{','.join(self.names)}"
+
+    @classmethod
+    def parse(cls, text: str) -> NodesDeleteRequest:
+        """The request in a KEY_NODES_DELETE value; ValueError otherwise."""
+        request_id, sep, rest = text.strip().partition(":")
+        names = [n.strip() for n in rest.split(",") if n.strip()]
+        try:
+            if not sep:
+                raise ValueError("no request id")
+            return cls(request_id=request_id, names=names)
+        except ValueError:  # pydantic's ValidationError is one
+            raise ValueError(
+                f"not `ID:` and a list of up to {MAX_NODES_REPORTED} host names: {text[:80]!r}"
+            ) from None
 
 
 class Status(_Model):
@@ -521,8 +540,9 @@ class Status(_Model):
     # Servers: the cluster's nodes that are Ready, as this server's API sees them when it reports
     # (builder rollout waits for a replaced agent here). Bounded like every guest-written value.
     nodes_ready: list[HostName] = Field(default_factory=list, max_length=MAX_NODES_REPORTED)
-    # Servers: the Nodes deleted (or found absent) for the last `KEY_NODES_DELETE` request.
+    # Servers: the Nodes deleted (or found absent) for the last `KEY_NODES_DELETE` request, and its id.
     nodes_deleted: list[HostName] = Field(default_factory=list, max_length=MAX_NODES_REPORTED)
+    nodes_delete_id: NodesDeleteId | None = None
     # The generation of the secrets the clone holds (None before it has read any).
     generation: Generation | None = None
 

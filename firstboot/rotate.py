@@ -15,8 +15,10 @@ its metadata step takes the newest generation too). Order matters, so a bad set 
 
 On servers every run also refreshes `nodes_ready` in the status (the cluster's Ready nodes as this
 server's API sees them): `builder rollout` waits there for a replaced agent's node. A server also
-deletes the Nodes `builder rollout` names in `guestinfo.arcbake.nodes-delete` (their VMs are powered
-off, about to be replaced), then clears the key and reports them in `nodes_deleted`: K3s keeps each
+deletes the Nodes `builder rollout` names in `guestinfo.arcbake.nodes-delete` (`ID:name,name`; their VMs
+are powered off, about to be replaced), then clears the key and reports them in `nodes_deleted` with the
+request's id in `nodes_delete_id` (rollout waits for its own id: the status keeps the last report and
+refreshes `updated`, so a name alone could confirm an older request). K3s keeps each
 node's password in the Secret `<node>.node-password.k3s` and refuses a node that joins under that name
 with another password until the Node is deleted (k3s-io/k3s `pkg/nodepassword`), and a replacement is a
 new machine with a new password.
@@ -25,6 +27,7 @@ new machine with a new password.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,10 +38,10 @@ from firstboot.contract import (
     KEY_STATUS,
     MAX_NODES_REPORTED,
     REDACTED_VALUE,
+    NodesDeleteRequest,
     Role,
     State,
     Status,
-    parse_node_names,
 )
 from firstboot.kube import client
 from firstboot.sources import SourceError
@@ -71,10 +74,34 @@ def _ready_nodes(ctx: Context) -> list[str] | None:
     return sorted(names)[:MAX_NODES_REPORTED]
 
 
-def _delete_requested_nodes(ctx: Context) -> list[str] | None:
-    """Delete the Nodes named in KEY_NODES_DELETE (absent ones count as deleted), then clear the key;
-    the names, or None when there was no request or the API could not delete them all (kept for the
-    next run)."""
+def pending_nodes_delete(raw: str | None) -> NodesDeleteRequest | None:
+    """The request in the KEY_NODES_DELETE value `raw`; None when there is none (absent, cleared, or
+    invalid: ignored with a warning). The tests' guest player, which plays servers, runs this too."""
+    if raw is None or raw.strip() in ("", REDACTED_VALUE):
+        return None
+    try:
+        return NodesDeleteRequest.parse(raw)
+    except ValueError as exc:
+        LOG.warning("%s ignored: %s", KEY_NODES_DELETE, exc)
+        return None
+
+
+def carry_out_nodes_delete(request: NodesDeleteRequest, delete_node: Callable[[str], None]) -> None:
+    """Delete the request's Nodes with `delete_node` (absent ones count as deleted); its errors propagate
+    (the request is kept for the next run). The guest player passes K3s's node-password double."""
+    for name in request.names:
+        delete_node(name)
+        LOG.info("node %s deleted for its replacement", name)
+
+
+def nodes_delete_report(request: NodesDeleteRequest) -> dict[str, object]:
+    """The Status fields that confirm `request` (rollout waits for its id there)."""
+    return {"nodes_deleted": list(request.names), "nodes_delete_id": request.request_id}
+
+
+def _delete_requested_nodes(ctx: Context) -> NodesDeleteRequest | None:
+    """Carry out the pending request on the cluster's API, then clear the key; None when there was no
+    request or the API could not delete them all (kept for the next run)."""
     from kubernetes.client.exceptions import ApiException
 
     try:
@@ -82,26 +109,24 @@ def _delete_requested_nodes(ctx: Context) -> list[str] | None:
     except (metadata.MetadataError, SourceError) as exc:
         LOG.warning("cannot read %s: %s", KEY_NODES_DELETE, exc)
         return None
-    if raw is None or raw.strip() in ("", REDACTED_VALUE):
-        return None
-    try:
-        names = parse_node_names(raw)
-    except ValueError as exc:
-        LOG.warning("%s ignored: %s", KEY_NODES_DELETE, exc)
+    request = pending_nodes_delete(raw)
+    if request is None:
         return None
     errors: tuple[type[BaseException], ...] = (kube.KubeUnavailable, *kube.api_errors())
     try:
         with kube.client_from(ctx.path(kube.KUBECONFIG)) as api:
             core = client.CoreV1Api(api)
-            for name in names:
+
+            def delete(name: str) -> None:
                 try:
                     core.delete_node(name, _request_timeout=15)
                 except ApiException as exc:
                     if exc.status != 404:
                         raise
-                LOG.info("node %s deleted for its replacement", name)
+
+            carry_out_nodes_delete(request, delete)
     except errors as exc:
-        LOG.warning("cannot delete nodes %s: %s", ", ".join(names), exc)
+        LOG.warning("cannot delete nodes %s: %s", ", ".join(request.names), exc)
         return None
     try:
         ctx.source.set(KEY_NODES_DELETE, REDACTED_VALUE)
@@ -111,7 +136,7 @@ def _delete_requested_nodes(ctx: Context) -> list[str] | None:
             KEY_NODES_DELETE,
             exc,
         )
-    return names
+    return request
 
 
 def _apply(ctx: Context) -> None:
@@ -176,9 +201,9 @@ def _report(ctx: Context, store: StateStore, result: RotateResult, server: bool)
     current = store.read_status() or Status(state=State.DONE)
     update: dict[str, object] = {"updated": datetime.now(UTC), "generation": result.generation}
     if server:
-        deleted = _delete_requested_nodes(ctx)
-        if deleted is not None:
-            update["nodes_deleted"] = deleted
+        request = _delete_requested_nodes(ctx)
+        if request is not None:
+            update.update(nodes_delete_report(request))
         nodes = _ready_nodes(ctx)
         if nodes is not None:
             update["nodes_ready"] = nodes

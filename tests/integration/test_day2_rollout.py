@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from builder import rollout as ro
 from builder.deploy import fleet_marks
 from builder.fleet import load_fleet
 from builder.rotate import KEY_GENERATION
+from builder.status import parse_status
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
-from firstboot.contract import OnboardingConfig
+from firstboot.contract import KEY_NODES_DELETE, NodesDeleteRequest, OnboardingConfig
 from integration.vsphere_helpers import (
     DEMO_ARC_ID,
     SECRET_ENV,
@@ -55,6 +57,17 @@ def sources(sim: VcsimHandle, names: list[str]) -> dict[str, tuple[str | None, s
             len(recs) + len(twins),
         )
     return out
+
+
+def reported_ready(sim: VcsimHandle, server: str, node: str, timeout: float = 30.0) -> None:
+    """Wait until `server`'s status lists `node` in `nodes_ready`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = parse_status(vm_extra(sim, server))[1]
+        if status is not None and node in status.nodes_ready:
+            return
+        assert time.monotonic() < deadline, f"{server} never reported {node} Ready: {status}"
+        time.sleep(0.05)
 
 
 def test_single_server_cluster_is_refused_without_rebuild(vcsim: VcsimHandle, tmp_path: Path) -> None:
@@ -128,6 +141,28 @@ def test_failed_replacement_leaves_the_old_vm_serving_and_a_rerun_resumes(
     assert sources(vcsim, vms) == {n: ("DC0_H0_VM1", "poweredOn", 1) for n in vms}
 
 
+def test_rollout_waits_for_the_report_of_its_own_nodes_delete_request(
+    vcsim: VcsimHandle, tmp_path: Path, arm_env: dict[str, str]
+) -> None:
+    path, vms = deployed(vcsim, tmp_path, "rq")
+    fleet = load_fleet(path)
+    agent = next(v.hostname for v in fleet.vms if v.name == "rq-02")
+    with playing(vcsim, fleet) as player:
+        # The server's status carries an earlier request's report for this very name, refreshed each
+        # round, while its `firstboot rotate` does not act on the new request: that is no confirmation.
+        player.last_delete["rq-01"] = NodesDeleteRequest(request_id="00000000", names=[agent])
+        player.deaf.add("rq-01")
+        args = ("rollout", str(path), "--template", "DC0_H0_VM1", "--rebuild-cluster", "--yes")
+        result = run_cli(vcsim, *args, "--timeout", "4", "--interval", "0.05", **arm_env)
+    assert result.exit_code == 1, result.output
+    assert f"server rq-01 did not report node {agent} deleted within 4s" in result.stderr
+    assert "rq-02.rollout was not started" in result.stderr
+    # The request is still pending on the server (not removed on the strength of the old report).
+    request = NodesDeleteRequest.parse(vm_extra(vcsim, "rq-01")[KEY_NODES_DELETE])
+    assert request.names == [agent] and request.request_id != "00000000"
+    assert sources(vcsim, vms)["rq-02"] == ("DC0_H0_VM0", "poweredOn", 2)
+
+
 def test_a_replacement_cut_off_before_its_network_metadata_is_cloned_again(
     vcsim: VcsimHandle, tmp_path: Path, arm_env: dict[str, str]
 ) -> None:
@@ -195,6 +230,9 @@ def test_rollout_of_a_three_plus_two_cluster_keeps_quorum_and_resumes(
         assert state["h3-02"][1] == "poweredOn"
 
         player.not_ready.clear()
+        # As an operator would: resume once the server reports h3-03 Ready (the rollout checks the
+        # quorum on the server's last report, which lags the change by a round of the player).
+        reported_ready(vcsim, "h3-01", "h3-03")
         resumed = run_cli(vcsim, *args)
     assert resumed.exit_code == 0, resumed.output
     assert "fleet ha: 3 VM(s) rolled onto DC0_H0_VM1" in resumed.stdout

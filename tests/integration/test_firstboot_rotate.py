@@ -85,7 +85,7 @@ def test_rotation_to_generation_two(preflight_world: Any, guest_root: Path, tmp_
         # builder rollout asks for the Nodes of VMs it replaces (one registered, one already gone).
         world.kube.store.put("Node", "", "old-agent", {"name": "old-agent", "ready_after": 0})
         meta = json.loads(world.meta.read_text())
-        world.meta.write_text(json.dumps({**meta, KEY_NODES_DELETE: "old-agent,gone-agent"}))
+        world.meta.write_text(json.dumps({**meta, KEY_NODES_DELETE: "0f1e2d3c4b5a6978:old-agent,gone-agent"}))
         taken = rotate(world)
         assert taken.returncode == 0, taken.stderr[-3000:]
         assert "secrets generation 2 in use" in taken.stdout
@@ -103,6 +103,7 @@ def test_rotation_to_generation_two(preflight_world: Any, guest_root: Path, tmp_
     assert status["nodes_ready"] == [world.config["hostname"]]
     # ... and deletes the Nodes builder rollout named (K3s's node-password rule), clearing the request.
     assert status["nodes_deleted"] == ["old-agent", "gone-agent"]
+    assert status["nodes_delete_id"] == "0f1e2d3c4b5a6978"  # what rollout waits for
     assert world.kube.store.get("Node", "", "old-agent") is None
     assert meta[KEY_NODES_DELETE] == "---"
     assert guest_status["generation"] == 2
