@@ -14,17 +14,15 @@ attributes included.
 from __future__ import annotations
 
 import html
-import re
 import statistics
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from builder import guesttext
 from builder.status import FINAL, VmStatus
 from firstboot import contract
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; form-action 'none'"
-# ANSI escape sequences whole, then any other control character.
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 TIMELINE_WIDTH = 760
 BAR_HEIGHT = 18
 COLOURS = {"done": "#2e7d32", "failed": "#c62828", "running": "#f9a825"}
@@ -32,7 +30,7 @@ COLOURS = {"done": "#2e7d32", "failed": "#c62828", "running": "#f9a825"}
 
 def esc(value: object) -> str:
     """Guest text made safe for HTML text and quoted attributes."""
-    return html.escape(_CONTROL.sub("", str(value)), quote=True)
+    return html.escape(guesttext.clean(str(value)), quote=True)
 
 
 @dataclass(frozen=True)

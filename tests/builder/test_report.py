@@ -18,7 +18,7 @@ from firstboot.steps import ORDER
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 STEPS = list(ORDER)
-HOSTILE = '<script>alert(1)</script><img src="http://127.0.0.1:9/x.png">\x1b[31m'
+HOSTILE = '<script>alert(1)</script><img src="http://127.0.0.1:9/x.png">\x1b[31m\x1b]0;owned\x07\u202e'
 
 
 def vm(name: str, durations: dict[str, float], *, offset: float = 0.0, fail: str | None = None) -> VmStatus:
@@ -103,6 +103,8 @@ def test_step_stats_median_and_slowest() -> None:
 def test_page_escapes_guest_text_and_references_nothing() -> None:
     page = render_html("demo <fleet>", fleet(), now=T0 + timedelta(minutes=5))
     assert "<script>" not in page and "\x1b" not in page
+    # Whole OSC sequences and bidi overrides go (builder.guesttext.clean), not just their ESC.
+    assert "]0;owned" not in page and "\u202e" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=&quot;http://127.0.0.1:9/x.png&quot;&gt;" in page
     assert "demo &lt;fleet&gt;" in page
     dom = parse(page)
