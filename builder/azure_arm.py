@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from firstboot.arm import Endpoints
+from firstboot.arm import Endpoints, describe
 from firstboot.step import StepFailure
 
 LOG = logging.getLogger(__name__)
@@ -104,11 +104,6 @@ class ClusterRef:
         return f"{self.resource_group}/{self.name}"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
 class ArcClusters:
     """Connected-cluster operations as one service principal (one client per subscription)."""
 
@@ -136,7 +131,7 @@ class ArcClusters:
         except ResourceNotFoundError:
             return False
         except SdkError as exc:
-            raise AzureError(f"reading connected cluster {ref}: {_one_line(exc)}") from None
+            raise AzureError(f"reading connected cluster {ref}: {describe(exc)}") from None
         return True
 
     def delete(self, ref: ClusterRef) -> bool:
@@ -154,7 +149,7 @@ class ArcClusters:
         except ResourceNotFoundError:
             return False
         except SdkError as exc:
-            raise AzureError(f"deleting connected cluster {ref}: {_one_line(exc)}") from None
+            raise AzureError(f"deleting connected cluster {ref}: {describe(exc)}") from None
         LOG.info("deleted connected cluster %s", ref)
         return True
 
