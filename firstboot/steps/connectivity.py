@@ -26,6 +26,9 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+# Undocumented in typeshed, present in CPython 3.8+ and imported by requests.compat for the same purpose.
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
+
 from firstboot import endpoints, proxyenv
 from firstboot.contract import OnboardingConfig
 from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
@@ -64,12 +67,11 @@ def proxy_for(config: OnboardingConfig, host: str) -> tuple[str, int] | None:
     url = config.proxy.https_proxy or config.proxy.http_proxy
     if not url:
         return None
-    for entry in proxyenv.no_proxy_list(config.proxy, config.k3s):
-        entry = entry.strip().lower()
-        if entry and (
-            host.lower() == entry.lstrip(".") or (entry.startswith(".") and host.lower().endswith(entry))
-        ):
-            return None
+    # NO_PROXY as the clients this probe stands for read it (az and the Azure SDK: Python's
+    # urllib.request.proxy_bypass_environment, which requests consults): an entry `example.com` also
+    # covers `login.example.com`; the old own matcher sent such a host through the proxy.
+    if proxy_bypass_environment(host, {"no": ",".join(proxyenv.no_proxy_list(config.proxy, config.k3s))}):
+        return None
     parts = urlsplit(url)
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 

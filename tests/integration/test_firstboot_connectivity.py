@@ -141,9 +141,14 @@ def test_unresolvable_name_reported(guest_root: Path, monkeypatch: pytest.Monkey
 
 def test_no_proxy_entries_bypass_the_proxy() -> None:
     cfg = OnboardingConfig.model_validate(
-        onboarding_config(proxy={"https_proxy": "http://proxy.corp:3128", "no_proxy": [".corp.test"]})
+        onboarding_config(
+            proxy={"https_proxy": "http://proxy.corp:3128", "no_proxy": [".corp.test", "site.example"]}
+        )
     )
     assert connectivity.proxy_for(cfg, "management.azure.com") == ("proxy.corp", 3128)
     assert connectivity.proxy_for(cfg, "git.corp.test") is None
+    # Without a leading dot an entry covers its subdomains too, as az and the Azure SDK read NO_PROXY.
+    assert connectivity.proxy_for(cfg, "mirror.site.example") is None
+    assert connectivity.proxy_for(cfg, "othersite.example") == ("proxy.corp", 3128)
     assert connectivity.proxy_for(cfg, "localhost") is None
     assert socket.gethostbyname("localhost") in ("127.0.0.1", "::1")
