@@ -109,7 +109,12 @@ def _fleet_command(*examples: str) -> Callable[[Callable[..., None]], click.Comm
     )
 )
 @click.argument("fleet_file", metavar="FLEET", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--replace", is_flag=True, help="Delete and clone again VMs whose configuration changed.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Delete and clone again VMs whose configuration changed: whole K3s clusters only (a VM whose "
+    "cluster keeps other deployed, unchanged VMs is refused, exit 1: use `builder rollout`).",
+)
 @click.option(
     "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Clones at a time."
 )

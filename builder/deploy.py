@@ -8,7 +8,12 @@ with a different configuration, without `--replace`) stops the deploy with nothi
                          then stamp `arcbake.identity`; a failure after the clone deletes the half-made VM.
 - same identity       -> unchanged (reported, not touched; but once the clone reports past `metadata`,
                          `guestinfo.arcbake.secrets` is removed from its configuration, as status does).
-- other identity      -> error, or with `--replace` delete and clone again.
+- other identity      -> error, or with `--replace` delete and clone again; but only a whole K3s cluster
+                         (or one whose other VMs do not exist): a member replaced beside live ones of its
+                         cluster would start a second etcd cluster (the initialising server: `cluster-init`,
+                         no etcd data) or be refused its node name (K3s holds the old machine's node
+                         password). `builder rollout` replaces members of a live cluster safely; deploy
+                         refuses (`_partial_replacements`), before changing anything.
 - a template, or the clone source itself, under a fleet VM's name -> error, even with `--replace`:
                          deploy never deletes or reconfigures a template.
 
@@ -198,6 +203,34 @@ def _plan(
     return plans
 
 
+def _partial_replacements(plans: list[_Plan], fleet: Fleet) -> list[str]:
+    """Why `--replace` may not go ahead: per K3s cluster, the members it would replace while others of the
+    cluster exist and stay (`unchanged`). A replacement is a new machine with no etcd data under the old
+    node name: beside live members, the initialising server's `cluster-init` starts a second etcd cluster
+    (k3s-io/k3s `pkg/etcd/etcd.go` `Start`: no data and no `--server` -> new cluster) and any member is
+    refused its name, whose node password the cluster holds for the old machine (`pkg/nodepassword`).
+    `builder rollout` handles both (joins a survivor, deletes the old Node first); replacing every
+    member together makes a fresh cluster, where `cluster-init` is right."""
+    action = {pl.vm.name: pl.action for pl in plans}
+    out = []
+    for cluster in topology.clusters(fleet.vms):
+        members = (*cluster.servers, *cluster.agents)
+        replaced = [n for n in members if action.get(n) == "replace"]
+        staying = [n for n in members if action.get(n) == "unchanged"]
+        if replaced and staying:
+            out.append(
+                f"{cluster.describe()}: --replace would replace {_names(replaced)} while "
+                f"{_names(staying)} of the same cluster keep running (a second etcd cluster, or a node name "
+                "K3s refuses); use `builder rollout` to replace members of a live cluster, or change the "
+                "whole cluster so that all its VMs are replaced together"
+            )
+    return out
+
+
+def _names(names: list[str]) -> str:
+    return ("VM " if len(names) == 1 else "VMs ") + ", ".join(repr(n) for n in names)
+
+
 def deploy(
     fleet: Fleet,
     session: Session,
@@ -229,6 +262,9 @@ def deploy(
     if conflicts:
         detail = "; ".join(f"VM {pl.vm.name!r} {pl.reason}" for pl in conflicts)
         raise DeployConflictError(f"{detail} (use --replace to delete and clone again); nothing was changed")
+    partial = _partial_replacements(plans, fleet)
+    if partial:
+        raise DeployConflictError("; ".join(partial) + "; nothing was changed")
 
     report = DeployReport(fleet.name, fleet.template)
     in_flight = _InFlight()
