@@ -145,6 +145,10 @@ def templates(spec_file: Path, fmt: str) -> None:
 ROLLOUT_HELP = """Move the fleet onto a newer template, one VM at a time, keeping it serving.
 
 \b
+A VM already on the template whose fleet file entry changed is replaced too (what deploy --replace
+refuses inside a live cluster).
+
+\b
 Per cluster: agents, then joining servers, then the initialising server. Each VM: clone NAME.rollout
 from the template (powered off), power the old VM off and the replacement on, wait for it to report
 done (an agent: also Ready in its server's status), delete the old VM, rename the replacement. A failure

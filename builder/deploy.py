@@ -12,7 +12,7 @@ with a different configuration, without `--replace`) stops the deploy with nothi
                          (or one whose other VMs do not exist): a member replaced beside live ones of its
                          cluster would start a second etcd cluster (the initialising server: `cluster-init`,
                          no etcd data) or be refused its node name (K3s holds the old machine's node
-                         password). `builder rollout` replaces members of a live cluster safely; deploy
+                         password). `builder rollout` onto the same template replaces them safely; deploy
                          refuses (`_partial_replacements`), before changing anything.
 - a template, or the clone source itself, under a fleet VM's name -> error, even with `--replace`:
                          deploy never deletes or reconfigures a template.
@@ -221,8 +221,9 @@ def _partial_replacements(plans: list[_Plan], fleet: Fleet) -> list[str]:
             out.append(
                 f"{cluster.describe()}: --replace would replace {_names(replaced)} while "
                 f"{_names(staying)} of the same cluster keep running (a second etcd cluster, or a node name "
-                "K3s refuses); use `builder rollout` to replace members of a live cluster, or change the "
-                "whole cluster so that all its VMs are replaced together"
+                f"K3s refuses); use `builder rollout --template {fleet.template}`, which replaces the "
+                "changed VMs of a live cluster one at a time, or change the whole cluster so that all its "
+                "VMs are replaced together"
             )
     return out
 

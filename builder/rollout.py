@@ -1,6 +1,7 @@
 """`builder rollout FLEET --template NAME`: move a fleet onto a newer template one VM at a time.
 
-For each VM not yet on the target template, in this order per cluster: agents, then joining servers,
+For each VM not yet on the target template, or on it with another configuration than the fleet file
+gives it (its stamped deploy identity differs), in this order per cluster: agents, then joining servers,
 then the initialising server (a server is taken down only while every other server of its cluster is
 reported Ready, so an HA cluster keeps its etcd quorum). The initialising server's replacement joins a
 surviving server instead of `cluster-init` (which would start a second etcd cluster) and keeps the
@@ -179,10 +180,19 @@ def plan(session: Session, fleet: Fleet, template: str, *, rebuild_cluster: bool
             if not old and not new:
                 out.steps.append(Step(vm, root, "missing", "(not deployed: `builder deploy` first)"))
                 continue
-            if old and not new and old[0].source_template == target:
+            on_target = bool(old) and old[0].source_template == target
+            # A VM on the target whose fleet file entry changed (its stamped deploy identity differs) is
+            # replaced too: the safe way to do what `builder deploy --replace` refuses in a live cluster.
+            if (
+                on_target
+                and not new
+                and old[0].extra.get(KEY_IDENTITY) == vm.identity(target, fleet.placement)
+            ):
                 out.steps.append(Step(vm, root, "current", f"(already on {target})"))
                 continue
             was = old[0].source_template if old else "(old VM already deleted)"
+            if on_target:
+                was = f"{was} with another configuration"
             resume = " (resuming)" if new else ""
             if vm.role is Role.SERVER and single:
                 if not rebuild_cluster:

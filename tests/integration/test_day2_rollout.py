@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from builder import rollout as ro
 from builder.deploy import fleet_marks
 from builder.fleet import load_fleet
 from builder.rotate import KEY_GENERATION
-from builder.status import parse_status
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from firstboot.contract import KEY_NODES_DELETE, NodesDeleteRequest, OnboardingConfig
@@ -26,6 +24,7 @@ from integration.vsphere_helpers import (
     cloudinit_decode,
     deployed,
     fleet_file,
+    reported_ready,
     run_cli,
     session_for,
     vm_extra,
@@ -57,17 +56,6 @@ def sources(sim: VcsimHandle, names: list[str]) -> dict[str, tuple[str | None, s
             len(recs) + len(twins),
         )
     return out
-
-
-def reported_ready(sim: VcsimHandle, server: str, node: str, timeout: float = 30.0) -> None:
-    """Wait until `server`'s status lists `node` in `nodes_ready`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = parse_status(vm_extra(sim, server))[1]
-        if status is not None and node in status.nodes_ready:
-            return
-        assert time.monotonic() < deadline, f"{server} never reported {node} Ready: {status}"
-        time.sleep(0.05)
 
 
 def test_single_server_cluster_is_refused_without_rebuild(vcsim: VcsimHandle, tmp_path: Path) -> None:

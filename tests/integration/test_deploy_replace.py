@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.guest_player import playing
 from fixtures.vcsim import VcsimHandle
 
+from builder.fleet import load_fleet
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
-from integration.vsphere_helpers import fleet_file, run_cli, session_for
+from integration.vsphere_helpers import fleet_file, reported_ready, run_cli, session_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +77,9 @@ def test_replacing_the_initialising_server_of_a_live_ha_cluster_is_refused(
         "while VMs 'rpl-ha-02', 'rpl-ha-03', 'rpl-ha-04', 'rpl-ha-05' of the same cluster keep running"
         in line
     )
-    assert "use `builder rollout`" in line and "all its VMs are replaced together" in line
+    assert (
+        "use `builder rollout --template DC0_H0_VM0`" in line and "all its VMs are replaced together" in line
+    )
     assert line.endswith("nothing was changed")
     assert json.loads(refused.stdout) == {"ok": False, "error": line[7:], "exit_code": 1, "issues": []}
     assert snapshot(vcsim) == before  # no VM deleted, cloned, powered or reconfigured
@@ -105,7 +109,7 @@ def test_replacing_an_agent_beside_its_running_server_points_at_rollout(
     refused = _deploy(vcsim, changed, "--replace")
     assert refused.exit_code == 1, refused.output
     assert "--replace would replace VM 'rpl-ag-03' while VMs 'rpl-ag-01', 'rpl-ag-02'" in refused.stderr
-    assert "use `builder rollout`" in refused.stderr
+    assert "use `builder rollout --template DC0_H0_VM0`" in refused.stderr
     assert snapshot(vcsim) == before
 
     # A cluster none of whose other members exist: nothing runs beside the replacement, so it goes ahead.
@@ -116,3 +120,51 @@ def test_replacing_an_agent_beside_its_running_server_points_at_rollout(
     result = _deploy(vcsim, changed, "--replace")
     assert result.exit_code == 0, result.output
     assert [v["action"] for v in json.loads(result.stdout)["vms"]] == ["cloned", "cloned", "replaced"]
+
+
+def test_rollout_replaces_what_deploy_refused_keeping_the_cluster(vcsim: VcsimHandle, tmp_path: Path) -> None:
+    """The way the refusal points: `builder rollout` onto the template the fleet is already on replaces
+    the VMs whose configuration changed (here the initialising server alone), joining a survivor."""
+    path = fleet_file(tmp_path, "rpl-ro", source="ha-fleet")
+    assert _deploy(vcsim, path).exit_code == 0
+    (tmp_path / "one").mkdir()
+    changed = fleet_file(
+        tmp_path / "one", "rpl-ro", source="ha-fleet", subst=_subst(INIT_SERVER_ONLY, "rpl-ro")
+    )
+    assert _deploy(vcsim, changed, "--replace").exit_code == 1
+    before = snapshot(vcsim)
+
+    dry = run_cli(vcsim, "rollout", str(changed), "--template", "DC0_H0_VM0", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "rpl-ro-01 (server, cluster rpl-ro-01): replace from DC0_H0_VM0 with another configuration" in (
+        dry.stdout
+    )
+    assert dry.stdout.count("current (already on DC0_H0_VM0)") == 4
+    args = (
+        "rollout",
+        str(changed),
+        "--template",
+        "DC0_H0_VM0",
+        "--yes",
+        "--timeout",
+        "60",
+        "--interval",
+        "0.05",
+    )
+    with playing(vcsim, load_fleet(changed)) as player:
+        for server in ("rpl-ro-02", "rpl-ro-03"):  # the quorum check reads the initialising server's report
+            reported_ready(vcsim, "rpl-ro-01", server)
+        rolled = run_cli(vcsim, *args)
+    assert rolled.exit_code == 0, rolled.output
+    # The player's K3s double refuses a second etcd cluster and a node name held for another password.
+    assert [r for r in player.reported if r.endswith(".rollout")] == ["rpl-ro-01.rollout"]
+    assert "rpl-ro-01: waiting for server rpl-ro-02 to delete node rpl-ro-01" in rolled.stderr
+    after = snapshot(vcsim)
+    assert [after[f"rpl-ro-0{n}"][0][0] for n in range(2, 6)] == [
+        before[f"rpl-ro-0{n}"][0][0] for n in range(2, 6)
+    ]
+    assert after["rpl-ro-01"][0][0] != before["rpl-ro-01"][0][0]
+    # deploy now finds the fleet as the changed file gives it.
+    again = _deploy(vcsim, changed)
+    assert again.exit_code == 0, again.output
+    assert [v["action"] for v in json.loads(again.stdout)["vms"]] == ["unchanged"] * 5

@@ -116,7 +116,7 @@ def test_redeploy_changes_nothing_and_changed_config_needs_replace(
     # The server alone may not be replaced beside its running agents (tests/integration/
     # test_deploy_replace.py); the whole cluster may, and is.
     alone = run_cli(vcsim, "deploy", str(changed), "--replace")
-    assert alone.exit_code == 1 and "use `builder rollout`" in alone.stderr
+    assert alone.exit_code == 1 and "use `builder rollout --template DC0_H0_VM0`" in alone.stderr
     assert {n: (vm_info(vcsim, n), vm_raw_keys(vcsim, n)) for n in before} == before
     (tmp_path / "all").mkdir()
     whole = fleet_file(tmp_path / "all", "ci-idem", subst={"0.rocky.pool.ntp.org": "1.rocky.pool.ntp.org"})

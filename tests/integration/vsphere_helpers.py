@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from fixtures.vcsim import VcsimHandle
 
 from builder.cli import cli
+from builder.status import parse_status
 from builder.vsphere import inventory
 from builder.vsphere import vm as vmops
 from builder.vsphere._vmomi import vim
@@ -189,3 +190,14 @@ def builder_until(
         if marker in line or not line:
             break
     return proc, seen
+
+
+def reported_ready(sim: VcsimHandle, server: str, node: str, timeout: float = 30.0) -> None:
+    """Wait until `server`'s status lists `node` in `nodes_ready`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = parse_status(vm_extra(sim, server))[1]
+        if status is not None and node in status.nodes_ready:
+            return
+        assert time.monotonic() < deadline, f"{server} never reported {node} Ready: {status}"
+        time.sleep(0.05)
