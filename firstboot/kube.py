@@ -24,8 +24,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import urllib3
-
 from firstboot.step import Context, TransientFailure
 
 
@@ -54,6 +52,8 @@ else:
 
 def api_errors() -> tuple[type[BaseException], ...]:
     """What a Kubernetes API call raises when the server is down, refuses or errs (for `except`)."""
+    # urllib3 (with requests) loads with the client, after K3s was started, not when the step imports.
+    import urllib3.exceptions
     from kubernetes.client.exceptions import ApiException
 
     return (ApiException, urllib3.exceptions.HTTPError, OSError, KubeUnavailable)
@@ -189,6 +189,7 @@ def wait_until(
     watch finds the type to deserialize from its docstring), called with `args` (the namespace) and
     `list_kwargs` (selectors). `on_change` sees the objects after each event (progress lines).
     """
+    import urllib3.exceptions
     from kubernetes import watch
     from kubernetes.client.exceptions import ApiException
 

@@ -33,10 +33,13 @@ A scenario (YAML/JSON file or dict) describes objects whose state changes with t
                   {path: "^/apis/apps", delay: 0.5}]                    # slow responses
     token: "..."                                                       # require this bearer token
 
-Times count from when the object was added. Objects and faults can be added while the server runs
-through `POST /_double/objects` and `POST /_double/faults` (same shape as the scenario); the request log is
-at `GET /_double/requests`. `python3 kube_api.py --port 0 --scenario FILE --kubeconfig PATH` runs it
-standalone (prints the URL, stops on SIGTERM/SIGINT).
+Times count from when the object was added, or from `since` (a `time.monotonic()` reading of this machine,
+top-level in the scenario) when that is earlier: the systemctl double passes the moment it was exec'd, the
+moment real systemd would have started K3s, so its own interpreter start is not counted as K3s's.
+Objects and faults can be added while the server runs through `POST /_double/objects` and
+`POST /_double/faults` (same shape as the scenario); the request log is at `GET /_double/requests`.
+`python3 kube_api.py --port 0 --scenario FILE --kubeconfig PATH` runs it standalone (prints the URL,
+stops on SIGTERM/SIGINT).
 """
 
 from __future__ import annotations
@@ -355,14 +358,16 @@ class Store:
         del self.history[:-HISTORY_LIMIT]
         self.cond.notify_all()
 
-    def put(self, kind: str, namespace: str, name: str, spec: JSON) -> Obj:
-        """Add or replace an object (ADDED or MODIFIED event)."""
+    def put(self, kind: str, namespace: str, name: str, spec: JSON, since: float | None = None) -> Obj:
+        """Add or replace an object (ADDED or MODIFIED event); its times count from `since` if earlier."""
         with self.cond:
             key = (kind, namespace, name)
             if namespace and kind != "Namespace" and ("Namespace", "", namespace) not in self.objects:
                 self._record(self._new("Namespace", "", namespace, {}), "ADDED")
             old = self.objects.get(key)
             obj = self._new(kind, namespace, name, spec)
+            if since is not None:
+                obj.added = min(obj.added, since)
             if old is not None:
                 obj.uid, obj.created = old.uid, old.created
             self.objects[key] = obj
@@ -384,13 +389,14 @@ class Store:
 
     def load(self, scenario: JSON) -> None:
         """Add the objects and faults of a scenario (see the module docstring)."""
+        since = scenario.get("since")
         for spec in scenario.get("nodes") or []:
-            self.put("Node", "", spec["name"], spec)
+            self.put("Node", "", spec["name"], spec, since)
         for spec in scenario.get("deployments") or []:
-            self.put("Deployment", spec.get("namespace", "default"), spec["name"], spec)
+            self.put("Deployment", spec.get("namespace", "default"), spec["name"], spec, since)
         for spec in scenario.get("pods") or []:
             ns = spec.get("namespace", "default")
-            self.put("Pod", ns, spec["name"], spec)
+            self.put("Pod", ns, spec["name"], spec, since)
             for i, event in enumerate(spec.get("events") or []):
                 self.put("Event", ns, f"{spec['name']}.{i}", {**event, "object": spec["name"]})
         for spec in scenario.get("events") or []:

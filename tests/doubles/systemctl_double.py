@@ -6,7 +6,10 @@ kubeconfig the Kubernetes API double wrote) to `SYSTEMCTL_DOUBLE_ROOT/etc/ranche
 `SYSTEMCTL_DOUBLE_KUBECONFIG_MODE` (octal, default 600), after `SYSTEMCTL_DOUBLE_DELAY` seconds (in a
 detached child, like K3s writing it once its API is up). When `SYSTEMCTL_DOUBLE_SCENARIO` names a JSON
 scenario, it is posted to the API double (`/_double/objects`) when k3s goes from inactive to active, so
-"node Ready after N s" counts from the start of k3s. `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting that
+"node Ready after N s" counts from the start of k3s: from the moment this double was exec'd (its
+`process_started`, passed as the scenario's `since`), as the kubeconfig delay does, because the real
+`systemctl` returns in milliseconds and K3s starts then; this double's own interpreter start (0.1-0.2 s)
+must not be charged to the program that called it. `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting that
 unit the way systemd does. `is-active UNIT` answers from the state.
 
 K3s rules (`k3s_rules.py`, flag tables cited in `data/k3s_flags.json`): starting `k3s` (server) or
@@ -65,6 +68,19 @@ def _state() -> tuple[Path | None, dict[str, str]]:
     return path, json.loads(path.read_text()) if path.exists() else {}
 
 
+def process_started() -> float:
+    """When this process was exec'd, on the `time.monotonic()` clock that the API double also reads.
+
+    /proc/self/stat's starttime counts clock ticks since boot (CLOCK_BOOTTIME); it is rounded up one tick
+    so the moment is never earlier than the exec, and a double never makes K3s look faster than it was.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    # Field 22, counted after the ")" that ends the command name (which may itself hold spaces).
+    start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - (start_ticks + 1) / ticks
+    return time.monotonic() - max(age, 0.0)
+
+
 def _post_scenario(kubeconfig: str) -> None:
     scenario = os.environ.get("SYSTEMCTL_DOUBLE_SCENARIO")
     if not scenario:
@@ -76,11 +92,18 @@ def _post_scenario(kubeconfig: str) -> None:
     if not match:
         return
     req = urllib.request.Request(  # noqa: S310 - the loopback URL of the API double
-        match[1].rstrip("/") + "/_double/objects", data=Path(scenario).read_bytes(), method="POST"
+        match[1].rstrip("/") + "/_double/objects", data=_scenario_since(Path(scenario)), method="POST"
     )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(req, timeout=5) as resp:
         resp.read()
+
+
+def _scenario_since(scenario: Path) -> bytes:
+    """The scenario file with `since`: its times count from when K3s was started."""
+    body = json.loads(scenario.read_text())
+    body.setdefault("since", process_started())
+    return json.dumps(body).encode()
 
 
 def _journal(unit: str, message: str) -> None:
@@ -185,6 +208,7 @@ def _start_k3s(role: str, first_start: bool) -> None:
         return
     delay = float(os.environ.get("SYSTEMCTL_DOUBLE_DELAY", "0") or 0)
     mode = int(os.environ.get("SYSTEMCTL_DOUBLE_KUBECONFIG_MODE", "600"), 8)
+    started = process_started()  # before the fork: a forked child's starttime is its own
     if first_start:
         # Each node's scenario registers that node (and, for the first server, CoreDNS) as it starts.
         _post_scenario(src)
@@ -195,7 +219,8 @@ def _start_k3s(role: str, first_start: bool) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-    time.sleep(delay)
+    # The delay counts from when K3s was started (this double's exec), not from after its imports.
+    time.sleep(max(0.0, delay - (time.monotonic() - started)))
     dest = Path(root) / KUBECONFIG_OF_ROLE[role]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(".k3s.yaml.tmp")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from doubles.harness import (
     K3S_TOKEN,
     cluster_scenario,
     dnsmasq,
+    doubles_path,
     kube_double,
     make_config,
     make_ctx,
@@ -71,6 +75,29 @@ def test_server_starts_waits_and_fixes_kubeconfig_mode(tmp_path: Path) -> None:
     watches = [r for r in requests if r["query"].get("watch") == "true"]
     assert any(r["path"] == "/api/v1/nodes" and r["query"].get("resourceVersion") for r in watches)
     assert any(r["path"].endswith("/deployments") for r in watches)
+
+
+def test_the_double_counts_k3s_times_from_its_exec_not_from_its_own_imports(tmp_path: Path) -> None:
+    """Real `systemctl` returns in milliseconds and K3s starts then: the systemctl double's own Python start
+    must not delay "node Ready after N s", or the bench charges the double's start to firstboot."""
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps(cluster_scenario(ready_after=30)))
+    with kube_double() as server:
+        env = {
+            **os.environ,
+            "PATH": doubles_path(),
+            "SYSTEMCTL_DOUBLE_ROOT": str(tmp_path / "root"),
+            "SYSTEMCTL_DOUBLE_KUBECONFIG": str(server.write_kubeconfig(tmp_path / "k3s-double.yaml")),
+            "SYSTEMCTL_DOUBLE_SCENARIO": str(scenario),
+        }
+        clock_offset = time.time() - time.monotonic()
+        before = time.monotonic()
+        subprocess.run(["systemctl", "start", "k3s.service"], env=env, check=True, timeout=30)
+        node = server.store.objects[("Node", "", HOSTNAME)]
+        posted = next(r for r in server.store.requests if r["path"] == "/_double/objects")
+    posted_at = posted["time"] - clock_offset
+    # Never earlier than the exec (rounded up one clock tick), and before the double's imports were done.
+    assert before <= node.added < posted_at - 0.02
 
 
 @pytest.mark.fault(
