@@ -9,6 +9,9 @@ on `show`. Errors go to stderr as `ERROR: (Code) message`.
 Environment:
     AZ_DOUBLE_STATE   JSON file with the simulated Azure state (login, clusters, extensions, configurations)
     AZ_DOUBLE_LOG     every invocation's argv appended as one JSON line, before anything else happens
+    AZ_DOUBLE_TIMES   one JSON line per invocation as it exits: `started` (its exec, proc_clock), `ended`
+                      (time.monotonic()) and `slept` (its simulated latency): what the double itself cost
+                      is ended - started - slept, which the overhead bench does not charge to firstboot
     AZ_DOUBLE_CONFIG  YAML/JSON: expected credentials, known resource groups, latencies, faults, pods:
 
         client_id: 00000000-...          # optional: the only service principal that may sign in
@@ -54,6 +57,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from doubles.proc_clock import process_started
 
 JSON = dict[str, Any]
 CLI_VERSION = "2.67.0"
@@ -330,6 +335,7 @@ class Double:
     def sleep(self, command: str) -> None:
         latency = float((self.config.get("latency") or {}).get(command, 0))
         if latency > 0:
+            SLEPT.append(latency)
             time.sleep(latency)
 
 
@@ -953,6 +959,10 @@ def run(argv: list[str], env: dict[str, str]) -> tuple[int, Any]:
     raise AzError(2, f"'{group}' is misspelled or not recognized by the system.")
 
 
+# The simulated latencies this invocation slept (for AZ_DOUBLE_TIMES): one process, one invocation.
+SLEPT: list[float] = []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `tests/doubles/az`."""
     args = sys.argv[1:] if argv is None else argv
@@ -960,7 +970,16 @@ def main(argv: list[str] | None = None) -> int:
         code, result = run(args, dict(os.environ))
     except AzError as exc:
         print(f"ERROR: {exc.message}", file=sys.stderr)
-        return exc.code
+        code, result = exc.code, None
     if result is not None:
         print(json.dumps(result, indent=2))
+    _log_times(args)
     return code
+
+
+def _log_times(argv: list[str]) -> None:
+    path = os.environ.get("AZ_DOUBLE_TIMES")
+    if path:
+        line = {"argv": argv, "started": process_started(), "ended": time.monotonic(), "slept": sum(SLEPT)}
+        with Path(path).open("a") as fh:
+            fh.write(json.dumps(line) + "\n")

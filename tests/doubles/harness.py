@@ -288,6 +288,7 @@ def az_env(workdir: Path, az_config: Mapping[str, Any] | None = None) -> dict[st
         "AZURE_CONFIG_DIR": str(workdir / "azure-config"),
         "AZ_DOUBLE_STATE": str(workdir / "az-state.json"),
         "AZ_DOUBLE_LOG": str(workdir / "az-argv.log"),
+        "AZ_DOUBLE_TIMES": str(workdir / "az-times.log"),
         "AZ_DOUBLE_CONFIG": str(config_path),
     }
 

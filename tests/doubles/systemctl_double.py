@@ -6,11 +6,11 @@ kubeconfig the Kubernetes API double wrote) to `SYSTEMCTL_DOUBLE_ROOT/etc/ranche
 `SYSTEMCTL_DOUBLE_KUBECONFIG_MODE` (octal, default 600), after `SYSTEMCTL_DOUBLE_DELAY` seconds (in a
 detached child, like K3s writing it once its API is up). When `SYSTEMCTL_DOUBLE_SCENARIO` names a JSON
 scenario, it is posted to the API double (`/_double/objects`) when k3s goes from inactive to active, so
-"node Ready after N s" counts from the start of k3s: from the moment this double was exec'd (its
-`process_started`, passed as the scenario's `since`), as the kubeconfig delay does, because the real
-`systemctl` returns in milliseconds and K3s starts then; this double's own interpreter start (0.1-0.2 s)
-must not be charged to the program that called it. `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting that
-unit the way systemd does. `is-active UNIT` answers from the state.
+"node Ready after N s" counts from the start of k3s: from the moment this double was exec'd
+(`proc_clock.process_started`, passed as the scenario's `since`), as the kubeconfig delay does, because the
+real `systemctl` returns in milliseconds and K3s starts then; this double's own interpreter start
+(0.1-0.2 s) must not be charged to the program that called it. `SYSTEMCTL_DOUBLE_FAIL=UNIT` fails starting
+that unit the way systemd does. `is-active UNIT` answers from the state.
 
 K3s rules (`k3s_rules.py`, flag tables cited in `data/k3s_flags.json`): starting `k3s` (server) or
 `k3s-agent` (agent) merges `ROOT/etc/rancher/k3s/config.yaml` and `config.yaml.d/` the way K3s does and
@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from doubles import k3s_rules
+from doubles.proc_clock import process_started
 
 ROLE_OF_UNIT = {"k3s": "server", "k3s-agent": "agent"}
 KUBECONFIG_OF_ROLE = {
@@ -66,19 +67,6 @@ def _state() -> tuple[Path | None, dict[str, str]]:
         return None, {}
     path = Path(raw)
     return path, json.loads(path.read_text()) if path.exists() else {}
-
-
-def process_started() -> float:
-    """When this process was exec'd, on the `time.monotonic()` clock that the API double also reads.
-
-    /proc/self/stat's starttime counts clock ticks since boot (CLOCK_BOOTTIME); it is rounded up one tick
-    so the moment is never earlier than the exec, and a double never makes K3s look faster than it was.
-    """
-    ticks = os.sysconf("SC_CLK_TCK")
-    # Field 22, counted after the ")" that ends the command name (which may itself hold spaces).
-    start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-    age = time.clock_gettime(time.CLOCK_BOOTTIME) - (start_ticks + 1) / ticks
-    return time.monotonic() - max(age, 0.0)
 
 
 def _post_scenario(kubeconfig: str) -> None:

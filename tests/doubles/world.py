@@ -94,6 +94,11 @@ class World:
         calls = [entry["argv"] for entry in read_jsonl(self.workdir / "az" / "az-argv.log")]
         return [argv for argv in calls if argv[: len(words)] == list(words)]
 
+    def az_double_seconds(self) -> float:
+        """What the az double itself cost over all its calls: start-up and work beyond its latencies."""
+        times = read_jsonl(self.workdir / "az" / "az-times.log")
+        return float(sum(entry["ended"] - entry["started"] - entry["slept"] for entry in times))
+
     def status(self) -> dict[str, Any]:
         """status.json (empty before the first write)."""
         try:

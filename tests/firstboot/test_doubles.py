@@ -116,6 +116,24 @@ def test_az_double_exit_codes_and_json(tmp_path: Path) -> None:
     assert log[0] == ["version"] and len(log) == 8
 
 
+def test_az_double_logs_what_it_cost_beyond_its_latency(tmp_path: Path) -> None:
+    """The overhead bench charges firstboot with wall time minus the simulated latencies minus what the
+    double itself cost (its interpreter start and work): AZ_DOUBLE_TIMES must bracket the call."""
+    before = time.monotonic()
+    login = az(tmp_path, "login", "--service-principal", "-u", "a", "-p", "x", "--tenant", "t",
+               config={"latency": {"login": 0.3}})  # fmt: skip
+    bad = az(tmp_path, "connectedk8s", "frobnicate")
+    after = time.monotonic()
+    assert login.returncode == 0 and bad.returncode == 2
+    times = [json.loads(line) for line in (tmp_path / "az-times.log").read_text().splitlines()]
+    assert [t["argv"][0] for t in times] == ["login", "connectedk8s"]  # a refused call is logged too
+    assert [t["slept"] for t in times] == [0.3, 0]
+    first, second = times
+    assert before <= first["started"] < first["ended"] <= second["started"] < second["ended"] <= after
+    # The double's own share: positive, and the latency is not part of it.
+    assert 0 < first["ended"] - first["started"] - first["slept"] < (after - before) - 0.3
+
+
 def test_az_double_keeps_the_sp_secret_on_disk_until_logout(tmp_path: Path) -> None:
     """As az does (azure-cli auth/identity.py, cited in the double): a service principal sign-in saves its
     secret in service_principal_entries.json and a token in msal_token_cache.json in AZURE_CONFIG_DIR;

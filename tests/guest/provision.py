@@ -180,7 +180,7 @@ def _install_doubles(guest: Guest) -> None:
     guest.write("/usr/bin/vmware-rpctool", RPCTOOL % {"store": GUESTINFO, "log": RPCTOOL_LOG}, 0o755)
     dest = guest.path("/opt/arcbake-test/doubles")
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("az", "az_double.py", "kube_api.py"):
+    for name in ("az", "az_double.py", "proc_clock.py", "kube_api.py"):
         shutil.copy2(DOUBLES / name, dest / name)
     # The az double reads the pinned extensions' option tables from data/ beside it.
     shutil.copytree(DOUBLES / "data", dest / "data", dirs_exist_ok=True)
