@@ -67,9 +67,13 @@ DEFAULT = Latencies(
 # (bench/README.md, "The real az").
 REAL_AZ_STARTUP = 0.60
 STEP_LINE = re.compile(r"step (\w+): ok \(([\d.]+) s\)")
-TARGETS: dict[str, Callable[[dict[str, Any]], bool]] = {
+# The targets: overhead and ratio for the standard run (the fewest configurations; 100 have their
+# own target, <= 3x the time of 1), az process starts for every count.
+BASE_TARGETS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "own overhead < 0.5 s": lambda f: f["own_overhead_seconds"] < 0.5,
     "ratio < 1.03": lambda f: f["ratio"] < 1.03,
+}
+EVERY_COUNT_TARGETS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "az process starts <= 3": lambda f: f["az_starts"] <= 3,
 }
 
@@ -144,6 +148,7 @@ def figures(run: dict[str, Any], critical: float, real_az: float) -> dict[str, A
         "wall_seconds": round(run["wall"], 3),
         "overhead_seconds": round(overhead, 3),
         "ratio": round(run["wall"] / critical, 4),
+        "own_ratio": round((critical + own) / critical, 4),
         "az_starts": run["az_starts"],
         "az_double_seconds": round(run["az_double_seconds"], 3),
         "own_overhead_seconds": round(own, 3),
@@ -200,7 +205,10 @@ def main() -> int:
     }
     if len(counts) > 1:
         summary["wall_ratio_most_vs_fewest"] = round(best[max(counts)]["wall"] / best[min(counts)]["wall"], 3)
-    checks = {f"{name} ({c} configs)": test(out[str(c)]) for c in counts for name, test in TARGETS.items()}
+    fewest = min(counts)
+    checks = {f"{name} ({fewest} configs)": test(out[str(fewest)]) for name, test in BASE_TARGETS.items()}
+    for c in counts:
+        checks |= {f"{name} ({c} configs)": test(out[str(c)]) for name, test in EVERY_COUNT_TARGETS.items()}
     if len(counts) > 1:
         checks[f"{max(counts)} configs <= 3x the time of {min(counts)}"] = (
             summary["wall_ratio_most_vs_fewest"] <= 3
@@ -225,6 +233,7 @@ def _print(summary: dict[str, Any], counts: list[int]) -> None:
         ("total wall time (best run), s", "wall_seconds", "{:.2f}"),
         ("overhead (wall - critical path), s", "overhead_seconds", "{:.2f}"),
         ("ratio wall / critical path", "ratio", "{:.3f}"),
+        ("ratio without the az double's own time", "own_ratio", "{:.3f}"),
         ("az process starts", "az_starts", "{}"),
         ("az double's own time (start-up, work), s", "az_double_seconds", "{:.2f}"),
         ("firstboot's own overhead (no az double), s", "own_overhead_seconds", "{:.2f}"),
