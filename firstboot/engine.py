@@ -112,6 +112,8 @@ class Engine:
         # The generation of the secrets held for this instance, reported in every status.
         self._generation: int | None = None
         self._timings_lock = threading.Lock()
+        # Steps whose `begin` this run has called (firstboot.step).
+        self._begun: set[str] = set()
 
     @property
     def steps(self) -> list[Step]:
@@ -249,6 +251,8 @@ class Engine:
             if step.name != only and not step.meta.always_run and self.state.is_stamped(iid, step.name):
                 LOG.info("step %s: already done for instance %s", step.name, iid)
                 continue
+            if only is None:
+                self._begin_ready(iid, step)
             failure = self._run_step(step)
             if failure is not None:
                 return RunResult(False, failure)
@@ -287,6 +291,31 @@ class Engine:
                 "metadata" in stamped
             )
         return all(self.state.is_stamped(iid, s.name) for s in self._applicable())
+
+    def _begin_ready(self, iid: str, upcoming: Step) -> None:
+        """Before `upcoming` runs, begin every later step whose `begins_after` are all stamped: K3s starts
+        while the connectivity and resources checks run (in the field those cross a proxy and a WAN, and
+        K3s takes seconds to start whatever they find). A failing begin is logged; the step's own run
+        meets it again in its turn and reports it with its remedy."""
+        at = self.steps.index(upcoming)
+        # Behind us in this run's loop, and stamped: run now (always-run metadata loads the config) or before.
+        passed = {s.name for s in self.steps[:at] if self.state.is_stamped(iid, s.name)}
+        for step in self.steps[at + 1 :]:
+            if step.begin is None or step.name in self._begun or self.state.is_stamped(iid, step.name):
+                continue
+            if self._joins() and step.meta.servers_only:
+                continue
+            if not set(step.meta.begins_after) <= passed:
+                continue
+            self._begun.add(step.name)
+            LOG.info("step %s: begun before %s (it needs only %s)", step.name, upcoming.name,
+                     ", ".join(step.meta.begins_after))  # fmt: skip
+            try:
+                step.begin(self.ctx)
+            except Exception as exc:  # noqa: BLE001 - logged; the step's run meets and reports it
+                why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
+                LOG.warning("step %s: could not begin early (%s); it tries again in its turn", step.name,
+                            redact(why, self.ctx.secret_values()))  # fmt: skip
 
     def _run_step(self, step: Step) -> Status | None:
         """Run one step to success (stamp, return None) or failure (report, return the status)."""

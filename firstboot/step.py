@@ -15,6 +15,13 @@ retries TransientFailure with exponential backoff and full jitter (`initial_wait
 `max_wait`) until `retry.deadline_seconds` or `retry.max_attempts`; any other exception fails the step at
 once as an internal error. A step abandoned at its timeout finds `ctx.cancel` set. `always_run` steps run
 even when stamped (metadata: it loads the config and secrets every later step needs).
+
+A step may also define `begin(ctx) -> None` with `META.begins_after`: the part of its work that needs only
+those steps (K3s's start needs metadata, hostname, dns, time and proxy, not the connectivity and resources
+checks). In a full run the engine calls `begin` as soon as those are stamped, then runs the steps in
+between while it proceeds (K3s takes seconds to start; the checks run beside it). `begin` must be quick,
+idempotent and safe to repeat from `run`, which still does the whole work: a failing `begin` is logged,
+and `run` meets the failure again in its turn and reports it with its remedy.
 """
 
 from __future__ import annotations
@@ -73,6 +80,8 @@ class StepMeta:
     summary: str = ""
     # Run even when stamped (cheap and idempotent, and later steps need what it loads: the metadata step).
     always_run: bool = False
+    # The steps `begin` (if the module defines one) needs stamped; see the module docstring.
+    begins_after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The step registry: every step module, in dependency order (ARCHITECTURE.md, firstboot steps).
 
-Each module defines `META: StepMeta`, `check(ctx) -> CheckResult` and `run(ctx) -> None` (see
-`firstboot.step`). `ORDER` is the one list of step names (kept in `firstboot.steporder`).
+Each module defines `META: StepMeta`, `check(ctx) -> CheckResult` and `run(ctx) -> None`, and may define
+`begin(ctx) -> None` (see `firstboot.step`). `ORDER` is the one list of step names (kept in
+`firstboot.steporder`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Step:
     meta: StepMeta
     check: Callable[[Context], CheckResult]
     run: Callable[[Context], None]
+    # Started early, once META.begins_after are stamped (firstboot.step); None for most steps.
+    begin: Callable[[Context], None] | None = None
 
     @property
     def name(self) -> str:
@@ -39,5 +42,6 @@ def load(names: Iterable[str] = ORDER) -> list[Step]:
     steps = []
     for name in names:
         module = importlib.import_module(f"{__name__}.{name}")
-        steps.append(Step(meta=module.META, check=module.check, run=module.run))
+        begin = getattr(module, "begin", None)
+        steps.append(Step(meta=module.META, check=module.check, run=module.run, begin=begin))
     return steps

@@ -47,6 +47,9 @@ META = StepMeta(
     timeout_seconds=1200,
     retry=RetryPolicy(deadline_seconds=900, initial_wait=5, max_wait=30, max_attempts=4),
     summary="starting k3s and waiting for the node, CoreDNS and cluster DNS",
+    # K3s's start needs its host name, DNS upstream (CoreDNS copies it), a clock its certificates can trust
+    # and the proxy environment; not the connectivity and resources checks, which run beside its start.
+    begins_after=("metadata", "hostname", "dns", "time", "proxy"),
 )
 
 CONFIG_DROPIN = "/etc/rancher/k3s/config.yaml.d/50-arcbake.yaml"
@@ -307,19 +310,40 @@ def wait_coredns(ctx: Context, api: client.ApiClient, deadline: float) -> None:
     )
 
 
-def run(ctx: Context) -> None:
-    """Configure and start K3s; wait for node Ready, CoreDNS and cluster DNS (servers)."""
+# (root, instance) of the contexts whose K3s `begin` started, for the first `run` after it (one process).
+_BEGUN: set[tuple[str, str]] = set()
+
+
+def begin(ctx: Context) -> None:
+    """Configure and start K3s without waiting (the engine calls this before the connectivity check)."""
+    _configure_and_start(ctx)
+    _BEGUN.add((str(ctx.root), ctx.instance_id))
+
+
+def _configure_and_start(ctx: Context) -> None:
     config = ctx.require_config()
-    unit = unit_name(config)
     try:
         reload = _write_config(ctx, config)
     except OSError as exc:
         raise PermanentFailure(
             f"cannot write the K3s configuration: {exc}", "check /etc/rancher/k3s"
         ) from None
-    _start(ctx, unit, reload)
-    # After the start, not before: the background imports would compete with systemctl for the CPU and
-    # delay K3s itself; they overlap the wait for K3s instead (arc needs the Azure SDK and sign-in next).
+    _start(ctx, unit_name(config), reload)
+
+
+def run(ctx: Context) -> None:
+    """Configure and start K3s; wait for node Ready, CoreDNS and cluster DNS (servers)."""
+    config = ctx.require_config()
+    unit = unit_name(config)
+    key = (str(ctx.root), ctx.instance_id)
+    if key in _BEGUN:
+        # begin() started it moments ago; a retry of this step (K3s failed) starts it again.
+        _BEGUN.discard(key)
+    else:
+        _configure_and_start(ctx)
+    # After the start and the checks begin() let run beside it, not before: the background imports would
+    # compete with systemctl and the checks for the CPU; they overlap the wait for K3s instead (arc needs
+    # the Azure SDK and sign-in next).
     kube.prewarm()
     if config.arc is not None:
         arm.prewarm(ctx)

@@ -94,10 +94,13 @@ class World:
         calls = [entry["argv"] for entry in read_jsonl(self.workdir / "az" / "az-argv.log")]
         return [argv for argv in calls if argv[: len(words)] == list(words)]
 
-    def az_double_seconds(self) -> float:
-        """What the az double itself cost over all its calls: start-up and work beyond its latencies."""
+    def az_double_seconds(self, *, besides: tuple[str, ...] = ()) -> float:
+        """What the az double itself cost (start-up and work beyond its latencies) over its calls, but
+        those whose command is one of `besides`."""
         times = read_jsonl(self.workdir / "az" / "az-times.log")
-        return float(sum(entry["ended"] - entry["started"] - entry["slept"] for entry in times))
+        return float(
+            sum(e["ended"] - e["started"] - e["slept"] for e in times if e["argv"][0] not in besides)
+        )
 
     def status(self) -> dict[str, Any]:
         """status.json (empty before the first write)."""

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fixtures.guestinfo import DictSource, onboarding_config
 
 from firstboot.contract import (
@@ -101,6 +102,55 @@ def test_runs_in_order_stamps_and_reports(tmp_path: Path) -> None:
     assert ("running", "a") in seq and ("running", "b") in seq
     assert seq.index(("running", "a")) < seq.index(("running", "b"))
     assert seq[-1] == ("done", None)
+
+
+def test_a_step_begins_once_what_it_needs_is_stamped_and_runs_in_its_turn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """K3s's start (k3s `begin`) needs metadata..proxy, not connectivity and resources: it begins before
+    them. A failure in between is still theirs; the next run begins the step again; `--only` never does;
+    a failing begin is logged (redacted) and the step's run does the work in its turn."""
+    rec = Recorder()
+    broken = {"check": True}
+
+    def check(ctx: Context) -> None:
+        if broken["check"]:
+            raise PermanentFailure("the check failed", "fix the link")
+
+    def begin(ctx: Context) -> None:
+        rec.calls.append("begin k")
+
+    def failing_begin(ctx: Context) -> None:
+        rec.calls.append("begin j")
+        raise TransientFailure("not yet very-secret-value-1", "j retries")
+
+    def early(name: str, start: Callable[[Context], None]) -> Step:
+        meta = StepMeta(name=name, begins_after=("a",), retry=FAST)
+        return Step(meta=meta, check=ok_check, run=rec.step(name).run, begin=start)
+
+    steps = [
+        rec.step("metadata", load_config(), always_run=True),
+        rec.step("a"),
+        rec.step("check", check),
+        early("k", begin),
+        early("j", failing_begin),
+    ]
+    ctx, _ = make(tmp_path)
+    first = Engine(ctx, steps).run()
+    assert not first.ok and first.status.step == "check" and first.status.remedy == "fix the link"
+    assert rec.calls == ["metadata", "a", "begin k", "begin j", "check"]
+    assert not StateStore(tmp_path).is_stamped("vm-1", "k")
+    rec.calls.clear()
+    ctx, _ = make(tmp_path)
+    assert not Engine(ctx, steps).run(only="check").ok
+    assert rec.calls == ["metadata", "check"]  # --only: nothing begins
+    broken["check"] = False
+    rec.calls.clear()
+    ctx, _ = make(tmp_path)
+    assert Engine(ctx, steps).run().ok
+    assert rec.calls == ["metadata", "begin k", "begin j", "check", "k", "j"]
+    assert "step j: could not begin early (not yet ***); it tries again in its turn" in caplog.text
+    assert "very-secret-value-1" not in caplog.text
 
 
 def test_resume_after_failure_and_new_instance_starts_afresh(tmp_path: Path) -> None:

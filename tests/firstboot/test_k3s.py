@@ -77,6 +77,23 @@ def test_server_starts_waits_and_fixes_kubeconfig_mode(tmp_path: Path) -> None:
     assert any(r["path"].endswith("/deployments") for r in watches)
 
 
+def test_begin_starts_k3s_once_and_the_steps_run_waits_for_it(tmp_path: Path) -> None:
+    """The engine calls begin before the connectivity check; run then only waits (no second systemctl),
+    and a retry of run (K3s failed meanwhile) starts the unit again."""
+    with kube_double(cluster_scenario(ready_after=0.3, coredns_after=0.3)) as server, dnsmasq() as dns:
+        ctx = server_ctx(tmp_path, server, dns)
+        k3s.begin(ctx)
+        starts = [e["argv"] for e in read_jsonl(tmp_path / "systemctl.log") if "enable" in e["argv"]]
+        assert starts == [["enable", "--now", "--no-block", "k3s.service"]]
+        assert ctx.path(k3s.CONFIG_DROPIN).is_file()
+        k3s.run(ctx)
+        starts = [e["argv"] for e in read_jsonl(tmp_path / "systemctl.log") if "enable" in e["argv"]]
+        assert len(starts) == 1
+        k3s.run(ctx)
+        starts = [e["argv"] for e in read_jsonl(tmp_path / "systemctl.log") if "enable" in e["argv"]]
+        assert len(starts) == 2
+
+
 def test_the_double_counts_k3s_times_from_its_exec_not_from_its_own_imports(tmp_path: Path) -> None:
     """Real `systemctl` returns in milliseconds and K3s starts then: the systemctl double's own Python start
     must not delay "node Ready after N s", or the bench charges the double's start to firstboot."""
