@@ -312,6 +312,7 @@ class Engine:
                      ", ".join(step.meta.begins_after))  # fmt: skip
             try:
                 step.begin(self.ctx)
+                self.ctx.begun.add(step.name)
             except Exception as exc:  # noqa: BLE001 - logged; the step's run meets and reports it
                 why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
                 LOG.warning("step %s: could not begin early (%s); it tries again in its turn", step.name,

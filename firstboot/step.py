@@ -125,6 +125,8 @@ class Context:
     # Multiplies the waits a step does on its own (poll intervals, settle delays); tests use e.g. 0.01.
     # The engine scales the step timeouts and retry waits itself (ARCBAKE_TIME_SCALE).
     time_scale: float = 1.0
+    # Steps whose `begin` succeeded in this run (the engine records it; their `run` skips that part).
+    begun: set[str] = field(default_factory=set)
 
     def path(self, absolute: str | Path) -> Path:
         """Map a guest path (`/etc/hosts`) under the root (`--root DIR`)."""

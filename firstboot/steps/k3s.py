@@ -310,14 +310,9 @@ def wait_coredns(ctx: Context, api: client.ApiClient, deadline: float) -> None:
     )
 
 
-# (root, instance) of the contexts whose K3s `begin` started, for the first `run` after it (one process).
-_BEGUN: set[tuple[str, str]] = set()
-
-
 def begin(ctx: Context) -> None:
     """Configure and start K3s without waiting (the engine calls this before the connectivity check)."""
     _configure_and_start(ctx)
-    _BEGUN.add((str(ctx.root), ctx.instance_id))
 
 
 def _configure_and_start(ctx: Context) -> None:
@@ -335,10 +330,9 @@ def run(ctx: Context) -> None:
     """Configure and start K3s; wait for node Ready, CoreDNS and cluster DNS (servers)."""
     config = ctx.require_config()
     unit = unit_name(config)
-    key = (str(ctx.root), ctx.instance_id)
-    if key in _BEGUN:
+    if META.name in ctx.begun:
         # begin() started it moments ago; a retry of this step (K3s failed) starts it again.
-        _BEGUN.discard(key)
+        ctx.begun.discard(META.name)
     else:
         _configure_and_start(ctx)
     # After the start and the checks begin() let run beside it, not before: the background imports would

@@ -149,6 +149,7 @@ def test_a_step_begins_once_what_it_needs_is_stamped_and_runs_in_its_turn(
     ctx, _ = make(tmp_path)
     assert Engine(ctx, steps).run().ok
     assert rec.calls == ["metadata", "begin k", "begin j", "check", "k", "j"]
+    assert ctx.begun == {"k"}  # recorded for k's run; j's failed begin is not
     assert "step j: could not begin early (not yet ***); it tries again in its turn" in caplog.text
     assert "very-secret-value-1" not in caplog.text
 
