@@ -98,9 +98,8 @@ class World:
         """What the az double itself cost (start-up and work beyond its latencies) over its calls, but
         those whose command is one of `besides`."""
         times = read_jsonl(self.workdir / "az" / "az-times.log")
-        return float(
-            sum(e["ended"] - e["started"] - e["slept"] for e in times if e["argv"][0] not in besides)
-        )
+        counted = [e for e in times if not (e["argv"] and e["argv"][0] in besides)]
+        return float(sum(e["ended"] - e["started"] - e["slept"] for e in counted))
 
     def status(self) -> dict[str, Any]:
         """status.json (empty before the first write)."""
