@@ -69,7 +69,7 @@ def _state() -> tuple[Path | None, dict[str, str]]:
     return path, json.loads(path.read_text()) if path.exists() else {}
 
 
-def _post_scenario(kubeconfig: str) -> None:
+def _post_scenario(kubeconfig: str, started: float) -> None:
     scenario = os.environ.get("SYSTEMCTL_DOUBLE_SCENARIO")
     if not scenario:
         return
@@ -79,18 +79,19 @@ def _post_scenario(kubeconfig: str) -> None:
     match = re.search(r"server:\s*(\S+)", Path(kubeconfig).read_text())
     if not match:
         return
+    body = _scenario_since(Path(scenario), started)
     req = urllib.request.Request(  # noqa: S310 - the loopback URL of the API double
-        match[1].rstrip("/") + "/_double/objects", data=_scenario_since(Path(scenario)), method="POST"
+        match[1].rstrip("/") + "/_double/objects", data=body, method="POST"
     )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(req, timeout=5) as resp:
         resp.read()
 
 
-def _scenario_since(scenario: Path) -> bytes:
+def _scenario_since(scenario: Path, started: float) -> bytes:
     """The scenario file with `since`: its times count from when K3s was started."""
     body = json.loads(scenario.read_text())
-    body.setdefault("since", process_started())
+    body.setdefault("since", started)
     return json.dumps(body).encode()
 
 
@@ -199,7 +200,7 @@ def _start_k3s(role: str, first_start: bool) -> None:
     started = process_started()  # before the fork: a forked child's starttime is its own
     if first_start:
         # Each node's scenario registers that node (and, for the first server, CoreDNS) as it starts.
-        _post_scenario(src)
+        _post_scenario(src, started)
     if delay > 0:
         if os.fork() != 0:
             return

@@ -82,17 +82,18 @@ def test_begin_starts_k3s_once_and_the_steps_run_waits_for_it(tmp_path: Path) ->
     and a retry of run (K3s failed meanwhile) starts the unit again."""
     with kube_double(cluster_scenario(ready_after=0.3, coredns_after=0.3)) as server, dnsmasq() as dns:
         ctx = server_ctx(tmp_path, server, dns)
+
+        def starts() -> list[list[str]]:
+            return [e["argv"] for e in read_jsonl(tmp_path / "systemctl.log") if "enable" in e["argv"]]
+
         k3s.begin(ctx)
         ctx.begun.add("k3s")  # as the engine records a begin that succeeded
-        starts = [e["argv"] for e in read_jsonl(tmp_path / "systemctl.log") if "enable" in e["argv"]]
-        assert starts == [["enable", "--now", "--no-block", "k3s.service"]]
+        assert starts() == [["enable", "--now", "--no-block", "k3s.service"]]
         assert ctx.path(k3s.CONFIG_DROPIN).is_file()
         k3s.run(ctx)
-        starts = [e["argv"] for e in read_jsonl(tmp_path / "systemctl.log") if "enable" in e["argv"]]
-        assert len(starts) == 1
+        assert len(starts()) == 1
         k3s.run(ctx)
-        starts = [e["argv"] for e in read_jsonl(tmp_path / "systemctl.log") if "enable" in e["argv"]]
-        assert len(starts) == 2
+        assert len(starts()) == 2
 
 
 def test_the_double_counts_k3s_times_from_its_exec_not_from_its_own_imports(tmp_path: Path) -> None:
