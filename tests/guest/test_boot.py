@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from fixtures.ntp import NtpHandle
 
+from firstboot import azcli
 from firstboot.contract import OnboardingConfig
 from firstboot.endpoints import endpoints
 from firstboot.steporder import ORDER
@@ -129,7 +130,12 @@ def test_killed_during_arc_resumes_at_arc(guest_world: GuestWorld) -> None:
             clusters = json.loads(state.read_text()).get("clusters", {})
         except json.JSONDecodeError:
             return False
-        return any(c.get("provisioningState") == "Succeeded" for c in clusters.values())
+        if not any(c.get("provisioningState") == "Succeeded" for c in clusters.values()):
+            return False
+        # And signed out (az's credential files gone): the sign-out runs beside the agents' wait, and a kill
+        # inside it would make the next boot sign out again (right, but a fourth az call to count).
+        config_dir = guest_world.guest.path(azcli.AZ_CONFIG_DIR)
+        return not [p for store in azcli.CREDENTIAL_STORES for p in config_dir.glob(f"{store}*")]
 
     first = guest_world.boot(kill_when=connected_and_waiting)
     assert first.killed, first.console[-2000:]
