@@ -10,14 +10,18 @@ with chosen latencies (default: k3s node Ready 3 s after start, CoreDNS 3 s, Arc
 Printed per run: wall time (process start to exit), the simulated latencies on the critical path, the
 overhead (wall - critical path) and the ratio; the number of `az` process starts and what they cost here
 (the double's own start-up and work beyond its simulated latencies, which each call logs: AZ_DOUBLE_TIMES;
-not the logout, which runs beside the agents' wait)
-and in the field: each charged with the real azure-cli's start-up cost (`--az-startup`, default the figure
+not the login and logout, which run beside K3s's start and the agents' wait) and in the field: each one on
+the critical path charged with the real azure-cli's start-up cost (`--az-startup`, default the figure
 measured once and recorded in bench/README.md); firstboot's own overhead (overhead without what the az
 double cost); the Resource Manager requests the SDK made; and the ratio of the 100-configuration run to the
 1-configuration run. Targets are checked and printed. The K3s doubles count their latencies from their
 exec (tests/doubles/proc_clock.py), as real K3s starts when systemctl returns.
 
-Usage: python bench/firstboot_overhead.py [--repeat N] [--configs 1,100] [--az-startup S] [--json]
+With `--baseline REV`, the firstboot of commit REV (git archive) runs beside this one, alternating, against
+the same doubles: the best and median wall of each and what the change saved.
+
+Usage: python bench/firstboot_overhead.py [--repeat N] [--configs 1,100] [--az-startup S] [--baseline REV]
+       [--json]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -44,6 +49,8 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from _baseline import extract  # noqa: E402
+from doubles import harness  # noqa: E402
 from doubles.harness import flux_section  # noqa: E402
 from doubles.world import Latencies, World, onboarding_world  # noqa: E402
 from fixtures.dnsserver import point_resolv_at_loopback  # noqa: E402
@@ -67,10 +74,11 @@ DEFAULT = Latencies(
 # `/usr/bin/time /tmp/azcli/bin/az account show`, azure-cli 2.91.0 from PyPI: median of 3 warm runs here
 # (bench/README.md, "The real az").
 REAL_AZ_STARTUP = 0.60
-# az calls firstboot runs beside a wait, not on the critical path: `az logout` while the Arc agents start
-# (firstboot/steps/arc.py). Their cost adds to the wall only when they outlast that wait, so it is not
-# subtracted (subtracting it would credit firstboot with time it never spent).
-OFF_CRITICAL_PATH_AZ = ("logout",)
+# az calls firstboot runs beside a wait, not on the critical path (firstboot/steps/arc.py): `az login` while
+# K3s starts (arc's `begin`), `az logout` while the Arc agents start. Their cost adds to the wall only when
+# they outlast that wait, so it is not subtracted (subtracting it would credit firstboot with time it never
+# spent), and the field figure does not charge them the real az's start-up.
+OFF_CRITICAL_PATH_AZ = ("login", "logout")
 STEP_LINE = re.compile(r"step (\w+): ok \(([\d.]+) s\)")
 # The issue's targets: overhead and ratio for the standard run (the fewest configurations; 100 have their
 # own target, <= 3x the time of 1), az process starts for every count.
@@ -101,16 +109,27 @@ def flux_with(count: int) -> dict[str, Any]:
     return {"configurations": [{**base, "name": name} for name in names]}
 
 
-def installed_copy(work: Path) -> Path:
-    """firstboot as the guest has it: a copy with its bytecode compiled, as pip does installing the wheel.
+def installed_copy(work: Path, tree: Path = REPO, name: str = "site") -> Path:
+    """firstboot (of `tree`) as the guest has it: a copy with its bytecode compiled, as pip does installing
+    the wheel.
 
     Run from the tree with no bytecode (the bench writes none there), every start would compile firstboot
     again (~0.04 s here) and charge it to the program; the copy lives under `work` and goes with it.
     """
-    site = work / "site"
-    shutil.copytree(REPO / "firstboot", site / "firstboot", ignore=shutil.ignore_patterns("__pycache__"))
+    site = work / name
+    shutil.copytree(tree / "firstboot", site / "firstboot", ignore=shutil.ignore_patterns("__pycache__"))
     compileall.compile_dir(site, quiet=1)
     return site
+
+
+def compiled_doubles(work: Path) -> None:
+    """The worlds' PATH gets a compiled copy of the doubles: run from the tree with no bytecode, every az
+    (and systemctl) double call would compile az_double.py (1,000 lines) again, and the az double's time
+    on the critical path counts in the wall ratio."""
+    copy = work / "doubles-site" / "doubles"
+    shutil.copytree(harness.DOUBLES, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(copy, quiet=1)
+    harness.DOUBLES = copy
 
 
 def one_run(world: World, site: Path) -> dict[str, Any]:
@@ -138,6 +157,7 @@ def one_run(world: World, site: Path) -> dict[str, Any]:
         "startup": startup or 0.0,
         "steps": {m[1]: float(m[2]) for m in STEP_LINE.finditer(text)},
         "az_starts": len(world.az_calls()),
+        "az_starts_on_path": sum(1 for a in world.az_calls() if not (a and a[0] in OFF_CRITICAL_PATH_AZ)),
         "az_double_seconds": world.az_double_seconds(besides=OFF_CRITICAL_PATH_AZ),
         "arm_requests": len(world.arm.requests(arm_only=True)),
         "token_requests": sum(1 for r in world.arm.requests() if r.path.endswith("/token")),
@@ -148,13 +168,14 @@ def figures(run: dict[str, Any], critical: float, real_az: float) -> dict[str, A
     """What is printed for one configuration count."""
     overhead = run["wall"] - critical
     own = overhead - run["az_double_seconds"]
-    field = own + run["az_starts"] * real_az
+    field = own + run["az_starts_on_path"] * real_az
     return {
         "wall_seconds": round(run["wall"], 3),
         "overhead_seconds": round(overhead, 3),
         "ratio": round(run["wall"] / critical, 4),
         "own_ratio": round((critical + own) / critical, 4),
         "az_starts": run["az_starts"],
+        "az_starts_on_path": run["az_starts_on_path"],
         "az_double_seconds": round(run["az_double_seconds"], 3),
         "own_overhead_seconds": round(own, 3),
         "field_overhead_seconds": round(field, 3),
@@ -166,12 +187,33 @@ def figures(run: dict[str, Any], critical: float, real_az: float) -> dict[str, A
     }
 
 
+def side_by_side(walls: dict[tuple[str, int], list[float]], rev: str, counts: list[int]) -> dict[str, Any]:
+    """Per count: best and median wall of this code and of the baseline's, run alternately; the medians'
+    difference (what the change between them saves, in one run's load)."""
+    out: dict[str, Any] = {"baseline": rev}
+    for c in counts:
+        now, base = walls[("now", c)], walls[(rev, c)]
+        out[str(c)] = {
+            "now_best": round(min(now), 3),
+            "now_median": round(statistics.median(now), 3),
+            "baseline_best": round(min(base), 3),
+            "baseline_median": round(statistics.median(base), 3),
+            "median_saved": round(statistics.median(base) - statistics.median(now), 3),
+        }
+    return out
+
+
 def main() -> int:
     """Run the bench and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=2, help="full runs per count (fresh world); best")
     parser.add_argument("--configs", default="1,100", help="Flux configuration counts (default 1,100)")
     parser.add_argument("--az-startup", type=float, default=REAL_AZ_STARTUP, help="real az start-up, s")
+    parser.add_argument(
+        "--baseline",
+        default="none",
+        help="a commit whose firstboot runs beside this one, alternating (wall times compared); none",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     counts = [int(c) for c in args.configs.split(",") if c.strip()]
@@ -180,21 +222,30 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="arcbake-bench-overhead-"))
     best: dict[int, dict[str, Any]] = {}
+    # Wall times of every run, by (code, count): "now", and the baseline's when one runs beside it.
+    walls: dict[tuple[str, int], list[float]] = {}
     try:
         # Every endpoint the dns and connectivity steps check for this config: resolvable, and tunnelled by
         # the proxy to a TLS server whose certificate names them all.
         targets = endpoints(OnboardingConfig.model_validate(onboarding_config()), environ={})
-        site = installed_copy(work)
+        sites = {"now": installed_copy(work)}
+        tree = None if args.baseline == "none" else extract(args.baseline, work, ("firstboot",))
+        if tree is not None:
+            sites[args.baseline] = installed_copy(work, tree, "baseline-site")
+        compiled_doubles(work)
         with loopback_preflight(work, targets) as servers:
             pre = Preflight({**onboarding_config(), **servers.sections()}, servers.env)
             for i in range(max(1, args.repeat)):
-                for count in counts:  # interleaved: both counts see the same machine load
-                    where = work / f"run{i}-{count}"
+                # Interleaved: both counts, and the baseline (first every other round), see the same load.
+                codes = list(sites) if i % 2 == 0 else list(reversed(sites))
+                for count, code in ((count, code) for count in counts for code in codes):
+                    where = work / f"run{i}-{count}-{len(walls)}"
                     with onboarding_world(
                         pre, where / "root", where / "world", DEFAULT, flux=flux_with(count)
                     ) as w:
-                        run = one_run(w, site)
-                    if count not in best or run["wall"] < best[count]["wall"]:
+                        run = one_run(w, sites[code])
+                    walls.setdefault((code, count), []).append(run["wall"])
+                    if code == "now" and (count not in best or run["wall"] < best[count]["wall"]):
                         best[count] = run
                     shutil.rmtree(where, ignore_errors=True)
     finally:
@@ -219,6 +270,8 @@ def main() -> int:
             summary["wall_ratio_most_vs_fewest"] <= 3
         )
     summary["targets"] = checks
+    if len(sites) > 1:
+        summary["side_by_side"] = side_by_side(walls, args.baseline, counts)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -231,7 +284,8 @@ def _print(summary: dict[str, Any], counts: list[int]) -> None:
     critical = summary["critical_path_seconds"]
     print("firstboot run against the doubles (preflight real on loopback; k3s, ARM, az simulated)")
     print(f"  simulated latencies on the critical path  {critical:.2f} s  {summary['latencies']}")
-    print(f"  real az charged {summary['real_az_startup_seconds']:.2f} s per process start (bench/README.md)")
+    real_az = summary["real_az_startup_seconds"]
+    print(f"  real az charged {real_az:.2f} s per process start on the critical path (bench/README.md)")
     header = "".join(f"{str(c) + ' config' + ('s' if c > 1 else ''):>14}" for c in counts)
     print(f"  {'':44}{header}")
     rows = [
@@ -240,9 +294,10 @@ def _print(summary: dict[str, Any], counts: list[int]) -> None:
         ("ratio wall / critical path", "ratio", "{:.3f}"),
         ("ratio without the az double's own time", "own_ratio", "{:.3f}"),
         ("az process starts", "az_starts", "{}"),
+        ("  of them on the critical path", "az_starts_on_path", "{}"),
         ("az double's own time (start-up, work), s", "az_double_seconds", "{:.2f}"),
         ("firstboot's own overhead (no az double), s", "own_overhead_seconds", "{:.2f}"),
-        ("field overhead (az charged at real cost), s", "field_overhead_seconds", "{:.2f}"),
+        ("field overhead (az on the path at real cost), s", "field_overhead_seconds", "{:.2f}"),
         ("field ratio", "field_ratio", "{:.3f}"),
         ("Resource Manager requests (SDK)", "arm_requests", "{}"),
         ("token requests", "token_requests", "{}"),
@@ -258,6 +313,16 @@ def _print(summary: dict[str, Any], counts: list[int]) -> None:
         print(f"  wall time {max(counts)} vs {min(counts)} configurations: {ratio:.3f}x")
     for name, ok in summary["targets"].items():
         print(f"  target {name:52} {'met' if ok else 'MISSED'}")
+    side = summary.get("side_by_side")
+    if side:
+        rev = side["baseline"]
+        print(f"  side by side with {rev} (runs alternating), wall s: best / median")
+        for c in counts:
+            r = side[str(c)]
+            print(
+                f"    {c:>3} config(s): now {r['now_best']:.2f} / {r['now_median']:.2f}, {rev} "
+                f"{r['baseline_best']:.2f} / {r['baseline_median']:.2f}; saved {r['median_saved']:+.3f}"
+            )
 
 
 if __name__ == "__main__":

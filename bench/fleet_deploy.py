@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.dont_write_bytecode = True  # the bench leaves no __pycache__ in the tree
 
+from _baseline import extract  # noqa: E402
+
 from builder import status as st  # noqa: E402
 from builder.deploy import deploy  # noqa: E402
 from builder.fleet import Fleet, load_fleet  # noqa: E402
@@ -54,6 +56,7 @@ VCSIM = REPO / ".bin" / "vcsim"
 # main before the whole-command work of `builder status` (9 round trips, SmartConnect, eager CLI imports,
 # pure-Python YAML, pyVmomi's decoder): the "before" column.
 BASELINE = "2032a25"
+TREES = ("builder", "firstboot", "templates", "packer")  # what `builder` of the baseline needs
 # `builder ARGS` under the round-trip counter, in a fresh process, for the tree on PYTHONPATH (both trees
 # have `counting()`); the round trips go to stderr as the last line.
 PROBE = """
@@ -320,36 +323,6 @@ def run_status(sizes: list[int], workdir: Path, runs: int, baseline: Path | None
         )
 
 
-def extract(rev: str, into: Path) -> Path | None:
-    """The tree of commit `rev` (git archive) under `into`, to run its `builder` beside this one."""
-    tree = into / f"baseline-{rev}"
-    tree.mkdir()
-    archive = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(REPO),
-            "archive",
-            "--format=tar",
-            rev,
-            "builder",
-            "firstboot",
-            "templates",
-            "packer",
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    if archive.returncode != 0:
-        # A shallow clone (CI) may not have it: the bench runs on without the before column.
-        reason = archive.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["git archive failed"]
-        print(f"--baseline {rev} is not available ({reason[0]}): the before column is left out")
-        return None
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=60)
-    return tree
-
-
 def main() -> int:
     """Run the deploy grid without and with task latency, then the status reads; print tables, ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -378,7 +351,7 @@ def main() -> int:
             run_grid(sizes, levels, args.task_latency, Path(tmp))
         if args.only != "deploy":
             print("\nbuilder status: bulk read vs per-VM read (SOAP round trips counted at the stub):")
-            baseline = None if args.baseline == "none" else extract(args.baseline, Path(tmp))
+            baseline = None if args.baseline == "none" else extract(args.baseline, Path(tmp), TREES)
             run_status([int(s) for s in args.status_sizes.split(",")], Path(tmp), args.runs, baseline)
     return 0
 

@@ -290,7 +290,8 @@ def _clients() -> dict[str, Callable[..., Any]]:
 
 _PREWARM_LOCK = threading.Lock()
 # Off in the test suite's own process (tests/conftest.py): a step run in-process must not sign in to the
-# real Entra ID in the background; `firstboot run` as a program (the worlds) signs in early as in the field.
+# real Entra ID in the background (nor az, firstboot.steps.arc.begin); `firstboot run` as a program (the
+# worlds) signs in early as in the field.
 PREWARM_SIGN_IN = True
 _prewarm_thread: threading.Thread | None = None
 
@@ -306,6 +307,14 @@ def prewarm(ctx: Context | None = None) -> None:
             kube.shared_http_stack()  # in this thread first: see its docstring
             _prewarm_thread = threading.Thread(target=_prewarm, args=(ctx,), name="arm-prewarm", daemon=True)
             _prewarm_thread.start()
+
+
+def wait_prewarmed() -> None:
+    """Until the background imports and sign-in `prewarm` started have finished (at once when none did)."""
+    with _PREWARM_LOCK:
+        thread = _prewarm_thread
+    if thread is not None:
+        thread.join()
 
 
 def _prewarm(ctx: Context | None) -> None:

@@ -112,8 +112,9 @@ class Engine:
         # The generation of the secrets held for this instance, reported in every status.
         self._generation: int | None = None
         self._timings_lock = threading.Lock()
-        # Steps whose `begin` this run has called (firstboot.step).
+        # Steps whose `begin` this run has called, and those whose run it has entered (firstboot.step).
         self._begun: set[str] = set()
+        self._entered: set[str] = set()
 
     @property
     def steps(self) -> list[Step]:
@@ -217,6 +218,7 @@ class Engine:
         try:
             return self._run(only)
         finally:
+            self._abandon_begun()
             self.state.release()
 
     def _run(self, only: str | None) -> RunResult:
@@ -318,9 +320,25 @@ class Engine:
                 LOG.warning("step %s: could not begin early (%s); it tries again in its turn", step.name,
                             redact(why, self.ctx.secret_values()))  # fmt: skip
 
+    def _abandon_begun(self) -> None:
+        """The run ends (done, failed, interrupted) with steps begun but never run: their `abandon` undoes
+        what their `begin` left that must not outlive the run (arc: az's stored sign-in)."""
+        if not self._begun:
+            return
+        for step in self.steps:
+            if step.name not in self._begun or step.name in self._entered or step.abandon is None:
+                continue
+            try:
+                step.abandon(self.ctx)
+            except Exception as exc:  # noqa: BLE001 - logged: the run's own outcome is what is reported
+                why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
+                LOG.warning("step %s: could not undo its early start (%s)", step.name,
+                            redact(why, self.ctx.secret_values()))  # fmt: skip
+
     def _run_step(self, step: Step) -> Status | None:
         """Run one step to success (stamp, return None) or failure (report, return the status)."""
         self._current = step.name
+        self._entered.add(step.name)
         self._last_failure = None
         self.ctx.cancel = threading.Event()
         self._timing_start(step.name)

@@ -21,7 +21,9 @@ those steps (K3s's start needs metadata, hostname, dns, time and proxy, not the 
 checks). In a full run the engine calls `begin` as soon as those are stamped, then runs the steps in
 between while it proceeds (K3s takes seconds to start; the checks run beside it). `begin` must be quick,
 idempotent and safe to repeat from `run`, which still does the whole work: a failing `begin` is logged,
-and `run` meets the failure again in its turn and reports it with its remedy.
+and `run` meets the failure again in its turn and reports it with its remedy. What `begin` leaves that must
+not outlive the run (arc signs az in beside K3s's start) its `abandon(ctx) -> None` undoes: the engine calls
+it when the run ends before the step ran (a failed K3s start, a run stopped).
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ case "$cmd" in
     pytest "$@"
     ;;
   demo) setup; python tools/demo.py "$@" ;;
-  bench) setup; for b in bench/*.py; do echo "== $b"; python "$b" "$@"; done ;;
+  bench) setup; for b in bench/[!_]*.py; do echo "== $b"; python "$b" "$@"; done ;;
   fuzz) setup; HYPOTHESIS_PROFILE=long pytest tests/property "$@" ;;
   faults) setup; python tools/fault_table.py "$@" ;;
   sim) setup; exec .bin/vcsim "$@" ;;

@@ -1,8 +1,8 @@
 """The step registry: every step module, in dependency order (ARCHITECTURE.md, firstboot steps).
 
 Each module defines `META: StepMeta`, `check(ctx) -> CheckResult` and `run(ctx) -> None`, and may define
-`begin(ctx) -> None` (see `firstboot.step`). `ORDER` is the one list of step names (kept in
-`firstboot.steporder`).
+`begin(ctx) -> None` and `abandon(ctx) -> None` (see `firstboot.step`). `ORDER` is the one list of step
+names (kept in `firstboot.steporder`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class Step:
     run: Callable[[Context], None]
     # Started early, once META.begins_after are stamped (firstboot.step); None for most steps.
     begin: Callable[[Context], None] | None = None
+    # Undoes what `begin` left when the run ends before the step runs; None when nothing needs undoing.
+    abandon: Callable[[Context], None] | None = None
 
     @property
     def name(self) -> str:
@@ -42,6 +44,6 @@ def load(names: Iterable[str] = ORDER) -> list[Step]:
     steps = []
     for name in names:
         module = importlib.import_module(f"{__name__}.{name}")
-        begin = getattr(module, "begin", None)
-        steps.append(Step(meta=module.META, check=module.check, run=module.run, begin=begin))
+        begin, abandon = getattr(module, "begin", None), getattr(module, "abandon", None)
+        steps.append(Step(meta=module.META, check=module.check, run=module.run, begin=begin, abandon=abandon))
     return steps

@@ -6,10 +6,10 @@
    agents record that resource (`firstboot.arcowner`); a resource of that name without them belongs to
    another cluster (a stale one of a deleted clone) and fails at once with a remedy, as `az connectedk8s
    connect` would refuse it.
-2. Only when it is absent: `az login --service-principal` (secret as `@FILE`, or `--certificate FILE`) and
-   `az connectedk8s connect`, the one job only az does (it installs the agents with helm), with
-   `HELM_CLIENT_PATH` / `KUBECTL_CLIENT_PATH` naming the image's helm and K3s's kubectl, so nothing but the
-   agents is downloaded; both must exist:
+2. Only when it is absent: `az login --service-principal` (secret as `@FILE`, or `--certificate FILE`; in a
+   full run done beside K3s's start, see `begin`) and `az connectedk8s connect`, the one job only az does
+   (it installs the agents with helm), with `HELM_CLIENT_PATH` / `KUBECTL_CLIENT_PATH` naming the image's
+   helm and K3s's kubectl, so nothing but the agents is downloaded; both must exist:
    `az connectedk8s connect --kube-config /etc/rancher/k3s/k3s.yaml --distribution k3s --infrastructure
    vsphere --onboarding-timeout N --tags k=v ...` plus `--proxy-https/--proxy-http/--proxy-skip-range/
    --proxy-cert` when a proxy is configured. Then, success or failure, `az logout` and az's credential
@@ -24,6 +24,7 @@ Rejected credentials, an unknown resource group or missing permissions fail at o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,7 +32,16 @@ from typing import Any
 from firstboot import arcowner, arm, azcli, kube, proxyenv
 from firstboot.contract import ArcConfig, OnboardingConfig
 from firstboot.kube import client
-from firstboot.step import CheckResult, Context, PermanentFailure, RetryPolicy, StepMeta, TransientFailure
+from firstboot.step import (
+    CheckResult,
+    Context,
+    PermanentFailure,
+    RetryPolicy,
+    StepFailure,
+    StepMeta,
+    TransientFailure,
+)
+from firstboot.subp import redact
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +52,9 @@ META = StepMeta(
     retry=RetryPolicy(deadline_seconds=2400, initial_wait=10, max_wait=120, max_attempts=6),
     servers_only=True,
     summary="connecting the cluster to Azure Arc",
+    # The sign-in needs the credentials, the proxy and a network that was checked, not K3s: it runs beside
+    # K3s's start (`begin`), so az's seconds of start-up and Entra ID's round trip leave the critical path.
+    begins_after=("metadata", "hostname", "dns", "time", "proxy", "connectivity"),
 )
 
 NAMESPACE = "azure-arc"
@@ -155,10 +168,59 @@ def ensure_connected(ctx: Context, config: OnboardingConfig) -> str:
     return "connected"
 
 
+# The early sign-in `begin` started (one per process: the engine begins a step once per run).
+_prepared: threading.Thread | None = None
+
+
+def begin(ctx: Context) -> None:
+    """Sign az in beside K3s's start when the connected cluster does not exist yet (the engine calls this
+    after the connectivity check; K3s takes seconds to be Ready, az's start-up and sign-in take seconds too).
+
+    In a thread: the step's run waits for it; `abandon` signs out when the run ends before the step runs.
+    A cluster that exists needs no az (`run` decides what it is); any failure is logged and left to `run`,
+    which meets it again in its turn and reports it with its remedy.
+    """
+    global _prepared
+    config = ctx.require_config()
+    if config.arc is None or not arm.PREWARM_SIGN_IN:
+        return
+    arm.prewarm(ctx)
+    _prepared = threading.Thread(target=_sign_in_early, args=(ctx, config.arc), name="arc-sign-in")
+    _prepared.start()
+
+
+def _sign_in_early(ctx: Context, arc: ArcConfig) -> None:
+    arm.wait_prewarmed()
+    try:
+        if show_cluster(ctx) is None:
+            _local_clients(ctx)
+            azcli.login(ctx, arc)
+    except Exception as exc:  # noqa: BLE001 - the step's run meets it again and reports it
+        why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
+        LOG.debug("arc: early sign-in did not work (the arc step will say why): %s",
+                  redact(why, ctx.secret_values()))  # fmt: skip
+
+
+def _wait_prepared() -> None:
+    global _prepared
+    if _prepared is not None:
+        _prepared.join()
+        _prepared = None
+
+
+def abandon(ctx: Context) -> None:
+    """The run ended before this step ran: the early sign-in's stored credentials go."""
+    _wait_prepared()
+    config = ctx.require_config()
+    if config.arc is not None:
+        azcli.sign_out(ctx, config.arc)
+
+
 def run(ctx: Context) -> None:
     """Sign in, connect once, wait for the Arc agents."""
     config = ctx.require_config()
     arc = azcli.require_arc(config)
+    _wait_prepared()  # signed in already when the cluster needs connecting (begin), or failed: retried below
     kube.prewarm()
     kubeconfig = ctx.path(kube.KUBECONFIG)
     if not kubeconfig.exists():

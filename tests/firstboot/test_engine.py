@@ -154,6 +154,53 @@ def test_a_step_begins_once_what_it_needs_is_stamped_and_runs_in_its_turn(
     assert "very-secret-value-1" not in caplog.text
 
 
+def test_a_begun_step_the_run_never_reaches_is_abandoned_once_and_a_step_that_ran_is_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """arc signs az in beside K3s's start: when the run fails before arc runs, arc's `abandon` signs out.
+    A step whose run was entered (failed or not) cleans up itself; a failing abandon is logged, redacted,
+    and does not change the run's outcome."""
+    rec = Recorder()
+    broken = {"check": True}
+
+    def check(ctx: Context) -> None:
+        if broken["check"]:
+            raise PermanentFailure("the check failed", "fix the link")
+
+    def begin(ctx: Context) -> None:
+        rec.calls.append("begin")
+
+    def early(name: str, abandon: Callable[[Context], None]) -> Step:
+        meta = StepMeta(name=name, begins_after=("a",), retry=FAST)
+        return Step(meta=meta, check=ok_check, run=rec.step(name).run, begin=begin, abandon=abandon)
+
+    def abandon(ctx: Context) -> None:
+        rec.calls.append("abandon k")
+
+    def failing_abandon(ctx: Context) -> None:
+        rec.calls.append("abandon j")
+        raise OSError("cannot remove very-secret-value-1")
+
+    steps = [
+        rec.step("metadata", load_config(), always_run=True),
+        rec.step("a"),
+        rec.step("check", check),
+        early("k", abandon),
+        early("j", failing_abandon),
+    ]
+    ctx, _ = make(tmp_path)
+    first = Engine(ctx, steps).run()
+    assert not first.ok and first.status.step == "check" and first.status.remedy == "fix the link"
+    assert rec.calls == ["metadata", "a", "begin", "begin", "check", "abandon k", "abandon j"]
+    assert "step j: could not undo its early start (OSError: cannot remove ***)" in caplog.text
+    assert "very-secret-value-1" not in caplog.text
+    broken["check"] = False
+    rec.calls.clear()
+    ctx, _ = make(tmp_path)
+    assert Engine(ctx, steps).run().ok
+    assert rec.calls == ["metadata", "begin", "begin", "check", "k", "j"]  # both ran: nothing abandoned
+
+
 def test_resume_after_failure_and_new_instance_starts_afresh(tmp_path: Path) -> None:
     rec = Recorder()
     broken = {"b": True}
