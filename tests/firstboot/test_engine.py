@@ -104,6 +104,25 @@ def test_runs_in_order_stamps_and_reports(tmp_path: Path) -> None:
     assert seq[-1] == ("done", None)
 
 
+Hook = Callable[[Context], None] | None
+
+
+def early_chain(rec: Recorder, broken: dict[str, bool], **early: tuple[Hook, Hook]) -> list[Step]:
+    """metadata, a, a check failing while `broken["check"]`, then steps that begin after a: name=(begin,
+    abandon)."""
+
+    def check(ctx: Context) -> None:
+        if broken["check"]:
+            raise PermanentFailure("the check failed", "fix the link")
+
+    def step(name: str, begin: Hook, abandon: Hook) -> Step:
+        meta = StepMeta(name=name, begins_after=("a",), retry=FAST)
+        return Step(meta=meta, check=ok_check, run=rec.step(name).run, begin=begin, abandon=abandon)
+
+    head = [rec.step("metadata", load_config(), always_run=True), rec.step("a"), rec.step("check", check)]
+    return head + [step(name, begin, abandon) for name, (begin, abandon) in early.items()]
+
+
 def test_a_step_begins_once_what_it_needs_is_stamped_and_runs_in_its_turn(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -113,10 +132,6 @@ def test_a_step_begins_once_what_it_needs_is_stamped_and_runs_in_its_turn(
     rec = Recorder()
     broken = {"check": True}
 
-    def check(ctx: Context) -> None:
-        if broken["check"]:
-            raise PermanentFailure("the check failed", "fix the link")
-
     def begin(ctx: Context) -> None:
         rec.calls.append("begin k")
 
@@ -124,17 +139,7 @@ def test_a_step_begins_once_what_it_needs_is_stamped_and_runs_in_its_turn(
         rec.calls.append("begin j")
         raise TransientFailure("not yet very-secret-value-1", "j retries")
 
-    def early(name: str, start: Callable[[Context], None]) -> Step:
-        meta = StepMeta(name=name, begins_after=("a",), retry=FAST)
-        return Step(meta=meta, check=ok_check, run=rec.step(name).run, begin=start)
-
-    steps = [
-        rec.step("metadata", load_config(), always_run=True),
-        rec.step("a"),
-        rec.step("check", check),
-        early("k", begin),
-        early("j", failing_begin),
-    ]
+    steps = early_chain(rec, broken, k=(begin, None), j=(failing_begin, None))
     ctx, _ = make(tmp_path)
     first = Engine(ctx, steps).run()
     assert not first.ok and first.status.step == "check" and first.status.remedy == "fix the link"
@@ -163,16 +168,8 @@ def test_a_begun_step_the_run_never_reaches_is_abandoned_once_and_a_step_that_ra
     rec = Recorder()
     broken = {"check": True}
 
-    def check(ctx: Context) -> None:
-        if broken["check"]:
-            raise PermanentFailure("the check failed", "fix the link")
-
     def begin(ctx: Context) -> None:
         rec.calls.append("begin")
-
-    def early(name: str, abandon: Callable[[Context], None]) -> Step:
-        meta = StepMeta(name=name, begins_after=("a",), retry=FAST)
-        return Step(meta=meta, check=ok_check, run=rec.step(name).run, begin=begin, abandon=abandon)
 
     def abandon(ctx: Context) -> None:
         rec.calls.append("abandon k")
@@ -181,13 +178,7 @@ def test_a_begun_step_the_run_never_reaches_is_abandoned_once_and_a_step_that_ra
         rec.calls.append("abandon j")
         raise OSError("cannot remove very-secret-value-1")
 
-    steps = [
-        rec.step("metadata", load_config(), always_run=True),
-        rec.step("a"),
-        rec.step("check", check),
-        early("k", abandon),
-        early("j", failing_abandon),
-    ]
+    steps = early_chain(rec, broken, k=(begin, abandon), j=(begin, failing_abandon))
     ctx, _ = make(tmp_path)
     first = Engine(ctx, steps).run()
     assert not first.ok and first.status.step == "check" and first.status.remedy == "fix the link"
