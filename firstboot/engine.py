@@ -36,7 +36,7 @@ from firstboot import metadata, secretstore
 from firstboot.contract import KEY_STATUS, MAX_STEP_TIMINGS, State, Status, StepOutcome, StepTiming
 from firstboot.sources import SourceError
 from firstboot.state import LockedError, StateStore
-from firstboot.step import Context, MetadataSource, PermanentFailure, StepFailure
+from firstboot.step import Context, MetadataSource, PermanentFailure, StepFailure, failure_text
 from firstboot.steporder import ORDER
 from firstboot.steps import Step, load
 from firstboot.subp import redact
@@ -316,9 +316,8 @@ class Engine:
                 step.begin(self.ctx)
                 self.ctx.begun.add(step.name)
             except Exception as exc:  # noqa: BLE001 - logged; the step's run meets and reports it
-                why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
                 LOG.warning("step %s: could not begin early (%s); it tries again in its turn", step.name,
-                            redact(why, self.ctx.secret_values()))  # fmt: skip
+                            failure_text(exc, self.ctx.secret_values()))  # fmt: skip
 
     def _abandon_begun(self) -> None:
         """The run ends (done, failed, interrupted) with steps begun but never run: their `abandon` undoes
@@ -331,9 +330,8 @@ class Engine:
             try:
                 step.abandon(self.ctx)
             except Exception as exc:  # noqa: BLE001 - logged: the run's own outcome is what is reported
-                why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
                 LOG.warning("step %s: could not undo its early start (%s)", step.name,
-                            redact(why, self.ctx.secret_values()))  # fmt: skip
+                            failure_text(exc, self.ctx.secret_values()))  # fmt: skip
 
     def _run_step(self, step: Step) -> Status | None:
         """Run one step to success (stamp, return None) or failure (report, return the status)."""

@@ -36,6 +36,7 @@ from typing import Protocol
 
 from firstboot.contract import OnboardingConfig, OnboardingSecrets
 from firstboot.fsutil import guest_path
+from firstboot.subp import redact
 
 
 class StepFailure(Exception):
@@ -47,6 +48,13 @@ class StepFailure(Exception):
         super().__init__(message)
         self.message = message
         self.remedy = remedy
+
+
+def failure_text(exc: Exception, secrets: list[str]) -> str:
+    """What a log line says of an exception a step's helper met: a StepFailure's message, else its type and
+    text; secrets redacted either way."""
+    why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
+    return redact(why, secrets)
 
 
 class TransientFailure(StepFailure):

@@ -37,11 +37,10 @@ from firstboot.step import (
     Context,
     PermanentFailure,
     RetryPolicy,
-    StepFailure,
     StepMeta,
     TransientFailure,
+    failure_text,
 )
-from firstboot.subp import redact
 
 LOG = logging.getLogger(__name__)
 
@@ -196,9 +195,8 @@ def _sign_in_early(ctx: Context, arc: ArcConfig) -> None:
             _local_clients(ctx)
             azcli.login(ctx, arc)
     except Exception as exc:  # noqa: BLE001 - the step's run meets it again and reports it
-        why = exc.message if isinstance(exc, StepFailure) else f"{type(exc).__name__}: {exc}"
         LOG.debug("arc: early sign-in did not work (the arc step will say why): %s",
-                  redact(why, ctx.secret_values()))  # fmt: skip
+                  failure_text(exc, ctx.secret_values()))  # fmt: skip
 
 
 def _wait_prepared() -> None:
