@@ -150,14 +150,15 @@ def one_run(world: World, site: Path) -> dict[str, Any]:
     code = proc.wait(timeout=600)
     wall = time.monotonic() - started
     text = "".join(lines)
+    calls = world.az_calls()
     if code != 0:
         raise SystemExit(f"firstboot run failed ({code}):\n{text[-3000:]}")
     return {
         "wall": wall,
         "startup": startup or 0.0,
         "steps": {m[1]: float(m[2]) for m in STEP_LINE.finditer(text)},
-        "az_starts": len(world.az_calls()),
-        "az_starts_on_path": sum(1 for a in world.az_calls() if not (a and a[0] in OFF_CRITICAL_PATH_AZ)),
+        "az_starts": len(calls),
+        "az_starts_on_path": sum(1 for a in calls if not (a and a[0] in OFF_CRITICAL_PATH_AZ)),
         "az_double_seconds": world.az_double_seconds(besides=OFF_CRITICAL_PATH_AZ),
         "arm_requests": len(world.arm.requests(arm_only=True)),
         "token_requests": sum(1 for r in world.arm.requests() if r.path.endswith("/token")),
@@ -238,8 +239,8 @@ def main() -> int:
             for i in range(max(1, args.repeat)):
                 # Interleaved: both counts, and the baseline (first every other round), see the same load.
                 codes = list(sites) if i % 2 == 0 else list(reversed(sites))
-                for count, code in ((count, code) for count in counts for code in codes):
-                    where = work / f"run{i}-{count}-{len(walls)}"
+                for count, (n, code) in ((count, nc) for count in counts for nc in enumerate(codes)):
+                    where = work / f"run{i}-{count}-{n}"
                     with onboarding_world(
                         pre, where / "root", where / "world", DEFAULT, flux=flux_with(count)
                     ) as w:

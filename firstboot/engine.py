@@ -112,9 +112,8 @@ class Engine:
         # The generation of the secrets held for this instance, reported in every status.
         self._generation: int | None = None
         self._timings_lock = threading.Lock()
-        # Steps whose `begin` this run has called, and those whose run it has entered (firstboot.step).
+        # Steps whose `begin` this run has called and whose run it has not yet entered (firstboot.step).
         self._begun: set[str] = set()
-        self._entered: set[str] = set()
 
     @property
     def steps(self) -> list[Step]:
@@ -325,7 +324,7 @@ class Engine:
         if not self._begun:
             return
         for step in self.steps:
-            if step.name not in self._begun or step.name in self._entered or step.abandon is None:
+            if step.name not in self._begun or step.abandon is None:
                 continue
             try:
                 step.abandon(self.ctx)
@@ -336,7 +335,9 @@ class Engine:
     def _run_step(self, step: Step) -> Status | None:
         """Run one step to success (stamp, return None) or failure (report, return the status)."""
         self._current = step.name
-        self._entered.add(step.name)
+        # Entered: its run owns whatever its begin left. (_begin_ready looks only at steps after the one
+        # about to run, so it never begins this one again.)
+        self._begun.discard(step.name)
         self._last_failure = None
         self.ctx.cancel = threading.Event()
         self._timing_start(step.name)
