@@ -18,7 +18,8 @@ double cost); the Resource Manager requests the SDK made; and the ratio of the 1
 exec (tests/doubles/proc_clock.py), as real K3s starts when systemctl returns.
 
 With `--baseline REV`, the firstboot of commit REV (git archive) runs beside this one, alternating, against
-the same doubles: the best and median wall of each and what the change saved.
+the same doubles: the best and median of each, and what the change saved, for the wall and for the two
+segments that are firstboot's alone (process start to K3s's start; last status to process end).
 
 Usage: python bench/firstboot_overhead.py [--repeat N] [--configs 1,100] [--az-startup S] [--baseline REV]
        [--json]
@@ -80,6 +81,16 @@ REAL_AZ_STARTUP = 0.60
 # spent), and the field figure does not charge them the real az's start-up.
 OFF_CRITICAL_PATH_AZ = ("login", "logout")
 STEP_LINE = re.compile(r"step (\w+): ok \(([\d.]+) s\)")
+# Log lines that mark the segments of a run charged wholly to firstboot (the doubles' latencies are not in
+# them): process start to the first log line, to K3s's start (`systemctl enable --now k3s`, logged as it is
+# spawned), and from the last status ("done: ...") to the process's end. Side by side, their medians are
+# steadier than the wall's: the doubles' sleeps and the load on their threads are not in them.
+MARKS = {
+    "startup": "running: starting (instance",
+    "to_k3s": "exec ['systemctl', 'enable', '--now', '--no-block', 'k3s.service']",
+    "done": "INFO firstboot.engine: done: ",
+}
+SEGMENTS = ("wall", "to_k3s", "exit")
 # The issue's targets: overhead and ratio for the standard run (the fewest configurations; 100 have their
 # own target, <= 3x the time of 1), az process starts for every count.
 BASE_TARGETS: dict[str, Callable[[dict[str, Any]], bool]] = {
@@ -142,11 +153,12 @@ def one_run(world: World, site: Path) -> dict[str, Any]:
     )
     assert proc.stderr is not None
     lines = []
-    startup = None
+    marks: dict[str, float] = {}
     for line in proc.stderr:
         lines.append(line)
-        if startup is None and "starting (instance" in line:
-            startup = time.monotonic() - started
+        for mark, text in MARKS.items():
+            if mark not in marks and text in line:
+                marks[mark] = time.monotonic() - started
     code = proc.wait(timeout=600)
     wall = time.monotonic() - started
     text = "".join(lines)
@@ -155,7 +167,9 @@ def one_run(world: World, site: Path) -> dict[str, Any]:
         raise SystemExit(f"firstboot run failed ({code}):\n{text[-3000:]}")
     return {
         "wall": wall,
-        "startup": startup or 0.0,
+        "startup": marks.get("startup", 0.0),
+        "to_k3s": marks.get("to_k3s", 0.0),
+        "exit": wall - marks.get("done", wall),
         "steps": {m[1]: float(m[2]) for m in STEP_LINE.finditer(text)},
         "az_starts": len(calls),
         "az_starts_on_path": sum(1 for a in calls if not (a and a[0] in OFF_CRITICAL_PATH_AZ)),
@@ -184,23 +198,30 @@ def figures(run: dict[str, Any], critical: float, real_az: float) -> dict[str, A
         "arm_requests": run["arm_requests"],
         "token_requests": run["token_requests"],
         "process_startup_seconds": round(run["startup"], 3),
+        "to_k3s_seconds": round(run["to_k3s"], 3),
+        "exit_seconds": round(run["exit"], 3),
         "steps_seconds": run["steps"],
     }
 
 
-def side_by_side(walls: dict[tuple[str, int], list[float]], rev: str, counts: list[int]) -> dict[str, Any]:
-    """Per count: best and median wall of this code and of the baseline's, run alternately; the medians'
-    difference (what the change between them saves, in one run's load)."""
+def side_by_side(
+    runs: dict[tuple[str, int], list[dict[str, Any]]], rev: str, counts: list[int]
+) -> dict[str, Any]:
+    """Per count and segment (SEGMENTS): best and median of this code and of the baseline's, run
+    alternately; the medians' difference (what the change between them saves, in one run's load)."""
     out: dict[str, Any] = {"baseline": rev}
     for c in counts:
-        now, base = walls[("now", c)], walls[(rev, c)]
-        out[str(c)] = {
-            "now_best": round(min(now), 3),
-            "now_median": round(statistics.median(now), 3),
-            "baseline_best": round(min(base), 3),
-            "baseline_median": round(statistics.median(base), 3),
-            "median_saved": round(statistics.median(base) - statistics.median(now), 3),
-        }
+        out[str(c)] = {}
+        for seg in SEGMENTS:
+            now = [r[seg] for r in runs[("now", c)]]
+            base = [r[seg] for r in runs[(rev, c)]]
+            out[str(c)][seg] = {
+                "now_best": round(min(now), 3),
+                "now_median": round(statistics.median(now), 3),
+                "baseline_best": round(min(base), 3),
+                "baseline_median": round(statistics.median(base), 3),
+                "median_saved": round(statistics.median(base) - statistics.median(now), 3),
+            }
     return out
 
 
@@ -223,8 +244,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="arcbake-bench-overhead-"))
     best: dict[int, dict[str, Any]] = {}
-    # Wall times of every run, by (code, count): "now", and the baseline's when one runs beside it.
-    walls: dict[tuple[str, int], list[float]] = {}
+    # Every run, by (code, count): "now", and the baseline's when one runs beside it.
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     try:
         # Every endpoint the dns and connectivity steps check for this config: resolvable, and tunnelled by
         # the proxy to a TLS server whose certificate names them all.
@@ -245,7 +266,7 @@ def main() -> int:
                         pre, where / "root", where / "world", DEFAULT, flux=flux_with(count)
                     ) as w:
                         run = one_run(w, sites[code])
-                    walls.setdefault((code, count), []).append(run["wall"])
+                    runs.setdefault((code, count), []).append(run)
                     if code == "now" and (count not in best or run["wall"] < best[count]["wall"]):
                         best[count] = run
                     shutil.rmtree(where, ignore_errors=True)
@@ -272,7 +293,7 @@ def main() -> int:
         )
     summary["targets"] = checks
     if len(sites) > 1:
-        summary["side_by_side"] = side_by_side(walls, args.baseline, counts)
+        summary["side_by_side"] = side_by_side(runs, args.baseline, counts)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -303,6 +324,8 @@ def _print(summary: dict[str, Any], counts: list[int]) -> None:
         ("Resource Manager requests (SDK)", "arm_requests", "{}"),
         ("token requests", "token_requests", "{}"),
         ("Python start-up to first log line, s", "process_startup_seconds", "{:.2f}"),
+        ("process start to K3s's start, s", "to_k3s_seconds", "{:.2f}"),
+        ("last status to process end, s", "exit_seconds", "{:.3f}"),
     ]
     for label, key, fmt in rows:
         print(f"  {label:44}" + "".join(f"{fmt.format(runs[str(c)][key]):>14}" for c in counts))
@@ -317,13 +340,15 @@ def _print(summary: dict[str, Any], counts: list[int]) -> None:
     side = summary.get("side_by_side")
     if side:
         rev = side["baseline"]
-        print(f"  side by side with {rev} (runs alternating), wall s: best / median")
+        print(f"  side by side with {rev} (runs alternating), s: best / median")
         for c in counts:
-            r = side[str(c)]
-            print(
-                f"    {c:>3} config(s): now {r['now_best']:.2f} / {r['now_median']:.2f}, {rev} "
-                f"{r['baseline_best']:.2f} / {r['baseline_median']:.2f}; saved {r['median_saved']:+.3f}"
-            )
+            for seg in SEGMENTS:
+                r = side[str(c)][seg]
+                print(
+                    f"    {c:>3} config(s), {seg:6}: now {r['now_best']:.3f} / {r['now_median']:.3f}, "
+                    f"{rev} {r['baseline_best']:.3f} / {r['baseline_median']:.3f}; "
+                    f"saved {r['median_saved']:+.3f}"
+                )
 
 
 if __name__ == "__main__":

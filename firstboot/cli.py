@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from firstboot import statusview
+from firstboot import interpreter, statusview
 from firstboot.steporder import ORDER
 
 if TYPE_CHECKING:
@@ -168,6 +168,14 @@ def _status_text(status: Status) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`firstboot run`."""
+    interpreter.hold_collection()  # until the engine has loaded the step modules (or the run ends)
+    try:
+        return _run(args)
+    finally:
+        interpreter.release_collection()
+
+
+def _run(args: argparse.Namespace) -> int:
     import logging
 
     from firstboot.contract import State, Status
@@ -302,9 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         _logging(args.verbose + args.top_verbose, args.quiet + args.top_quiet)
     handlers = {"run": cmd_run, "status": cmd_status, "rotate": cmd_rotate, "doctor": cmd_doctor}
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if argv is None and args.command == "run":
+        # The console script's run (on the onboarding's critical path): no interpreter teardown.
+        interpreter.exit_at_once(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from firstboot import metadata, secretstore
+from firstboot import interpreter, metadata, secretstore
 from firstboot.contract import KEY_STATUS, MAX_STEP_TIMINGS, State, Status, StepOutcome, StepTiming
 from firstboot.sources import SourceError
 from firstboot.state import LockedError, StateStore
@@ -120,6 +120,7 @@ class Engine:
         """The steps of this run (all of ORDER unless given), loaded on first use."""
         if self._steps is None:
             self._steps = load()
+            interpreter.release_collection()  # start-up is over (firstboot.interpreter)
         return self._steps
 
     def _names(self) -> list[str]:

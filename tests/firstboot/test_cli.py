@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import pytest
 from fixtures.guestinfo import onboarding_config, write_metadata
 
-from firstboot import cli
+from firstboot import cli, statusview
 from firstboot.contract import State, Status
 from firstboot.state import StateStore
 
@@ -65,8 +69,38 @@ def test_run_with_invalid_metadata_fails_listing_every_problem(
     assert not (guest_root / "var/lib/arcbake/instances/vm-1/metadata.done").exists()
 
 
+def test_the_console_run_ends_at_once_with_its_whole_output_and_exit_code(
+    guest_root: Path, tmp_path: Path
+) -> None:
+    """`python -m firstboot.cli run` ends through firstboot.interpreter.exit_at_once (no teardown): what it
+    printed to a pipe (block-buffered) and logged must all be there, with the run's exit code."""
+    bad = onboarding_config()
+    bad["hostname"] = "Bad_Name"
+    meta = write_metadata(tmp_path / "meta.json", bad)
+    argv = [
+        sys.executable,
+        "-m",
+        "firstboot.cli",
+        "run",
+        "--root",
+        str(guest_root),
+        "--source",
+        f"file:{meta}",
+    ]
+    # Block-buffered, as under systemd (stdout is the journal's stream socket).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "state:   failed" in proc.stdout and "step:    metadata" in proc.stdout
+    # Every line of the status it printed, as the status it wrote reads.
+    written = json.loads((guest_root / "var/lib/arcbake/status.json").read_text())
+    assert proc.stdout == statusview.text(written) + "\n"
+    assert "ERROR firstboot.engine: failed [metadata]" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_run_with_missing_source_file(guest_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--root", str(guest_root), "--source", "file:/nonexistent/meta.yaml"]) == 1
+    assert gc.isenabled()  # the run held collection during its start-up and gave it back, step modules or not
     out = capsys.readouterr().out
     assert "metadata file not found" in out and "state:   failed" in out
 
