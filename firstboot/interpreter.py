@@ -46,5 +46,10 @@ def exit_at_once(code: int) -> None:
     """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            # Its reader is gone (`firstboot run | head`) or it is closed: the rest has nowhere to go, and
+            # the run's exit code is still the answer.
+            continue
     os._exit(code)

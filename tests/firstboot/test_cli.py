@@ -98,6 +98,28 @@ def test_the_console_run_ends_at_once_with_its_whole_output_and_exit_code(
     assert "ERROR firstboot.engine: failed [metadata]" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_console_run_keeps_its_exit_code_when_its_reader_is_gone(guest_root: Path) -> None:
+    """`firstboot run | head`: stdout's reader closed before the status is printed. The run's exit code
+    stands (not the interpreter's 120 for a failed flush) and no traceback reaches the journal."""
+    argv = [
+        sys.executable,
+        "-m",
+        "firstboot.cli",
+        "run",
+        "--root",
+        str(guest_root),
+        "--source",
+        "file:/nonexistent",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "metadata file not found" in err and "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_run_with_missing_source_file(guest_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["run", "--root", str(guest_root), "--source", "file:/nonexistent/meta.yaml"]) == 1
     assert gc.isenabled()  # the run held collection during its start-up and gave it back, step modules or not
