@@ -7,8 +7,9 @@ whole start-up is on the critical path, as K3s starts only after it). So collect
 step module is loaded, then those objects are frozen out of later collections and collection resumes.
 
 At exit the interpreter tears down every module and object it holds (the Azure SDK, the Kubernetes
-client: ~0.03 s here) after the last status is written: nothing in that teardown is the onboarding's,
-so the console script flushes what it wrote and ends the process at once.
+client: 0.02 s here, `bench/firstboot_overhead.py`'s "last status to process end" 0.036 -> 0.016 s) after
+the last status is written: nothing in that teardown is the onboarding's, so the console script flushes
+what it wrote and ends the process at once.
 """
 
 from __future__ import annotations

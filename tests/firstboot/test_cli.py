@@ -69,6 +69,13 @@ def test_run_with_invalid_metadata_fails_listing_every_problem(
     assert not (guest_root / "var/lib/arcbake/instances/vm-1/metadata.done").exists()
 
 
+def console_run(root: Path, source: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of `firstboot run` as the console script runs it (main() with no argv), its
+    output block-buffered as under systemd (stdout is the journal's stream socket)."""
+    argv = [sys.executable, "-m", "firstboot.cli", "run", "--root", str(root), "--source", source]
+    return argv, {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
 def test_the_console_run_ends_at_once_with_its_whole_output_and_exit_code(
     guest_root: Path, tmp_path: Path
 ) -> None:
@@ -77,18 +84,7 @@ def test_the_console_run_ends_at_once_with_its_whole_output_and_exit_code(
     bad = onboarding_config()
     bad["hostname"] = "Bad_Name"
     meta = write_metadata(tmp_path / "meta.json", bad)
-    argv = [
-        sys.executable,
-        "-m",
-        "firstboot.cli",
-        "run",
-        "--root",
-        str(guest_root),
-        "--source",
-        f"file:{meta}",
-    ]
-    # Block-buffered, as under systemd (stdout is the journal's stream socket).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    argv, env = console_run(guest_root, f"file:{meta}")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
     assert proc.returncode == 1, proc.stderr
     assert "state:   failed" in proc.stdout and "step:    metadata" in proc.stdout
@@ -101,17 +97,7 @@ def test_the_console_run_ends_at_once_with_its_whole_output_and_exit_code(
 def test_the_console_run_keeps_its_exit_code_when_its_reader_is_gone(guest_root: Path) -> None:
     """`firstboot run | head`: stdout's reader closed before the status is printed. The run's exit code
     stands (not the interpreter's 120 for a failed flush) and no traceback reaches the journal."""
-    argv = [
-        sys.executable,
-        "-m",
-        "firstboot.cli",
-        "run",
-        "--root",
-        str(guest_root),
-        "--source",
-        "file:/nonexistent",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    argv, env = console_run(guest_root, "file:/nonexistent")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
