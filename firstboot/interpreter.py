@@ -15,7 +15,6 @@ what it wrote and ends the process at once.
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import sys
 
@@ -45,6 +44,8 @@ def exit_at_once(code: int) -> None:
     Only for the console script after its command returned: every file firstboot writes is closed (and
     fsynced, firstboot.fsutil) by then, and its threads are joined or daemons with nothing to finish.
     """
+    import logging  # here: the CLI imports this module, and `firstboot status` loads no logging
+
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
